@@ -1,0 +1,147 @@
+// Engine: single and batch placement, inspection, fragmentation views.
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "cplat/framework.hpp"
+#include "pybind.hpp"
+
+namespace cplat::py_bind {
+
+namespace {
+
+Profile make_profile(const std::vector<std::pair<std::string, int64_t>>& scorers,
+                     const std::string& gpu_pick) {
+  Profile p;
+  for (const auto& [name, weight] : scorers) {
+    const auto kind = scorer_from_name(name);
+    if (!kind) throw std::invalid_argument("unknown scorer: " + name);
+    p.scorers.push_back({*kind, weight});
+  }
+  const auto pick = gpu_pick_from_name(gpu_pick);
+  if (!pick) throw std::invalid_argument("unknown GPU pick: " + gpu_pick);
+  p.gpu_pick = *pick;
+  return p;
+}
+
+Request make_request(int64_t cpu, int64_t mem, int32_t num_gpu, int32_t gpu_milli, uint64_t models) {
+  return Request{cpu, mem, num_gpu, gpu_milli, models};
+}
+
+std::vector<Request> make_requests(const In<int64_t>& cpu, const In<int64_t>& mem,
+                                   const In<int32_t>& num_gpu, const In<int32_t>& gpu_milli,
+                                   const In<uint64_t>& models) {
+  const py::ssize_t n = cpu.size();
+  if (mem.size() != n || num_gpu.size() != n || gpu_milli.size() != n || models.size() != n) {
+    throw std::invalid_argument("request columns must all have the same length");
+  }
+  std::vector<Request> out(static_cast<size_t>(n));
+  for (py::ssize_t i = 0; i < n; ++i) {
+    out[static_cast<size_t>(i)] = make_request(cpu.at(i), mem.at(i), num_gpu.at(i),
+                                               gpu_milli.at(i), models.at(i));
+  }
+  return out;
+}
+
+}  // namespace
+
+void bind_engine(py::module_& m) {
+  m.def("scorer_names", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < kNumScorers; ++i) names.emplace_back(scorer_name(static_cast<ScorerKind>(i)));
+    return names;
+  });
+  m.def("gpu_pick_names", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < kNumGpuPicks; ++i) names.emplace_back(gpu_pick_name(static_cast<GpuPick>(i)));
+    return names;
+  });
+
+  py::class_<Engine>(m, "Engine")
+      .def(py::init([](ClusterState& state, const std::vector<std::pair<std::string, int64_t>>& scorers,
+                       const std::string& gpu_pick, const In<int64_t>& w_cpu,
+                       const In<int32_t>& w_num_gpu, const In<int32_t>& w_gpu_milli,
+                       const In<uint64_t>& w_models, const In<double>& w_weight, uint64_t seed) {
+             return Engine(state, make_profile(scorers, gpu_pick),
+                           make_workload(w_cpu, w_num_gpu, w_gpu_milli, w_models, w_weight), seed);
+           }),
+           py::arg("state"), py::arg("scorers"), py::arg("gpu_pick"), py::arg("workload_cpu_milli"),
+           py::arg("workload_num_gpu"), py::arg("workload_gpu_milli"), py::arg("workload_models"),
+           py::arg("workload_weight"), py::arg("seed"), py::keep_alive<1, 2>())
+      .def(
+          "place",
+          [](Engine& e, int64_t cpu, int64_t mem, int32_t num_gpu, int32_t gpu_milli, uint64_t models) {
+            int32_t node = -1;
+            std::vector<int32_t> gpus;
+            const Status s = e.place(make_request(cpu, mem, num_gpu, gpu_milli, models), node, gpus);
+            return py::make_tuple(s, node, gpus);
+          },
+          py::arg("cpu_milli"), py::arg("memory_mib"), py::arg("num_gpu"), py::arg("gpu_milli"),
+          py::arg("models"))
+      .def(
+          "release",
+          [](Engine& e, int32_t node, int64_t cpu, int64_t mem, int32_t num_gpu, int32_t gpu_milli,
+             const std::vector<int32_t>& gpus) {
+            return e.release(node, make_request(cpu, mem, num_gpu, gpu_milli, 0), gpus);
+          },
+          py::arg("node"), py::arg("cpu_milli"), py::arg("memory_mib"), py::arg("num_gpu"),
+          py::arg("gpu_milli"), py::arg("gpus"))
+      .def(
+          "place_batch",
+          [](Engine& e, const In<int64_t>& cpu, const In<int64_t>& mem, const In<int32_t>& num_gpu,
+             const In<int32_t>& gpu_milli, const In<uint64_t>& models, bool track) {
+            const std::vector<Request> reqs = make_requests(cpu, mem, num_gpu, gpu_milli, models);
+            BatchResult r;
+            {
+              py::gil_scoped_release release;
+              r = e.place_batch(reqs, track);
+            }
+            py::dict out;
+            out["node"] = to_array(r.node);
+            out["code"] = to_array(r.code);
+            out["gpu_offsets"] = to_array(r.gpu_offsets);
+            out["gpus"] = to_array(r.gpus);
+            if (track) {
+              out["allocated_gpu_milli"] = to_array(r.allocated_gpu_milli);
+              out["frag_milli"] = to_array(r.frag_milli);
+            }
+            return out;
+          },
+          py::arg("cpu_milli"), py::arg("memory_mib"), py::arg("num_gpu"), py::arg("gpu_milli"),
+          py::arg("models"), py::arg("track") = false)
+      .def(
+          "filter",
+          [](const Engine& e, int64_t cpu, int64_t mem, int32_t num_gpu, int32_t gpu_milli,
+             uint64_t models) {
+            const Request r = make_request(cpu, mem, num_gpu, gpu_milli, models);
+            std::vector<uint8_t> codes(static_cast<size_t>(e.state().num_nodes()));
+            e.filter_all(r, codes);
+            return to_array(codes);
+          },
+          py::arg("cpu_milli"), py::arg("memory_mib"), py::arg("num_gpu"), py::arg("gpu_milli"),
+          py::arg("models"))
+      .def(
+          "score",
+          [](Engine& e, const std::string& scorer, int64_t cpu, int64_t mem, int32_t num_gpu,
+             int32_t gpu_milli, uint64_t models) {
+            const auto kind = scorer_from_name(scorer);
+            if (!kind) throw std::invalid_argument("unknown scorer: " + scorer);
+            std::vector<int64_t> out(static_cast<size_t>(e.state().num_nodes()));
+            e.score_all(make_request(cpu, mem, num_gpu, gpu_milli, models), *kind, out);
+            return to_array(out);
+          },
+          py::arg("scorer"), py::arg("cpu_milli"), py::arg("memory_mib"), py::arg("num_gpu"),
+          py::arg("gpu_milli"), py::arg("models"))
+      .def("last_rejections",
+           [](const Engine& e) {
+             const auto& c = e.last_rejections().by_code;
+             return std::vector<int32_t>(c.begin(), c.end());
+           })
+      .def_property_readonly("frag_total", [](const Engine& e) { return e.frag().total(); })
+      .def_property_readonly("node_frag", [](py::object self) {
+        return readonly_view(self.cast<const Engine&>().frag().node_array(), self);
+      })
+      .def("node_changed", &Engine::node_changed, py::arg("node"));
+}
+
+}  // namespace cplat::py_bind

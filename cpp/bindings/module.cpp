@@ -1,0 +1,7 @@
+#include "pybind.hpp"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "cplat native placement engine (internal; use the cplat package)";
+  cplat::py_bind::bind_cluster(m);
+  cplat::py_bind::bind_engine(m);
+}

@@ -1,0 +1,121 @@
+// Engine: the per-task Filter -> Score -> Select -> Reserve chain over a ClusterState.
+//
+// One Engine call places one task or a whole batch; a batch is placed in order, each task
+// seeing the ones before it (greedy). Decisions are deterministic for a given seed: ties
+// between equally scored nodes are broken uniformly at random by the engine's own generator.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "cplat/cluster.hpp"
+#include "cplat/fragmentation.hpp"
+#include "cplat/plugin.hpp"
+#include "cplat/rng.hpp"
+
+namespace cplat {
+
+struct WeightedScorer {
+  ScorerKind kind = ScorerKind::kBestFit;
+  int64_t weight = 1;
+};
+
+struct Profile {
+  std::vector<WeightedScorer> scorers;
+  GpuPick gpu_pick = GpuPick::kBest;
+};
+
+// Why a task found no node: the first failing filter per node, counted.
+struct RejectionCounts {
+  std::array<int32_t, 8> by_code{};  // indexed by Code
+  [[nodiscard]] Status dominant() const;
+};
+
+// Column outputs of a batch placement.
+struct BatchResult {
+  std::vector<int32_t> node;           // -1 = not placed
+  std::vector<uint8_t> code;           // Code of the outcome (dominant rejection when failed)
+  std::vector<int64_t> gpu_offsets;    // CSR into gpus, size n+1
+  std::vector<int32_t> gpus;           // local device indices
+  std::vector<int64_t> allocated_gpu_milli;  // cluster total after each task (if tracked)
+  std::vector<double> frag_milli;            // cluster fragmentation after each task
+};
+
+class Engine {
+ public:
+  // `state` must outlive the engine. An empty workload disables FGD and fragmentation tracking.
+  Engine(ClusterState& state, Profile profile, TargetWorkload workload, uint64_t seed);
+
+  [[nodiscard]] const Profile& profile() const { return profile_; }
+  [[nodiscard]] FragIndex& frag() { return frag_; }
+  [[nodiscard]] const FragIndex& frag() const { return frag_; }
+  [[nodiscard]] ClusterState& state() { return *state_; }
+  [[nodiscard]] const ClusterState& state() const { return *state_; }
+  [[nodiscard]] const RejectionCounts& last_rejections() const { return last_rejections_; }
+
+  // Place one task; on success `node` and `gpus` (local device indices) are set and the
+  // allocation is committed.
+  Status place(const Request& r, int32_t& node, std::vector<int32_t>& gpus);
+  // Release a placement made earlier (keeps the fragmentation index current).
+  Status release(int32_t node, const Request& r, std::span<const int32_t> gpus);
+  // Place tasks in order. With `track` the cluster's allocation and fragmentation after each
+  // task are recorded.
+  BatchResult place_batch(std::span<const Request> requests, bool track);
+
+  // Inspection (used by tests and "why pending"): per node first failing filter code, and raw
+  // (un-normalised) scores of one scorer for feasible nodes (-1 elsewhere).
+  void filter_all(const Request& r, std::span<uint8_t> codes) const;
+  void score_all(const Request& r, ScorerKind kind, std::span<int64_t> out);
+
+  // Mark a node changed outside the engine (flags, bulk edits).
+  void node_changed(int32_t n) { frag_.update(*state_, n); }
+
+ private:
+  int64_t raw_score(ScorerKind kind, int32_t n, const Request& r);
+  FgdChoice fgd_cached(int32_t n, const Request& r);
+  int32_t shape_slot(const Request& r);
+
+  ClusterState* state_;
+  Profile profile_;
+  FragIndex frag_;
+  Rng rng_;
+  RejectionCounts last_rejections_;
+  bool uses_fgd_ = false;
+
+  // Scratch reused across calls (no allocation in the steady state).
+  std::vector<int32_t> feasible_;
+  std::vector<int64_t> total_;
+  std::vector<int64_t> part_;
+
+  // FGD scores per (node, request shape), valid while the node's version is unchanged:
+  // one task changes one node, so repeated shapes rescore almost nothing.
+  struct ShapeKey {
+    int64_t cpu;
+    int32_t num_gpu;
+    int32_t gpu_milli;
+    ModelMask models;
+    bool operator==(const ShapeKey&) const = default;
+  };
+  struct ShapeHash {
+    size_t operator()(const ShapeKey& k) const noexcept {
+      uint64_t h = static_cast<uint64_t>(k.cpu) * 0x9E3779B97F4A7C15ULL;
+      h ^= (static_cast<uint64_t>(k.num_gpu) << 40) ^ static_cast<uint64_t>(k.gpu_milli) ^
+           (k.models * 0xC2B2AE3D27D4EB4FULL);
+      return static_cast<size_t>(h ^ (h >> 31));
+    }
+  };
+  struct CacheEntry {
+    uint32_t version = 0;
+    int32_t score = 0;
+    int32_t gpu = -1;
+  };
+  static constexpr int32_t kShapeSlots = 64;
+  std::unordered_map<ShapeKey, int32_t, ShapeHash> shapes_;
+  std::vector<CacheEntry> fgd_cache_;  // num_nodes x kShapeSlots
+};
+
+}  // namespace cplat

@@ -1,0 +1,72 @@
+// Core value types shared by every engine module.
+//
+// Everything is integral: time in seconds, CPU in milli-cores, memory in MiB and GPU in
+// milli-GPU (1000 = one whole device). Integers make results reproducible byte for byte.
+#pragma once
+
+#include <cassert>
+#include <cstdint>
+#include <string_view>
+
+#ifndef NDEBUG
+#define CPLAT_ASSERT(cond) assert(cond)
+#else
+#define CPLAT_ASSERT(cond) ((void)0)
+#endif
+
+namespace cplat {
+
+inline constexpr int32_t kMilliGpu = 1000;    // one whole GPU
+inline constexpr int kMaxGpuModels = 64;       // GPU models are bits of a uint64 mask
+inline constexpr int kMaxGpusPerNodeKey = 8;   // nodes up to this size get compact memo keys
+
+using ModelMask = uint64_t;  // bit m set = GPU model m allowed; 0 = any model
+
+// Node flags (bit set).
+enum NodeFlag : uint8_t {
+  kNodeDown = 1U << 0,
+  kNodeCordoned = 1U << 1,
+  kNodeDraining = 1U << 2,
+};
+
+// What one task asks for.
+//
+// GPU sharing follows the openb semantics: ``num_gpu == 1 && gpu_milli < 1000`` takes that
+// share of a single device; ``num_gpu == k`` with ``gpu_milli == 1000`` takes k whole devices.
+struct Request {
+  int64_t cpu_milli = 0;
+  int64_t memory_mib = 0;
+  int32_t num_gpu = 0;
+  int32_t gpu_milli = 0;   // per device
+  ModelMask models = 0;    // allowed GPU models, 0 = any
+
+  [[nodiscard]] bool wants_gpu() const { return num_gpu > 0 && gpu_milli > 0; }
+  [[nodiscard]] bool is_share() const { return num_gpu == 1 && gpu_milli < kMilliGpu; }
+  [[nodiscard]] int64_t total_gpu_milli() const {
+    return static_cast<int64_t>(num_gpu) * gpu_milli;
+  }
+};
+
+// Outcome codes. A rejection always names the plugin that produced it (see Status::plugin).
+enum class Code : uint8_t {
+  kOk = 0,
+  kNodeUnavailable,   // node down / cordoned / draining
+  kGpuModelMismatch,  // task restricts GPU models and the node has none of them
+  kInsufficientCpu,
+  kInsufficientMemory,
+  kInsufficientGpu,
+  kInvalidArgument,
+  kNoFeasibleNode,
+};
+
+struct Status {
+  Code code = Code::kOk;
+  std::string_view plugin{};  // static storage: plugin names are string literals
+
+  [[nodiscard]] bool ok() const { return code == Code::kOk; }
+  static Status Ok() { return {}; }
+};
+
+[[nodiscard]] std::string_view code_name(Code code);
+
+}  // namespace cplat

@@ -1,0 +1,1 @@
+"""cplat: a compute platform for AI/ML clusters."""
