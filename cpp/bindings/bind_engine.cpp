@@ -11,7 +11,7 @@ namespace cplat::py_bind {
 namespace {
 
 Profile make_profile(const std::vector<std::pair<std::string, int64_t>>& scorers,
-                     const std::string& gpu_pick) {
+                     const std::string& gpu_pick, const std::string& tie_break) {
   Profile p;
   for (const auto& [name, weight] : scorers) {
     const auto kind = scorer_from_name(name);
@@ -21,6 +21,13 @@ Profile make_profile(const std::vector<std::pair<std::string, int64_t>>& scorers
   const auto pick = gpu_pick_from_name(gpu_pick);
   if (!pick) throw std::invalid_argument("unknown GPU pick: " + gpu_pick);
   p.gpu_pick = *pick;
+  if (tie_break == "rank") {
+    p.tie_break = TieBreak::kRank;
+  } else if (tie_break == "random") {
+    p.tie_break = TieBreak::kRandom;
+  } else {
+    throw std::invalid_argument("unknown tie break: " + tie_break + " (valid: rank, random)");
+  }
   return p;
 }
 
@@ -61,13 +68,15 @@ void bind_engine(py::module_& m) {
       .def(py::init([](ClusterState& state, const std::vector<std::pair<std::string, int64_t>>& scorers,
                        const std::string& gpu_pick, const In<int64_t>& w_cpu,
                        const In<int32_t>& w_num_gpu, const In<int32_t>& w_gpu_milli,
-                       const In<uint64_t>& w_models, const In<double>& w_weight, uint64_t seed) {
-             return Engine(state, make_profile(scorers, gpu_pick),
+                       const In<uint64_t>& w_models, const In<double>& w_weight, uint64_t seed,
+                       const std::string& tie_break) {
+             return Engine(state, make_profile(scorers, gpu_pick, tie_break),
                            make_workload(w_cpu, w_num_gpu, w_gpu_milli, w_models, w_weight), seed);
            }),
            py::arg("state"), py::arg("scorers"), py::arg("gpu_pick"), py::arg("workload_cpu_milli"),
            py::arg("workload_num_gpu"), py::arg("workload_gpu_milli"), py::arg("workload_models"),
-           py::arg("workload_weight"), py::arg("seed"), py::keep_alive<1, 2>())
+           py::arg("workload_weight"), py::arg("seed"), py::arg("tie_break") = "rank",
+           py::keep_alive<1, 2>())
       .def(
           "place",
           [](Engine& e, int64_t cpu, int64_t mem, int32_t num_gpu, int32_t gpu_milli, uint64_t models) {
@@ -137,6 +146,9 @@ void bind_engine(py::module_& m) {
              const auto& c = e.last_rejections().by_code;
              return std::vector<int32_t>(c.begin(), c.end());
            })
+      .def_property_readonly("tie_rank", [](py::object self) {
+        return readonly_view(self.cast<const Engine&>().tie_rank(), self);
+      })
       .def_property_readonly("frag_total", [](const Engine& e) { return e.frag().total(); })
       .def_property_readonly("node_frag", [](py::object self) {
         return readonly_view(self.cast<const Engine&>().frag().node_array(), self);

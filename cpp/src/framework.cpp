@@ -30,6 +30,10 @@ Engine::Engine(ClusterState& state, Profile profile, TargetWorkload workload, ui
   if (uses_fgd_) {
     fgd_cache_.assign(static_cast<size_t>(state.num_nodes()) * kShapeSlots, CacheEntry{});
   }
+  // Fisher-Yates over node ids: a per-seed random node order for rank tie-breaking.
+  rank_.resize(static_cast<size_t>(state.num_nodes()));
+  for (size_t i = 0; i < rank_.size(); ++i) rank_[i] = static_cast<uint32_t>(i);
+  for (size_t i = rank_.size(); i > 1; --i) std::swap(rank_[i - 1], rank_[rng_.below(i)]);
   feasible_.reserve(static_cast<size_t>(state.num_nodes()));
   total_.reserve(static_cast<size_t>(state.num_nodes()));
   part_.reserve(static_cast<size_t>(state.num_nodes()));
@@ -117,23 +121,32 @@ Status Engine::place(const Request& r, int32_t& node, std::vector<int32_t>& gpus
     for (size_t i = 0; i < m; ++i) total_[i] += ws.weight * part_[i];
   }
 
-  // Select: the best total, uniformly at random among ties.
+  // Select: the best total; ties by the profile's rule.
   int64_t best = std::numeric_limits<int64_t>::min();
-  uint64_t ties = 0;
-  for (size_t i = 0; i < m; ++i) {
-    if (total_[i] > best) {
-      best = total_[i];
-      ties = 1;
-    } else if (total_[i] == best) {
-      ++ties;
-    }
-  }
-  uint64_t k = ties > 1 ? rng_.below(ties) : 0;
   size_t pick = 0;
-  for (size_t i = 0; i < m; ++i) {
-    if (total_[i] == best && k-- == 0) {
-      pick = i;
-      break;
+  if (profile_.tie_break == TieBreak::kRank) {
+    for (size_t i = 0; i < m; ++i) {
+      if (total_[i] > best || (total_[i] == best && rank_[feasible_[i]] < rank_[feasible_[pick]])) {
+        best = total_[i];
+        pick = i;
+      }
+    }
+  } else {
+    uint64_t ties = 0;
+    for (size_t i = 0; i < m; ++i) {
+      if (total_[i] > best) {
+        best = total_[i];
+        ties = 1;
+      } else if (total_[i] == best) {
+        ++ties;
+      }
+    }
+    uint64_t k = ties > 1 ? rng_.below(ties) : 0;
+    for (size_t i = 0; i < m; ++i) {
+      if (total_[i] == best && k-- == 0) {
+        pick = i;
+        break;
+      }
     }
   }
   const int32_t n = feasible_[pick];

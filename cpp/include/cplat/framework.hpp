@@ -2,7 +2,8 @@
 //
 // One Engine call places one task or a whole batch; a batch is placed in order, each task
 // seeing the ones before it (greedy). Decisions are deterministic for a given seed: ties
-// between equally scored nodes are broken uniformly at random by the engine's own generator.
+// between equally scored nodes are broken by the profile's TieBreak using the engine's own
+// generator.
 #pragma once
 
 #include <array>
@@ -24,9 +25,16 @@ struct WeightedScorer {
   int64_t weight = 1;
 };
 
+// How equally scored nodes are told apart.
+enum class TieBreak : uint8_t {
+  kRank,    // a random node order drawn once from the seed: the lowest rank wins (consolidates)
+  kRandom,  // uniformly at random for every decision (spreads)
+};
+
 struct Profile {
   std::vector<WeightedScorer> scorers;
   GpuPick gpu_pick = GpuPick::kBest;
+  TieBreak tie_break = TieBreak::kRank;
 };
 
 // Why a task found no node: the first failing filter per node, counted.
@@ -56,6 +64,7 @@ class Engine {
   [[nodiscard]] ClusterState& state() { return *state_; }
   [[nodiscard]] const ClusterState& state() const { return *state_; }
   [[nodiscard]] const RejectionCounts& last_rejections() const { return last_rejections_; }
+  [[nodiscard]] const std::vector<uint32_t>& tie_rank() const { return rank_; }
 
   // Place one task; on success `node` and `gpus` (local device indices) are set and the
   // allocation is committed.
@@ -84,6 +93,7 @@ class Engine {
   FragIndex frag_;
   Rng rng_;
   RejectionCounts last_rejections_;
+  std::vector<uint32_t> rank_;  // node -> tie-break rank (a permutation of 0..N-1)
   bool uses_fgd_ = false;
 
   // Scratch reused across calls (no allocation in the steady state).

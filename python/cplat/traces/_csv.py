@@ -1,0 +1,95 @@
+"""Strict CSV reading: every problem is reported with file, line and column."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from cplat.errors import InputError
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a plain or gzip-compressed text file."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return path.open("r", newline="", encoding="utf-8")
+
+
+def read_rows(
+    path: Path, required: tuple[str, ...], optional: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line_number, row)`` for each data row of a CSV file.
+
+    The header must contain every ``required`` column and nothing outside ``required`` and
+    ``optional``. Rows must have exactly as many fields as the header.
+
+    Raises
+    ------
+    InputError
+        For a missing file, a missing or unknown column, or a ragged row.
+    """
+    source = str(path)
+    if not path.is_file():
+        raise InputError("file not found", source=source)
+    try:
+        with open_text(path) as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise InputError("empty file, expected a header row", source=source, row=1)
+            header = [h.strip() for h in header]
+            for col in required:
+                if col not in header:
+                    raise InputError(
+                        f"missing column (required: {', '.join(required)})",
+                        source=source,
+                        row=1,
+                        field=col,
+                    )
+            allowed = set(required) | set(optional)
+            for col in header:
+                if col not in allowed:
+                    raise InputError(
+                        f"unknown column (allowed: {', '.join(required + optional)})",
+                        source=source,
+                        row=1,
+                        field=col,
+                    )
+            for values in reader:
+                line = reader.line_num
+                if not values or (len(values) == 1 and not values[0].strip()):
+                    continue
+                if len(values) != len(header):
+                    raise InputError(
+                        f"expected {len(header)} fields, found {len(values)}",
+                        source=source,
+                        row=line,
+                    )
+                yield line, dict(zip(header, values))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason})", source=source) from None
+    except (OSError, EOFError, csv.Error) as exc:
+        raise InputError(f"cannot read file ({exc})", source=source) from None
+
+
+def non_negative_int(value: str, *, source: str, row: int, field: str, maximum: int | None = None) -> int:
+    """Parse a non-negative integer field, or raise ``InputError`` naming the field."""
+    text = value.strip()
+    try:
+        number = int(text)
+    except ValueError:
+        raise InputError(
+            f"expected a non-negative integer, got {text!r}", source=source, row=row, field=field
+        ) from None
+    if number < 0:
+        raise InputError(
+            f"expected a non-negative integer, got {number}", source=source, row=row, field=field
+        )
+    if maximum is not None and number > maximum:
+        raise InputError(
+            f"expected at most {maximum}, got {number}", source=source, row=row, field=field
+        )
+    return number
