@@ -48,4 +48,5 @@ def new_engine(
         w.models,
         w.weight,
         seed & 0xFFFFFFFFFFFFFFFF,
+        profile.tie_break,
     )

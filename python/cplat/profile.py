@@ -11,6 +11,9 @@ from cplat.errors import InputError
 #: the same ranking).
 SINGLE_SCORER_WEIGHT = 1000
 
+#: Ways to break ties between equally scored nodes.
+TIE_BREAKS = ("rank", "random")
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -26,12 +29,17 @@ class Profile:
         ``(scorer, weight)`` pairs; scores are normalised per scorer, weighted and summed.
     gpu_pick
         How devices inside the chosen node are picked: ``best``, ``worst``, ``random``, ``fgd``.
+    tie_break
+        How equally scored nodes are told apart: ``rank`` (a random node order drawn once per
+        seed, lowest rank wins; consolidates, and is what the FGD paper's simulator does) or
+        ``random`` (uniform for every decision; spreads).
     """
 
     name: str
     label: str
     scorers: tuple[tuple[str, int], ...]
     gpu_pick: str
+    tie_break: str = "rank"
 
     def __post_init__(self) -> None:
         valid = _core.scorer_names()
@@ -43,6 +51,10 @@ class Profile:
         picks = _core.gpu_pick_names()
         if self.gpu_pick not in picks:
             raise InputError(f"unknown GPU pick {self.gpu_pick!r} (valid: {', '.join(picks)})", field="gpu_pick")
+        if self.tie_break not in TIE_BREAKS:
+            raise InputError(
+                f"unknown tie break {self.tie_break!r} (valid: {', '.join(TIE_BREAKS)})", field="tie_break"
+            )
 
     @property
     def needs_workload(self) -> bool:

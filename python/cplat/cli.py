@@ -1,0 +1,167 @@
+"""Command line: ``cplat pack`` (static packing experiment).
+
+Errors in user input print one line naming the file, line and column and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cplat.errors import InputError
+
+DEFAULT_OUT_DIR = Path("cplat-out")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parse seeds given as ``42``, ``42-51`` or ``42,45,50`` (ranges inclusive, may mix).
+
+    Raises
+    ------
+    InputError
+        For anything that is not a list of non-negative integers or ranges.
+    """
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(p) for p in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise InputError(
+                f"expected seeds like 42, 42-51 or 42,45; got {text!r}", field="--seeds"
+            ) from None
+    if any(s < 0 for s in seeds) or not seeds:
+        raise InputError(f"expected non-negative seeds; got {text!r}", field="--seeds")
+    return seeds
+
+
+def _write_rows(path: Path, rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cplat.pack import result_rows, run_many
+    from cplat.profile import PAPER_POLICIES, POLICIES, policy
+    from cplat.report import plot_pack, print_pack_table
+
+    console = Console(stderr=False)
+    names = list(PAPER_POLICIES) if args.policy == "all" else [p.strip() for p in args.policy.split(",")]
+    profiles = [policy(n) for n in names]
+    if args.tie_break != "rank":
+        from dataclasses import replace
+
+        profiles = [replace(p, tie_break=args.tie_break) for p in profiles]
+        for p in profiles:
+            p.__post_init__()
+    seeds = parse_seeds(args.seeds)
+    if not args.tune >= 0:
+        raise InputError(f"expected a non-negative ratio, got {args.tune}", field="--tune")
+
+    if args.synthetic:
+        from cplat.synthetic import synthetic_cluster, synthetic_tasks
+
+        if args.synthetic_nodes <= 0:
+            raise InputError("expected a positive node count", field="--synthetic-nodes")
+        nodes = synthetic_cluster(args.synthetic_nodes, seed=args.synthetic_seed)
+        tasks = synthetic_tasks(nodes, seed=args.synthetic_seed)
+        workload = "synthetic"
+        out = args.out or DEFAULT_OUT_DIR / "pack-alloc.csv"
+        plot = args.plot or DEFAULT_OUT_DIR / "pack.png"
+    else:
+        from cplat.traces import read_openb_nodes, read_openb_pods
+
+        if args.nodes is None or args.pods is None:
+            raise InputError("give --nodes and --pods, or --synthetic", field="--nodes")
+        nodes = read_openb_nodes(args.nodes)
+        tasks = read_openb_pods(args.pods, nodes.models)
+        workload = Path(args.pods).name.split(".")[0]
+        out, plot = args.out, args.plot
+
+    console.print(
+        f"[bold]cplat pack[/bold]: {workload}: {len(tasks)} tasks on {len(nodes)} nodes "
+        f"({int(nodes.num_gpu.sum())} GPUs); policies {', '.join(names)}; "
+        f"seeds {seeds[0]}..{seeds[-1]} ({len(seeds)}); tune {args.tune}"
+    )
+    started = time.perf_counter()
+    runs = run_many(nodes, tasks, profiles, seeds, args.tune, workload_name=workload, jobs=args.jobs)
+    elapsed = time.perf_counter() - started
+    print_pack_table(runs, console)
+    console.print(f"{len(runs)} runs in {elapsed:.2f} s")
+    written = []
+    for path, kind in ((out, "alloc"), (args.frag_out, "frag"), (args.frag_ratio_out, "frag_ratio")):
+        if path is not None:
+            _write_rows(Path(path), result_rows(runs, kind))
+            written.append(str(path))
+    if plot is not None:
+        written.append(str(plot_pack(runs, plot, title=f"{workload}: unallocated and fragmented GPU")))
+    if written:
+        console.print("wrote " + ", ".join(written))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``cplat`` argument parser."""
+    parser = argparse.ArgumentParser(prog="cplat", description="cplat: scheduling for AI/ML clusters")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pack = sub.add_parser(
+        "pack",
+        help="static packing experiment (FGD paper protocol)",
+        description="Place tasks one by one, never releasing, and report how much GPU is left "
+        "unallocated and fragmented as the arrived workload grows.",
+    )
+    src = pack.add_argument_group("input")
+    src.add_argument("--synthetic", action="store_true", help="use the built-in openb-like generator")
+    src.add_argument("--synthetic-nodes", type=int, default=300, metavar="N", help="nodes to generate (default 300)")
+    src.add_argument("--synthetic-seed", type=int, default=0, metavar="S", help="generator seed (default 0)")
+    src.add_argument("--nodes", type=Path, metavar="NODE_CSV", help="node list (openb format)")
+    src.add_argument("--pods", type=Path, metavar="POD_CSV", help="pod list (openb format)")
+    pack.add_argument("--policy", default="all", help="policies, comma separated, or 'all' (default)")
+    pack.add_argument("--seeds", default="42-51", help="seeds: 42, 42-51 or 42,45 (default 42-51)")
+    pack.add_argument("--tune", type=float, default=1.3, help="tune total GPU request to this x capacity")
+    pack.add_argument("--tie-break", choices=("rank", "random"), default="rank", help="tie rule between equal nodes")
+    pack.add_argument("--out", type=Path, metavar="ALLOC.csv", help="allocation curves (published format)")
+    pack.add_argument("--frag-out", type=Path, metavar="FRAG.csv", help="fragmentation curves")
+    pack.add_argument("--frag-ratio-out", type=Path, metavar="RATIO.csv", help="fragmentation ratio curves")
+    pack.add_argument("--plot", type=Path, metavar="PNG", help="plot of the curves")
+    pack.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel runs (default: cores)")
+    pack.set_defaults(func=_cmd_pack)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cplat`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        print(f"cplat {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cplat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
+        if os.environ.get("CPLAT_DEBUG"):
+            raise
+        print(f"cplat {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(set CPLAT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
