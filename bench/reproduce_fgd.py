@@ -22,9 +22,20 @@ from cplat.profile import PAPER_POLICIES, POLICIES
 from cplat.published import compare, load_published
 from cplat.traces import read_openb_nodes, read_openb_pods
 
-WORKLOADS = ("default", "cpu050", "cpu100", "cpu200", "cpu250",
-             "gpushare40", "gpushare60", "gpushare80", "gpushare100")
-DEFAULT_TRACES = Path(__file__).resolve().parents[1].parent / "shared/traces/alibaba-gpu-v2023-openb"
+WORKLOADS = (
+    "default",
+    "cpu050",
+    "cpu100",
+    "cpu200",
+    "cpu250",
+    "gpushare40",
+    "gpushare60",
+    "gpushare80",
+    "gpushare100",
+)
+DEFAULT_TRACES = (
+    Path(__file__).resolve().parents[1].parent / "shared/traces/alibaba-gpu-v2023-openb"
+)
 
 
 def main() -> int:
@@ -73,8 +84,10 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     table = "\n".join(lines)
     print(table)
-    summary = (f"\n{total_runs} runs in {elapsed:.1f} s wall ({args.jobs} threads); "
-               f"{failures} cells outside tolerance")
+    summary = (
+        f"\n{total_runs} runs in {elapsed:.1f} s wall ({args.jobs} threads); "
+        f"{failures} cells outside tolerance"
+    )
     print(summary)
     if args.markdown:
         args.markdown.write_text(table + "\n" + summary.strip() + "\n")

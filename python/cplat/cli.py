@@ -56,11 +56,15 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from cplat.pack import result_rows, run_many
-    from cplat.profile import PAPER_POLICIES, POLICIES, policy
+    from cplat.profile import PAPER_POLICIES, policy
     from cplat.report import plot_pack, print_pack_table
 
     console = Console(stderr=False)
-    names = list(PAPER_POLICIES) if args.policy == "all" else [p.strip() for p in args.policy.split(",")]
+    names = (
+        list(PAPER_POLICIES)
+        if args.policy == "all"
+        else [p.strip() for p in args.policy.split(",")]
+    )
     profiles = [policy(n) for n in names]
     if args.tie_break != "rank":
         from dataclasses import replace
@@ -98,17 +102,25 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         f"seeds {seeds[0]}..{seeds[-1]} ({len(seeds)}); tune {args.tune}"
     )
     started = time.perf_counter()
-    runs = run_many(nodes, tasks, profiles, seeds, args.tune, workload_name=workload, jobs=args.jobs)
+    runs = run_many(
+        nodes, tasks, profiles, seeds, args.tune, workload_name=workload, jobs=args.jobs
+    )
     elapsed = time.perf_counter() - started
     print_pack_table(runs, console)
     console.print(f"{len(runs)} runs in {elapsed:.2f} s")
     written = []
-    for path, kind in ((out, "alloc"), (args.frag_out, "frag"), (args.frag_ratio_out, "frag_ratio")):
+    for path, kind in (
+        (out, "alloc"),
+        (args.frag_out, "frag"),
+        (args.frag_ratio_out, "frag_ratio"),
+    ):
         if path is not None:
             _write_rows(Path(path), result_rows(runs, kind))
             written.append(str(path))
     if plot is not None:
-        written.append(str(plot_pack(runs, plot, title=f"{workload}: unallocated and fragmented GPU")))
+        written.append(
+            str(plot_pack(runs, plot, title=f"{workload}: unallocated and fragmented GPU"))
+        )
     if written:
         console.print("wrote " + ", ".join(written))
     return 0
@@ -116,7 +128,9 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``cplat`` argument parser."""
-    parser = argparse.ArgumentParser(prog="cplat", description="cplat: scheduling for AI/ML clusters")
+    parser = argparse.ArgumentParser(
+        prog="cplat", description="cplat: scheduling for AI/ML clusters"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     pack = sub.add_parser(
         "pack",
@@ -125,20 +139,45 @@ def build_parser() -> argparse.ArgumentParser:
         "unallocated and fragmented as the arrived workload grows.",
     )
     src = pack.add_argument_group("input")
-    src.add_argument("--synthetic", action="store_true", help="use the built-in openb-like generator")
-    src.add_argument("--synthetic-nodes", type=int, default=300, metavar="N", help="nodes to generate (default 300)")
-    src.add_argument("--synthetic-seed", type=int, default=0, metavar="S", help="generator seed (default 0)")
+    src.add_argument(
+        "--synthetic", action="store_true", help="use the built-in openb-like generator"
+    )
+    src.add_argument(
+        "--synthetic-nodes",
+        type=int,
+        default=300,
+        metavar="N",
+        help="nodes to generate (default 300)",
+    )
+    src.add_argument(
+        "--synthetic-seed", type=int, default=0, metavar="S", help="generator seed (default 0)"
+    )
     src.add_argument("--nodes", type=Path, metavar="NODE_CSV", help="node list (openb format)")
     src.add_argument("--pods", type=Path, metavar="POD_CSV", help="pod list (openb format)")
-    pack.add_argument("--policy", default="all", help="policies, comma separated, or 'all' (default)")
+    pack.add_argument(
+        "--policy", default="all", help="policies, comma separated, or 'all' (default)"
+    )
     pack.add_argument("--seeds", default="42-51", help="seeds: 42, 42-51 or 42,45 (default 42-51)")
-    pack.add_argument("--tune", type=float, default=1.3, help="tune total GPU request to this x capacity")
-    pack.add_argument("--tie-break", choices=("rank", "random"), default="rank", help="tie rule between equal nodes")
-    pack.add_argument("--out", type=Path, metavar="ALLOC.csv", help="allocation curves (published format)")
+    pack.add_argument(
+        "--tune", type=float, default=1.3, help="tune total GPU request to this x capacity"
+    )
+    pack.add_argument(
+        "--tie-break",
+        choices=("rank", "random"),
+        default="rank",
+        help="tie rule between equal nodes",
+    )
+    pack.add_argument(
+        "--out", type=Path, metavar="ALLOC.csv", help="allocation curves (published format)"
+    )
     pack.add_argument("--frag-out", type=Path, metavar="FRAG.csv", help="fragmentation curves")
-    pack.add_argument("--frag-ratio-out", type=Path, metavar="RATIO.csv", help="fragmentation ratio curves")
+    pack.add_argument(
+        "--frag-ratio-out", type=Path, metavar="RATIO.csv", help="fragmentation ratio curves"
+    )
     pack.add_argument("--plot", type=Path, metavar="PNG", help="plot of the curves")
-    pack.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel runs (default: cores)")
+    pack.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="parallel runs (default: cores)"
+    )
     pack.set_defaults(func=_cmd_pack)
     return parser
 
@@ -158,8 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
         if os.environ.get("CPLAT_DEBUG"):
             raise
-        print(f"cplat {args.command}: internal error: {type(exc).__name__}: {exc} "
-              "(set CPLAT_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"cplat {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(set CPLAT_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -46,9 +46,17 @@ def target_workload(tasks: TaskTable, coverage: float = DEFAULT_COVERAGE) -> Tar
     """
     if not 0.0 < coverage <= 1.0:
         raise ValueError("coverage must be in (0, 1]")
-    keys = list(zip(tasks.cpu_milli.tolist(), tasks.gpu_milli.tolist(), tasks.num_gpu.tolist(), tasks.gpu_spec))
+    keys = list(
+        zip(
+            tasks.cpu_milli.tolist(),
+            tasks.gpu_milli.tolist(),
+            tasks.num_gpu.tolist(),
+            tasks.gpu_spec,
+            strict=True,
+        )
+    )
     counts = Counter(keys)
-    mask_of = dict(zip(keys, tasks.models.tolist()))
+    mask_of = dict(zip(keys, tasks.models.tolist(), strict=True))
     ranked = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
     total = float(len(keys))
     expected = coverage * total
@@ -97,6 +105,7 @@ def node_fragmentation(
         workload.gpu_milli.tolist(),
         workload.models.tolist(),
         workload.weight.tolist(),
+        strict=True,
     ):
         model_ok = mask == 0 or (model >= 0 and (mask >> model) & 1 == 1)
         if milli == 0 or not model_ok:

@@ -38,9 +38,9 @@ class PackRun:
     tune: float
     seed: int
     total_gpus: int
-    arrived_milli: npt.NDArray[np.int64]    # cumulative requested milli-GPU after each task
+    arrived_milli: npt.NDArray[np.int64]  # cumulative requested milli-GPU after each task
     allocated_milli: npt.NDArray[np.int64]  # allocated milli-GPU after each task
-    frag_milli: F64                         # fragmented milli-GPU after each task
+    frag_milli: F64  # fragmented milli-GPU after each task
     placed: npt.NDArray[np.bool_]
 
     @property
@@ -94,7 +94,9 @@ def discretize(arrived_pct: npt.NDArray[np.int64], values: F64, *, round_mean: b
     return np.round(out, 2) if round_mean else out
 
 
-def tuned_order(tasks: TaskTable, capacity_milli: int, tune: float, rng: np.random.Generator) -> npt.NDArray[np.intp]:
+def tuned_order(
+    tasks: TaskTable, capacity_milli: int, tune: float, rng: np.random.Generator
+) -> npt.NDArray[np.intp]:
     """Task indices in placement order: name-sorted, shuffled, then tuned to ``tune`` x capacity.
 
     Tuning up appends random copies (drawn from the name-sorted list) while the next copy keeps
@@ -155,9 +157,9 @@ def run_pack(
         seed=seed,
         total_gpus=int(nodes.num_gpu.sum()),
         arrived_milli=np.cumsum(seq.total_gpu_milli),
-        allocated_milli=out["allocated_gpu_milli"],
-        frag_milli=out["frag_milli"],
-        placed=out["node"] >= 0,
+        allocated_milli=np.asarray(out["allocated_gpu_milli"], dtype=np.int64),
+        frag_milli=np.asarray(out["frag_milli"], dtype=np.float64),
+        placed=np.asarray(out["node"], dtype=np.int32) >= 0,
     )
 
 
@@ -180,7 +182,9 @@ def run_many(
     workers = max(1, min(jobs or os.cpu_count() or 1, len(pairs)))
 
     def one(pair: tuple[Profile, int]) -> PackRun:
-        return run_pack(nodes, tasks, pair[0], pair[1], tune, workload_name=workload_name, target=target)
+        return run_pack(
+            nodes, tasks, pair[0], pair[1], tune, workload_name=workload_name, target=target
+        )
 
     if workers == 1:
         return [one(p) for p in pairs]

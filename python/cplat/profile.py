@@ -45,15 +45,20 @@ class Profile:
         valid = _core.scorer_names()
         for scorer, weight in self.scorers:
             if scorer not in valid:
-                raise InputError(f"unknown scorer {scorer!r} (valid: {', '.join(valid)})", field="scorers")
+                raise InputError(
+                    f"unknown scorer {scorer!r} (valid: {', '.join(valid)})", field="scorers"
+                )
             if weight <= 0:
                 raise InputError(f"scorer {scorer!r} needs a positive weight", field="scorers")
         picks = _core.gpu_pick_names()
         if self.gpu_pick not in picks:
-            raise InputError(f"unknown GPU pick {self.gpu_pick!r} (valid: {', '.join(picks)})", field="gpu_pick")
+            raise InputError(
+                f"unknown GPU pick {self.gpu_pick!r} (valid: {', '.join(picks)})", field="gpu_pick"
+            )
         if self.tie_break not in TIE_BREAKS:
             raise InputError(
-                f"unknown tie break {self.tie_break!r} (valid: {', '.join(TIE_BREAKS)})", field="tie_break"
+                f"unknown tie break {self.tie_break!r} (valid: {', '.join(TIE_BREAKS)})",
+                field="tie_break",
             )
 
     @property

@@ -57,7 +57,7 @@ class Cell:
 
 
 def load_published(directory: str | Path, kind: str) -> dict[tuple[str, str], list[list[float]]]:
-    """Published curves ``{(workload, policy label): [curve per seed]}`` (NaN where empty)."""
+    """Load published curves as ``{(workload, policy label): [curve per seed]}`` (NaN if empty)."""
     path = Path(directory) / PUBLISHED_FILES[kind]
     out: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
     with open_text(path) as fh:

@@ -28,11 +28,15 @@ _NODE_TYPES = (
 # Popular GPU shares of fractional tasks and their weights.
 _SHARES = np.array([810, 470, 320, 650, 230, 160, 550, 370, 590, 220], dtype=np.int32)
 _SHARE_W = np.array([0.30, 0.20, 0.09, 0.08, 0.07, 0.06, 0.06, 0.05, 0.05, 0.04])
-_CPU_CHOICES = np.array([2_000, 4_000, 6_000, 8_000, 12_000, 16_000, 24_000, 32_000], dtype=np.int64)
+_CPU_CHOICES = np.array(
+    [2_000, 4_000, 6_000, 8_000, 12_000, 16_000, 24_000, 32_000], dtype=np.int64
+)
 _CPU_W = np.array([0.08, 0.22, 0.12, 0.20, 0.18, 0.12, 0.05, 0.03])
 
 
-def synthetic_cluster(num_nodes: int = 300, seed: int = 0, gpus_per_node: int | None = None) -> NodeTable:
+def synthetic_cluster(
+    num_nodes: int = 300, seed: int = 0, gpus_per_node: int | None = None
+) -> NodeTable:
     """Return ``num_nodes`` nodes drawn from openb-like node types.
 
     With ``gpus_per_node`` every node has that many GPUs of one model, 96 cores and 768 GiB
@@ -88,9 +92,15 @@ def synthetic_tasks(
         raise ValueError("load must be positive")
     rng = np.random.Generator(np.random.PCG64(seed + 1_000_003))
     capacity = nodes.total_gpu_milli
-    mean_gpu = share * float(_SHARES @ (_SHARE_W / _SHARE_W.sum())) + (1 - cpu_only - share - multi_gpu) * 1000 + multi_gpu * 4500
+    mean_gpu = (
+        share * float(_SHARES @ (_SHARE_W / _SHARE_W.sum()))
+        + (1 - cpu_only - share - multi_gpu) * 1000
+        + multi_gpu * 4500
+    )
     count = max(1, int(round(load * capacity / max(mean_gpu, 1.0))))
-    kind = rng.choice(4, size=count, p=[cpu_only, share, 1 - cpu_only - share - multi_gpu, multi_gpu])
+    kind = rng.choice(
+        4, size=count, p=[cpu_only, share, 1 - cpu_only - share - multi_gpu, multi_gpu]
+    )
     num_gpu = np.where(kind == 0, 0, 1).astype(np.int32)
     gpu_milli = np.where(kind == 0, 0, 1000).astype(np.int32)
     shares = rng.choice(_SHARES, size=count, p=_SHARE_W / _SHARE_W.sum())
@@ -102,7 +112,8 @@ def synthetic_tasks(
     memory = (cpu // 1000 * rng.choice(np.array([2048, 4096, 8192]), size=count)).astype(np.int64)
     # A few tasks restrict GPU models, as production users sometimes do.
     spec_pick = rng.random(count) < 0.05
-    specs = tuple("V100M16|V100M32" if s and k != 0 else "" for s, k in zip(spec_pick, kind))
+    restricted = spec_pick & (kind != 0)
+    specs = tuple("V100M16|V100M32" if r else "" for r in restricted)
     return TaskTable(
         name=tuple(f"syn-pod-{i:06d}" for i in range(count)),
         cpu_milli=cpu,

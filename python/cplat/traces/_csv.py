@@ -68,14 +68,16 @@ def read_rows(
                         source=source,
                         row=line,
                     )
-                yield line, dict(zip(header, values))
+                yield line, dict(zip(header, values, strict=True))
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc.reason})", source=source) from None
     except (OSError, EOFError, csv.Error) as exc:
         raise InputError(f"cannot read file ({exc})", source=source) from None
 
 
-def non_negative_int(value: str, *, source: str, row: int, field: str, maximum: int | None = None) -> int:
+def non_negative_int(
+    value: str, *, source: str, row: int, field: str, maximum: int | None = None
+) -> int:
     """Parse a non-negative integer field, or raise ``InputError`` naming the field."""
     text = value.strip()
     try:

@@ -48,20 +48,30 @@ def read_openb_nodes(path: str | Path) -> NodeTable:
         g = non_negative_int(row["gpu"], source=source, row=line, field="gpu", maximum=64)
         model = row["model"].strip()
         if g > 0 and not model:
-            raise InputError("a node with GPUs needs a GPU model", source=source, row=line, field="model")
+            raise InputError(
+                "a node with GPUs needs a GPU model", source=source, row=line, field="model"
+            )
         if "|" in model:
-            raise InputError("a node has exactly one GPU model", source=source, row=line, field="model")
+            raise InputError(
+                "a node has exactly one GPU model", source=source, row=line, field="model"
+            )
         ngpu.append(g)
         model_names.append(model if g > 0 else "")
-        rack.append(non_negative_int(row.get("rack", "0") or "0", source=source, row=line, field="rack"))
-        spine.append(non_negative_int(row.get("spine", "0") or "0", source=source, row=line, field="spine"))
+        rack.append(
+            non_negative_int(row.get("rack", "0") or "0", source=source, row=line, field="rack")
+        )
+        spine.append(
+            non_negative_int(row.get("spine", "0") or "0", source=source, row=line, field="spine")
+        )
     if not names:
         raise InputError("no nodes in file", source=source)
     if len(set(names)) != len(names):
         seen: set[str] = set()
         for i, name in enumerate(names):
             if name in seen:
-                raise InputError(f"duplicate node name {name!r}", source=source, row=i + 2, field="sn")
+                raise InputError(
+                    f"duplicate node name {name!r}", source=source, row=i + 2, field="sn"
+                )
             seen.add(name)
     models = GpuModels(tuple(sorted({m for m in model_names if m})))
     return NodeTable(
