@@ -27,9 +27,15 @@ Engine::Engine(ClusterState& state, Profile profile, TargetWorkload workload, ui
   if ((uses_fgd_ || profile_.gpu_pick == GpuPick::kFgd) && frag_.workload().empty()) {
     throw std::invalid_argument("the fgd scorer and GPU pick need a non-empty target workload");
   }
-  if (uses_fgd_) {
-    fgd_cache_.assign(static_cast<size_t>(state.num_nodes()) * kShapeSlots, CacheEntry{});
+  // One cache block per distinct scorer of the profile.
+  cache_row_.fill(-1);
+  int32_t rows = 0;
+  for (const WeightedScorer& s : profile_.scorers) {
+    auto& row = cache_row_[static_cast<size_t>(s.kind)];
+    if (s.kind != ScorerKind::kRandom && row < 0) row = rows++;
   }
+  score_cache_.assign(static_cast<size_t>(rows) * kShapeSlots * static_cast<size_t>(state.num_nodes()),
+                      CacheEntry{});
   // Fisher-Yates over node ids: a per-seed random node order for rank tie-breaking.
   rank_.resize(static_cast<size_t>(state.num_nodes()));
   for (size_t i = 0; i < rank_.size(); ++i) rank_[i] = static_cast<uint32_t>(i);
@@ -49,28 +55,96 @@ int32_t Engine::shape_slot(const Request& r) {
   return slot;
 }
 
-FgdChoice Engine::fgd_cached(int32_t n, const Request& r) {
-  const int32_t slot = shape_slot(r);
-  if (slot < 0) return score_fgd(*state_, frag_, n, r);
-  CacheEntry& e = fgd_cache_[static_cast<size_t>(n) * kShapeSlots + static_cast<size_t>(slot)];
-  if (e.version != state_->version(n)) {
-    const FgdChoice c = score_fgd(*state_, frag_, n, r);
-    e = {state_->version(n), static_cast<int32_t>(c.score), c.gpu};
-  }
-  return {e.score, e.gpu};
+int64_t Engine::raw_score(ScorerKind kind, int32_t n, const Request& r) {
+  return compute_score(kind, n, r).score;
 }
 
-int64_t Engine::raw_score(ScorerKind kind, int32_t n, const Request& r) {
-  switch (kind) {
-    case ScorerKind::kDotProd: return score_dotprod(*state_, n, r);
-    case ScorerKind::kGpuClustering: return score_gpu_clustering(*state_, n, r);
-    case ScorerKind::kGpuPacking: return score_gpu_packing(*state_, n, r);
-    case ScorerKind::kBestFit: return score_bestfit(*state_, n, r);
-    case ScorerKind::kWorstFit: return score_worstfit(*state_, n, r);
-    case ScorerKind::kFgd: return fgd_cached(n, r).score;
-    case ScorerKind::kRandom: return kMinScore;  // drawn per task, see place()
+size_t Engine::filter_feasible(const Request& r) {
+  // Same rules as filter_node, written over the raw columns so the loop has no branches: every
+  // node is written to feasible_ and the write position advances only when it fits.
+  const ClusterState& st = *state_;
+  const auto num_nodes = static_cast<size_t>(st.num_nodes());
+  feasible_.resize(num_nodes);
+  const uint8_t* flags = st.flags_array().data();
+  const int64_t* cpu = st.cpu_free_array().data();
+  const int64_t* mem = st.memory_free_array().data();
+  const int32_t* model = st.gpu_model_array().data();
+  const int32_t* begin = st.gpu_begin_array().data();
+  const int32_t* max_free = st.max_free_array().data();
+  const int32_t* whole = st.whole_free_array().data();
+  int32_t* out = feasible_.data();
+  size_t m = 0;
+  const bool gpu = r.wants_gpu();
+  const bool share = r.is_share();
+  const uint64_t models = r.models;
+  if (gpu && !share && r.gpu_milli < kMilliGpu) {
+    // Several fractional devices (not produced by the readers): use the general rule.
+    for (size_t n = 0; n < num_nodes; ++n) {
+      out[m] = static_cast<int32_t>(n);
+      m += filter_node(st, static_cast<int32_t>(n), r).ok() ? 1 : 0;
+    }
+    feasible_.resize(m);
+    return m;
   }
-  return kMinScore;
+  const int32_t need = share ? r.gpu_milli : r.num_gpu;
+  const int32_t* gpu_have = share ? max_free : whole;
+  for (size_t n = 0; n < num_nodes; ++n) {
+    bool ok = (flags[n] == 0) & (cpu[n] >= r.cpu_milli) & (mem[n] >= r.memory_mib);
+    if (gpu) {
+      const int32_t md = model[n];
+      const bool model_ok =
+          (models == 0) | ((md >= 0) & (((models >> (static_cast<uint32_t>(md) & 63U)) & 1U) != 0));
+      ok &= (begin[n + 1] > begin[n]) & model_ok & (gpu_have[n] >= need);
+    }
+    out[m] = static_cast<int32_t>(n);
+    m += ok ? 1 : 0;
+  }
+  feasible_.resize(m);
+  return m;
+}
+
+void Engine::fill_scores(ScorerKind kind, const Request& r) {
+  // Scores depend only on the node's state and the request's shape, and one task changes one
+  // node: cache them per (scorer, shape, node) and recompute a node only when its version moved.
+  const size_t m = feasible_.size();
+  const int32_t* f = feasible_.data();
+  int64_t* out = part_.data();
+  const ClusterState& st = *state_;
+  if (kind == ScorerKind::kRandom) {
+    std::fill(part_.begin(), part_.end(), kMinScore);
+    return;
+  }
+  const int32_t slot = shape_slot(r);
+  const int32_t krow = cache_row_[static_cast<size_t>(kind)];
+  if (slot < 0 || krow < 0) {
+    for (size_t i = 0; i < m; ++i) out[i] = compute_score(kind, f[i], r).score;
+    return;
+  }
+  CacheEntry* row = score_cache_.data() +
+                    (static_cast<size_t>(krow) * kShapeSlots + static_cast<size_t>(slot)) *
+                        static_cast<size_t>(st.num_nodes());
+  const uint32_t* version = st.version_array().data();
+  for (size_t i = 0; i < m; ++i) {
+    CacheEntry& e = row[f[i]];
+    if (e.version != version[f[i]]) {
+      const FgdChoice c = compute_score(kind, f[i], r);
+      e = {version[f[i]], static_cast<int32_t>(c.score), c.gpu};
+    }
+    out[i] = e.score;
+  }
+}
+
+FgdChoice Engine::compute_score(ScorerKind kind, int32_t n, const Request& r) {
+  switch (kind) {
+    case ScorerKind::kDotProd: return {score_dotprod(*state_, n, r), -1};
+    case ScorerKind::kGpuClustering: return {score_gpu_clustering(*state_, n, r), -1};
+    case ScorerKind::kGpuPacking: return {score_gpu_packing(*state_, n, r), -1};
+    case ScorerKind::kBestFit: return {score_bestfit(*state_, n, r), -1};
+    case ScorerKind::kWorstFit: return {score_worstfit(*state_, n, r), -1};
+    case ScorerKind::kFgd: return score_fgd(*state_, frag_, n, r);
+    case ScorerKind::kRandom: break;
+  }
+  return {kMinScore, -1};
 }
 
 void Engine::filter_all(const Request& r, std::span<uint8_t> codes) const {
@@ -92,58 +166,71 @@ Status Engine::place(const Request& r, int32_t& node, std::vector<int32_t>& gpus
       r.gpu_milli > kMilliGpu || (r.num_gpu > 1 && r.gpu_milli < kMilliGpu && r.gpu_milli > 0)) {
     return {Code::kInvalidArgument, "Engine"};
   }
-  // Filter.
-  feasible_.clear();
-  last_rejections_ = {};
-  const int32_t num_nodes = state_->num_nodes();
-  for (int32_t n = 0; n < num_nodes; ++n) {
-    const Status s = filter_node(*state_, n, r);
-    if (s.ok()) {
-      feasible_.push_back(n);
-    } else {
-      ++last_rejections_.by_code[static_cast<size_t>(s.code)];
+  // Filter (fast path: branch-free feasibility; reasons are only counted when nothing fits).
+  const size_t m = filter_feasible(r);
+  if (m == 0) {
+    last_rejections_ = {};
+    for (int32_t n = 0; n < state_->num_nodes(); ++n) {
+      ++last_rejections_.by_code[static_cast<size_t>(filter_node(*state_, n, r).code)];
     }
+    return last_rejections_.dominant();
   }
-  if (feasible_.empty()) return last_rejections_.dominant();
 
   // Score: weighted sum of (normalised) plugin scores.
-  const size_t m = feasible_.size();
-  total_.assign(m, 0);
-  for (const WeightedScorer& ws : profile_.scorers) {
-    part_.resize(m);
-    if (ws.kind == ScorerKind::kRandom) {
-      std::fill(part_.begin(), part_.end(), kMinScore);
-      part_[rng_.below(m)] = kMaxScore;
-    } else {
-      for (size_t i = 0; i < m; ++i) part_[i] = raw_score(ws.kind, feasible_[i], r);
-      if (scorer_normalizes(ws.kind)) normalize_scores(part_);
+  part_.resize(m);
+  const int64_t* totals = nullptr;
+  if (profile_.scorers.size() == 1 && profile_.scorers[0].kind != ScorerKind::kRandom) {
+    // One scorer: rank on its raw scores. Min-max normalisation is strictly increasing when
+    // the raw range is at most 100, so it changes neither the best node nor the ties; it is
+    // applied only when it could merge scores.
+    const WeightedScorer& ws = profile_.scorers[0];
+    fill_scores(ws.kind, r);
+    if (scorer_normalizes(ws.kind)) {
+      const auto [lo, hi] = std::minmax_element(part_.begin(), part_.end());
+      if (*hi - *lo > kMaxScore - kMinScore) normalize_scores(part_);
     }
-    for (size_t i = 0; i < m; ++i) total_[i] += ws.weight * part_[i];
+    totals = part_.data();
+  } else {
+    total_.assign(m, 0);
+    for (const WeightedScorer& ws : profile_.scorers) {
+      if (ws.kind == ScorerKind::kRandom) {
+        std::fill(part_.begin(), part_.end(), kMinScore);
+        part_[rng_.below(m)] = kMaxScore;
+      } else {
+        fill_scores(ws.kind, r);
+        if (scorer_normalizes(ws.kind)) normalize_scores(part_);
+      }
+      for (size_t i = 0; i < m; ++i) total_[i] += ws.weight * part_[i];
+    }
+    totals = total_.data();
   }
 
   // Select: the best total; ties by the profile's rule.
   int64_t best = std::numeric_limits<int64_t>::min();
   size_t pick = 0;
   if (profile_.tie_break == TieBreak::kRank) {
+    uint32_t best_rank = std::numeric_limits<uint32_t>::max();
     for (size_t i = 0; i < m; ++i) {
-      if (total_[i] > best || (total_[i] == best && rank_[feasible_[i]] < rank_[feasible_[pick]])) {
-        best = total_[i];
+      const uint32_t rank = rank_[feasible_[i]];
+      if (totals[i] > best || (totals[i] == best && rank < best_rank)) {
+        best = totals[i];
+        best_rank = rank;
         pick = i;
       }
     }
   } else {
     uint64_t ties = 0;
     for (size_t i = 0; i < m; ++i) {
-      if (total_[i] > best) {
-        best = total_[i];
+      if (totals[i] > best) {
+        best = totals[i];
         ties = 1;
-      } else if (total_[i] == best) {
+      } else if (totals[i] == best) {
         ++ties;
       }
     }
     uint64_t k = ties > 1 ? rng_.below(ties) : 0;
     for (size_t i = 0; i < m; ++i) {
-      if (total_[i] == best && k-- == 0) {
+      if (totals[i] == best && k-- == 0) {
         pick = i;
         break;
       }

@@ -67,6 +67,9 @@ class ClusterState {
   [[nodiscard]] const std::vector<int32_t>& gpu_free_array() const { return gpu_free_; }
   [[nodiscard]] const std::vector<int32_t>& gpu_begin_array() const { return gpu_begin_; }
   [[nodiscard]] const std::vector<int32_t>& gpu_model_array() const { return gpu_model_; }
+  [[nodiscard]] const std::vector<int32_t>& max_free_array() const { return gpu_max_free_; }
+  [[nodiscard]] const std::vector<uint32_t>& version_array() const { return version_; }
+  [[nodiscard]] const std::vector<int32_t>& whole_free_array() const { return gpu_whole_free_; }
   [[nodiscard]] const std::vector<uint8_t>& flags_array() const { return flags_; }
   [[nodiscard]] const std::vector<int32_t>& rack_array() const { return rack_; }
   [[nodiscard]] const std::vector<int32_t>& spine_array() const { return spine_; }

@@ -85,7 +85,9 @@ class Engine {
 
  private:
   int64_t raw_score(ScorerKind kind, int32_t n, const Request& r);
-  FgdChoice fgd_cached(int32_t n, const Request& r);
+  void fill_scores(ScorerKind kind, const Request& r);  // part_[i] for feasible_[i]
+  size_t filter_feasible(const Request& r);              // fills feasible_, returns count
+  FgdChoice compute_score(ScorerKind kind, int32_t n, const Request& r);
   int32_t shape_slot(const Request& r);
 
   ClusterState* state_;
@@ -101,7 +103,7 @@ class Engine {
   std::vector<int64_t> total_;
   std::vector<int64_t> part_;
 
-  // FGD scores per (node, request shape), valid while the node's version is unchanged:
+  // Scores per (scorer, request shape, node), valid while the node's version is unchanged:
   // one task changes one node, so repeated shapes rescore almost nothing.
   struct ShapeKey {
     int64_t cpu;
@@ -125,7 +127,8 @@ class Engine {
   };
   static constexpr int32_t kShapeSlots = 64;
   std::unordered_map<ShapeKey, int32_t, ShapeHash> shapes_;
-  std::vector<CacheEntry> fgd_cache_;  // num_nodes x kShapeSlots
+  std::array<int32_t, kNumScorers> cache_row_{};  // scorer -> cache block, -1 = none
+  std::vector<CacheEntry> score_cache_;  // blocks x kShapeSlots x num_nodes (node-contiguous)
 };
 
 }  // namespace cplat

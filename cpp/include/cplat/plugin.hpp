@@ -5,6 +5,7 @@
 // paper's artifact, because truncation decides which nodes tie and ties are broken at random.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -46,14 +47,72 @@ inline constexpr int kNumGpuPicks = 4;
 
 // --- Filters -----------------------------------------------------------------------------
 // First failing filter for node n, or Ok. Order: node state, GPU model, CPU, memory, GPU.
-[[nodiscard]] Status filter_node(const ClusterState& state, int32_t n, const Request& r);
+// Inline: it runs once per node per task, the engine's hottest loop.
+[[nodiscard]] inline Status filter_node(const ClusterState& state, int32_t n, const Request& r) {
+  if (state.flags(n) != 0) return {Code::kNodeUnavailable, "NodeState"};
+  if (r.wants_gpu()) {
+    const int32_t model = state.gpu_model(n);
+    if (state.gpu_count(n) == 0) return {Code::kInsufficientGpu, "GpuShare"};
+    if (r.models != 0 && (model < 0 || ((r.models >> model) & 1U) == 0)) {
+      return {Code::kGpuModelMismatch, "GpuModel"};
+    }
+  }
+  if (r.cpu_milli > state.cpu_free(n)) return {Code::kInsufficientCpu, "NodeResourcesFit"};
+  if (r.memory_mib > state.memory_free(n)) return {Code::kInsufficientMemory, "NodeResourcesFit"};
+  if (!state.gpu_fits(n, r)) return {Code::kInsufficientGpu, "GpuShare"};
+  return Status::Ok();
+}
 
 // --- Stateless scorers -------------------------------------------------------------------
-[[nodiscard]] int64_t score_dotprod(const ClusterState& state, int32_t n, const Request& r);
-[[nodiscard]] int64_t score_gpu_clustering(const ClusterState& state, int32_t n, const Request& r);
+// The cheap ones are inline so the engine's per-node loops compile to straight-line code.
+
+// Tetris-style alignment of the request with the node's free (CPU, total GPU) vector, both
+// normalised by the largest node shape; a smaller dot product scores higher.
+[[nodiscard]] inline int64_t score_dotprod(const ClusterState& state, int32_t n, const Request& r) {
+  if (state.cpu_free(n) < r.cpu_milli) return kMinScore;
+  const double node_cpu = static_cast<double>(state.cpu_free(n)) / kMaxSpecCpu;
+  const double node_gpu = static_cast<double>(state.gpu_free_total(n)) / kMaxSpecGpu;
+  const double pod_cpu = static_cast<double>(r.cpu_milli) / kMaxSpecCpu;
+  const double pod_gpu = static_cast<double>(r.total_gpu_milli()) / kMaxSpecGpu;
+  double dot = node_cpu * pod_cpu + node_gpu * pod_gpu;
+  dot /= 2.0;
+  return static_cast<int64_t>(static_cast<double>(kMaxScore) * (1.0 - dot));
+}
+
+// Prefer nodes already running tasks of the same GPU kind (shared, 1-GPU, 2-GPU, ...), then
+// idle nodes, then mixed nodes; within a band, fuller nodes first.
+[[nodiscard]] inline int64_t score_gpu_clustering(const ClusterState& state, int32_t n,
+                                                  const Request& r) {
+  if (!r.wants_gpu()) return kMinScore;
+  const int slot = r.is_share() ? 0 : std::clamp(r.num_gpu, 1, kGpuKindSlots - 1);
+  const int64_t fill = kMaxScore / 4 * (kMaxSpecGpuInt - state.gpu_free_total(n)) / kMaxSpecGpuInt;
+  if (state.kind_count(n, slot) > 0) {
+    return fill + (state.kinds_present(n) == 1 ? kMaxScore * 3 / 4 : kMaxScore * 2 / 4);
+  }
+  return fill + (state.kinds_present(n) == 0 ? kMaxScore / 4 : 0);
+}
+
+// Prefer sharing an already used device, then whole free devices on a used node, then an
+// idle node (fewer devices first).
 [[nodiscard]] int64_t score_gpu_packing(const ClusterState& state, int32_t n, const Request& r);
-[[nodiscard]] int64_t score_bestfit(const ClusterState& state, int32_t n, const Request& r);
-[[nodiscard]] int64_t score_worstfit(const ClusterState& state, int32_t n, const Request& r);
+
+// Leftover (CPU, GPU) after placing, each normalised by the largest node shape, half weight.
+[[nodiscard]] inline double fit_leftover(const ClusterState& state, int32_t n, const Request& r) {
+  double s = 0.0;
+  s += static_cast<double>(state.cpu_free(n) - r.cpu_milli) / kMaxSpecCpu * 0.5;
+  s += static_cast<double>(state.gpu_free_total(n) - r.total_gpu_milli()) / kMaxSpecGpu * 0.5;
+  return s;
+}
+
+// Least leftover first (the scores are min-max normalised over the feasible nodes).
+[[nodiscard]] inline int64_t score_bestfit(const ClusterState& state, int32_t n, const Request& r) {
+  return static_cast<int64_t>((1.0 - fit_leftover(state, n, r)) * static_cast<double>(kMaxScore));
+}
+
+// Most leftover first: spread.
+[[nodiscard]] inline int64_t score_worstfit(const ClusterState& state, int32_t n, const Request& r) {
+  return static_cast<int64_t>(fit_leftover(state, n, r) * static_cast<double>(kMaxScore));
+}
 
 // --- Fragmentation gradient --------------------------------------------------------------
 struct FgdChoice {

@@ -39,33 +39,6 @@ bool scorer_normalizes(ScorerKind kind) {
   return kind == ScorerKind::kBestFit || kind == ScorerKind::kWorstFit;
 }
 
-// Tetris-style alignment of the request with the node's free (CPU, total GPU) vector, both
-// normalised by the largest node shape; a smaller dot product scores higher.
-int64_t score_dotprod(const ClusterState& state, int32_t n, const Request& r) {
-  if (state.cpu_free(n) < r.cpu_milli) return kMinScore;
-  const double node_cpu = static_cast<double>(state.cpu_free(n)) / kMaxSpecCpu;
-  const double node_gpu = static_cast<double>(state.gpu_free_total(n)) / kMaxSpecGpu;
-  const double pod_cpu = static_cast<double>(r.cpu_milli) / kMaxSpecCpu;
-  const double pod_gpu = static_cast<double>(r.total_gpu_milli()) / kMaxSpecGpu;
-  double dot = node_cpu * pod_cpu + node_gpu * pod_gpu;
-  dot /= 2.0;
-  return static_cast<int64_t>(static_cast<double>(kMaxScore) * (1.0 - dot));
-}
-
-// Prefer nodes already running tasks of the same GPU kind (shared, 1-GPU, 2-GPU, ...), then
-// idle nodes, then mixed nodes; within a band, fuller nodes first.
-int64_t score_gpu_clustering(const ClusterState& state, int32_t n, const Request& r) {
-  if (!r.wants_gpu()) return kMinScore;
-  const int slot = r.is_share() ? 0 : std::clamp(r.num_gpu, 1, kGpuKindSlots - 1);
-  const int64_t fill = kMaxScore / 4 * (kMaxSpecGpuInt - state.gpu_free_total(n)) / kMaxSpecGpuInt;
-  if (state.kind_count(n, slot) > 0) {
-    return fill + (state.kinds_present(n) == 1 ? kMaxScore * 3 / 4 : kMaxScore * 2 / 4);
-  }
-  return fill + (state.kinds_present(n) == 0 ? kMaxScore / 4 : 0);
-}
-
-// Prefer sharing an already used device, then whole free devices on a used node, then an
-// idle node (fewer devices first).
 int64_t score_gpu_packing(const ClusterState& state, int32_t n, const Request& r) {
   if (r.gpu_milli <= 0) return kMinScore;
   const int32_t ngpu = state.gpu_count(n);
@@ -93,24 +66,6 @@ int64_t score_gpu_packing(const ClusterState& state, int32_t n, const Request& r
   if (need != 0) return kMinScore;
   if (whole_used > 0) return std::max<int64_t>(kMaxScore / 2 - whole_used, kMaxScore / 3);
   return std::max<int64_t>(kMaxScore - free_ratio_on_used / 10, kMaxScore / 2);
-}
-
-namespace {
-// Leftover (CPU, GPU) after placing, each normalised by the largest node shape, half weight.
-double leftover(const ClusterState& state, int32_t n, const Request& r) {
-  double s = 0.0;
-  s += static_cast<double>(state.cpu_free(n) - r.cpu_milli) / kMaxSpecCpu * 0.5;
-  s += static_cast<double>(state.gpu_free_total(n) - r.total_gpu_milli()) / kMaxSpecGpu * 0.5;
-  return s;
-}
-}  // namespace
-
-int64_t score_bestfit(const ClusterState& state, int32_t n, const Request& r) {
-  return static_cast<int64_t>((1.0 - leftover(state, n, r)) * static_cast<double>(kMaxScore));
-}
-
-int64_t score_worstfit(const ClusterState& state, int32_t n, const Request& r) {
-  return static_cast<int64_t>(leftover(state, n, r) * static_cast<double>(kMaxScore));
 }
 
 void normalize_scores(std::span<int64_t> scores) {
