@@ -34,6 +34,7 @@ Engine::Engine(ClusterState& state, Profile profile, TargetWorkload workload, ui
     auto& row = cache_row_[static_cast<size_t>(s.kind)];
     if (s.kind != ScorerKind::kRandom && row < 0) row = rows++;
   }
+  cache_blocks_ = rows;
   score_cache_.assign(static_cast<size_t>(rows) * kShapeSlots * static_cast<size_t>(state.num_nodes()),
                       CacheEntry{});
   // Fisher-Yates over node ids: a per-seed random node order for rank tie-breaking.
@@ -47,10 +48,27 @@ Engine::Engine(ClusterState& state, Profile profile, TargetWorkload workload, ui
 
 int32_t Engine::shape_slot(const Request& r) {
   const ShapeKey key{r.cpu_milli, r.num_gpu, r.gpu_milli, r.models};
+  ++tick_;
   auto it = shapes_.find(key);
-  if (it != shapes_.end()) return it->second;
-  if (static_cast<int32_t>(shapes_.size()) >= kShapeSlots) return -1;
-  const auto slot = static_cast<int32_t>(shapes_.size());
+  if (it != shapes_.end()) {
+    slot_used_[static_cast<size_t>(it->second)] = tick_;
+    return it->second;
+  }
+  int32_t slot = static_cast<int32_t>(shapes_.size());
+  if (slot >= kShapeSlots) {
+    // Full: recycle the least recently used shape's slot and forget its cached scores.
+    slot = static_cast<int32_t>(std::min_element(slot_used_.begin(), slot_used_.end()) -
+                                slot_used_.begin());
+    shapes_.erase(slot_key_[static_cast<size_t>(slot)]);
+    const auto n = static_cast<size_t>(state_->num_nodes());
+    for (int32_t b = 0; b < cache_blocks_; ++b) {
+      CacheEntry* row = score_cache_.data() +
+                        (static_cast<size_t>(b) * kShapeSlots + static_cast<size_t>(slot)) * n;
+      std::fill(row, row + n, CacheEntry{});
+    }
+  }
+  slot_key_[static_cast<size_t>(slot)] = key;
+  slot_used_[static_cast<size_t>(slot)] = tick_;
   shapes_.emplace(key, slot);
   return slot;
 }

@@ -106,10 +106,10 @@ class Engine {
   // Scores per (scorer, request shape, node), valid while the node's version is unchanged:
   // one task changes one node, so repeated shapes rescore almost nothing.
   struct ShapeKey {
-    int64_t cpu;
-    int32_t num_gpu;
-    int32_t gpu_milli;
-    ModelMask models;
+    int64_t cpu = 0;
+    int32_t num_gpu = 0;
+    int32_t gpu_milli = 0;
+    ModelMask models = 0;
     bool operator==(const ShapeKey&) const = default;
   };
   struct ShapeHash {
@@ -125,8 +125,12 @@ class Engine {
     int32_t score = 0;
     int32_t gpu = -1;
   };
-  static constexpr int32_t kShapeSlots = 64;
-  std::unordered_map<ShapeKey, int32_t, ShapeHash> shapes_;
+  static constexpr int32_t kShapeSlots = 128;
+  std::unordered_map<ShapeKey, int32_t, ShapeHash> shapes_;  // shape -> slot
+  std::array<ShapeKey, kShapeSlots> slot_key_{};
+  std::array<uint64_t, kShapeSlots> slot_used_{};  // last use, for least-recently-used reuse
+  uint64_t tick_ = 0;
+  int32_t cache_blocks_ = 0;
   std::array<int32_t, kNumScorers> cache_row_{};  // scorer -> cache block, -1 = none
   std::vector<CacheEntry> score_cache_;  // blocks x kShapeSlots x num_nodes (node-contiguous)
 };
