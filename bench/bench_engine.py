@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
 from cplat.cluster import new_engine, new_state
 from cplat.fragmentation import target_workload
 from cplat.model import TaskTable
@@ -26,7 +25,9 @@ from cplat.profile import PAPER_POLICIES, POLICIES
 from cplat.synthetic import synthetic_cluster, synthetic_tasks
 from cplat.traces import read_openb_nodes, read_openb_pods
 
-DEFAULT_TRACES = Path(__file__).resolve().parents[1].parent / "shared/traces/alibaba-gpu-v2023-openb"
+DEFAULT_TRACES = (
+    Path(__file__).resolve().parents[1].parent / "shared/traces/alibaba-gpu-v2023-openb"
+)
 
 
 def machine() -> str:
@@ -62,7 +63,9 @@ def placement_rate(nodes, tasks: TaskTable, policy: str, repeats: int) -> float:
 
     def once() -> None:
         engine = new_engine(new_state(nodes), POLICIES[policy], 1, target)
-        engine.place_batch(tasks.cpu_milli, tasks.memory_mib, tasks.num_gpu, tasks.gpu_milli, tasks.models)
+        engine.place_batch(
+            tasks.cpu_milli, tasks.memory_mib, tasks.num_gpu, tasks.gpu_milli, tasks.models
+        )
 
     return len(tasks) / median_time(once, repeats)
 
@@ -81,7 +84,13 @@ def main() -> int:
     for policy, target in (("bestfit", 20_000), ("fgd", 5_000), ("random", None)):
         rate = placement_rate(big, tasks, policy, repeats)
         goal = f">= {target:,}/s" if target else "-"
-        rows.append((f"{policy}: single-GPU placements/s, 10,000 nodes x 8 GPUs, 1 core", f"{rate:,.0f}", goal))
+        rows.append(
+            (
+                f"{policy}: single-GPU placements/s, 10,000 nodes x 8 GPUs, 1 core",
+                f"{rate:,.0f}",
+                goal,
+            )
+        )
 
     openb = args.traces / "csv"
     if (openb / "openb_node_list_gpu_node.csv").is_file():
@@ -89,18 +98,29 @@ def main() -> int:
         pods = read_openb_pods(openb / "openb_pod_list_default.csv", nodes.models)
         target_w = target_workload(pods)
         t = median_time(
-            lambda: run_pack(nodes, pods, POLICIES["fgd"], 42, 1.3, workload_name="default", target=target_w),
+            lambda: run_pack(
+                nodes, pods, POLICIES["fgd"], 42, 1.3, workload_name="default", target=target_w
+            ),
             repeats,
         )
-        rows.append(("FGD static packing run, openb default (8,152 pods tuned to 1.3x)", f"{t:.3f} s", "<= 2 s"))
+        rows.append(
+            (
+                "FGD static packing run, openb default (8,152 pods tuned to 1.3x)",
+                f"{t:.3f} s",
+                "<= 2 s",
+            )
+        )
         profiles = [POLICIES[p] for p in PAPER_POLICIES]
         seeds = list(range(42, 52))
         t0 = time.perf_counter()
         run_many(nodes, pods, profiles, seeds, 1.3, workload_name="default")
         t60 = time.perf_counter() - t0
         rows.append(
-            ("60 runs (6 policies x 10 seeds) on default, all cores", f"{t60:.1f} s",
-             f"540 runs <= 600 s (est. {9 * t60:.0f} s)")
+            (
+                "60 runs (6 policies x 10 seeds) on default, all cores",
+                f"{t60:.1f} s",
+                f"540 runs <= 600 s (est. {9 * t60:.0f} s)",
+            )
         )
     else:
         rows.append(("openb runs", "skipped", f"trace not found at {args.traces}"))

@@ -9,14 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cplat.cli import main, parse_seeds
 from cplat.errors import InputError
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cplat.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "cplat.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
     )
 
 
@@ -31,7 +34,14 @@ def test_parse_seeds() -> None:
 def test_synthetic_run_prints_table_and_writes_files(tmp_path: Path) -> None:
     res = run_cli("pack", "--synthetic", "--synthetic-nodes", "60", "--seeds", "1-2", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    for label in ("01-Random", "02-DotProd", "03-GpuClustering", "04-GpuPacking", "05-BestFit", "06-FGD"):
+    for label in (
+        "01-Random",
+        "02-DotProd",
+        "03-GpuClustering",
+        "04-GpuPacking",
+        "05-BestFit",
+        "06-FGD",
+    ):
         assert label[:6] in res.stdout
     alloc = tmp_path / "cplat-out" / "pack-alloc.csv"
     png = tmp_path / "cplat-out" / "pack.png"
@@ -45,13 +55,27 @@ def test_real_trace_output_matches_published_layout(openb_dir: Path, tmp_path: P
     out, frag, ratio = tmp_path / "a.csv", tmp_path / "f.csv", tmp_path / "r.csv"
     res = run_cli(
         "pack",
-        "--nodes", str(openb_dir / "csv" / "openb_node_list_gpu_node.csv"),
-        "--pods", str(openb_dir / "csv" / "openb_pod_list_default.csv"),
-        "--policy", "fgd,bestfit", "--seeds", "42", "--tune", "1.3",
-        "--out", str(out), "--frag-out", str(frag), "--frag-ratio-out", str(ratio),
+        "--nodes",
+        str(openb_dir / "csv" / "openb_node_list_gpu_node.csv"),
+        "--pods",
+        str(openb_dir / "csv" / "openb_pod_list_default.csv"),
+        "--policy",
+        "fgd,bestfit",
+        "--seeds",
+        "42",
+        "--tune",
+        "1.3",
+        "--out",
+        str(out),
+        "--frag-out",
+        str(frag),
+        "--frag-ratio-out",
+        str(ratio),
     )
     assert res.returncode == 0, res.stderr
-    with gzip.open(openb_dir / "fgd_expected_results" / "analysis_allo_discrete.csv.gz", "rt") as fh:
+    with gzip.open(
+        openb_dir / "fgd_expected_results" / "analysis_allo_discrete.csv.gz", "rt"
+    ) as fh:
         published_header = next(csv.reader(fh))
     rows = list(csv.reader(out.open()))
     assert rows[0] == published_header
@@ -60,7 +84,9 @@ def test_real_trace_output_matches_published_layout(openb_dir: Path, tmp_path: P
     # Static packing fills the cluster: allocation only grows with the arrived workload.
     values = [float(v) for v in rows[1][5:] if v]
     assert values == sorted(values) and values[-1] > 90
-    with gzip.open(openb_dir / "fgd_expected_results" / "analysis_frag_discrete.csv.gz", "rt") as fh:
+    with gzip.open(
+        openb_dir / "fgd_expected_results" / "analysis_frag_discrete.csv.gz", "rt"
+    ) as fh:
         assert next(csv.reader(fh)) == next(csv.reader(frag.open()))
     assert len(list(csv.reader(ratio.open()))) == 3
 
@@ -86,16 +112,21 @@ def test_bad_csv_exit_2_names_file_row_column(tmp_path: Path) -> None:
     nodes = tmp_path / "nodes.csv"
     nodes.write_text("sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,T4\n")
     pods = tmp_path / "pods.csv"
-    pods.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,1000,10,1,500\np1,1000,ten,1,500\n")
+    pods.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,1000,10,1,500\np1,1000,ten,1,500\n"
+    )
     res = run_cli("pack", "--nodes", str(nodes), "--pods", str(pods), "--seeds", "1", cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip() == (
-        f"cplat pack: error: {pods}:3: column 'memory_mib': expected a non-negative integer, got 'ten'"
+        f"cplat pack: error: {pods}:3: column 'memory_mib': "
+        "expected a non-negative integer, got 'ten'"
     )
     pods.write_text("name,cpu_milli,memory_mib,num_gpu\np0,1,1,0\n")
     res = run_cli("pack", "--nodes", str(nodes), "--pods", str(pods), cwd=tmp_path)
     assert res.returncode == 2 and "column 'gpu_milli': missing column" in res.stderr
-    res = run_cli("pack", "--nodes", str(tmp_path / "absent.csv"), "--pods", str(pods), cwd=tmp_path)
+    res = run_cli(
+        "pack", "--nodes", str(tmp_path / "absent.csv"), "--pods", str(pods), cwd=tmp_path
+    )
     assert res.returncode == 2 and "absent.csv: file not found" in res.stderr
 
 

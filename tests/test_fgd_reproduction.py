@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cplat.pack import run_many
 from cplat.profile import PAPER_POLICIES, POLICIES
 from cplat.published import compare, load_published
@@ -37,7 +36,8 @@ def test_default_matches_published(openb_dir: Path, default_runs, kind: str) -> 
     cells = compare(default_runs, published, kind, columns=(60, 80, 90, 95, 100))
     assert len(cells) == 6 * 5
     bad = [
-        f"{c.policy}@{c.column}: cplat {c.ours_mean:.2f} vs paper {c.paper_mean:.2f} ± {c.paper_sd:.2f}"
+        f"{c.policy}@{c.column}: cplat {c.ours_mean:.2f} "
+        f"vs paper {c.paper_mean:.2f} ± {c.paper_sd:.2f}"
         for c in cells
         if not c.ok
     ]
@@ -56,7 +56,16 @@ def test_default_policy_order(openb_dir: Path, default_runs) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "workload",
-    ["cpu050", "cpu100", "cpu200", "cpu250", "gpushare40", "gpushare60", "gpushare80", "gpushare100"],
+    [
+        "cpu050",
+        "cpu100",
+        "cpu200",
+        "cpu250",
+        "gpushare40",
+        "gpushare60",
+        "gpushare80",
+        "gpushare100",
+    ],
 )
 def test_other_published_workloads(openb_dir: Path, workload: str) -> None:
     runs = _runs(openb_dir, workload)

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cplat.errors import InputError
 from cplat.model import GpuModels
 from cplat.traces import read_openb_nodes, read_openb_pods
 
-NODES_OK = "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,T4\nn1,96000,786432,8,G2\nc0,32000,65536,0,\n"
+NODES_OK = (
+    "sn,cpu_milli,memory_mib,gpu,model\n"
+    "n0,64000,262144,2,T4\nn1,96000,786432,8,G2\nc0,32000,65536,0,\n"
+)
 PODS_HEAD = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n"
 MODELS = GpuModels(("G2", "T4"))
 
@@ -33,7 +35,11 @@ def test_real_node_list(openb_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     ("workload", "rows", "gpu_total_milli"),
-    [("default", 8152, 6_086_800), ("multigpu50", 9061, 11_358_800), ("gpuspec33", 8152, 6_086_800)],
+    [
+        ("default", 8152, 6_086_800),
+        ("multigpu50", 9061, 11_358_800),
+        ("gpuspec33", 8152, 6_086_800),
+    ],
 )
 def test_real_pod_lists(openb_dir: Path, workload: str, rows: int, gpu_total_milli: int) -> None:
     nodes = read_openb_nodes(openb_dir / "csv" / "openb_node_list_gpu_node.csv")
@@ -79,7 +85,9 @@ def test_small_files_parse(tmp_path: Path) -> None:
         (PODS_HEAD.strip() + ",colour\np0,1,1,0,0,,red\n", 1, "colour", "unknown column"),
     ],
 )
-def test_bad_pod_rows(tmp_path: Path, text: str, row: int, field: str | None, fragment: str) -> None:
+def test_bad_pod_rows(
+    tmp_path: Path, text: str, row: int, field: str | None, fragment: str
+) -> None:
     path = write(tmp_path, "pods.csv", text)
     with pytest.raises(InputError) as info:
         read_openb_pods(path, MODELS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cplat.fragmentation import target_workload
 from cplat.pack import discretize, run_many, run_pack, tuned_order
 from cplat.profile import POLICIES
@@ -79,8 +78,13 @@ def test_random_tie_break_spreads_more_than_rank(small) -> None:
     target = target_workload(tasks)
     rank = run_pack(nodes, tasks, POLICIES["packing"], 5, 1.3, workload_name="s", target=target)
     rand = run_pack(
-        nodes, tasks, replace(POLICIES["packing"], tie_break="random"), 5, 1.3,
-        workload_name="s", target=target,
+        nodes,
+        tasks,
+        replace(POLICIES["packing"], tie_break="random"),
+        5,
+        1.3,
+        workload_name="s",
+        target=target,
     )
     assert rank.allocation_curve()[100] >= rand.allocation_curve()[100] - 1.0
 

@@ -92,9 +92,19 @@ void ClusterState::count_kind(int32_t n, const Request& r, int delta) {
   CPLAT_ASSERT(c >= 0);
 }
 
+namespace {
+bool has_duplicates(std::span<const int32_t> ids) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (ids[i] == ids[j]) return true;
+    }
+  }
+  return false;
+}
+}  // namespace
+
 Status ClusterState::allocate(int32_t n, const Request& r, std::span<const int32_t> local_gpus) {
-  if (n < 0 || n >= num_nodes() || r.cpu_milli < 0 || r.memory_mib < 0 || r.num_gpu < 0 ||
-      r.gpu_milli < 0 || r.gpu_milli > kMilliGpu) {
+  if (n < 0 || n >= num_nodes() || !r.valid() || has_duplicates(local_gpus)) {
     return {Code::kInvalidArgument, kPlugin};
   }
   if (r.cpu_milli > cpu_free_[n]) return {Code::kInsufficientCpu, kPlugin};
@@ -102,12 +112,8 @@ Status ClusterState::allocate(int32_t n, const Request& r, std::span<const int32
   const int32_t ngpu = gpu_count(n);
   if (r.wants_gpu()) {
     if (static_cast<int32_t>(local_gpus.size()) != r.num_gpu) return {Code::kInvalidArgument, kPlugin};
-    for (size_t i = 0; i < local_gpus.size(); ++i) {
-      const int32_t g = local_gpus[i];
+    for (const int32_t g : local_gpus) {
       if (g < 0 || g >= ngpu) return {Code::kInvalidArgument, kPlugin};
-      for (size_t j = 0; j < i; ++j) {
-        if (local_gpus[j] == g) return {Code::kInvalidArgument, kPlugin};
-      }
       if (gpu_free_[gpu_begin_[n] + g] < r.gpu_milli) return {Code::kInsufficientGpu, kPlugin};
     }
   } else if (!local_gpus.empty()) {
@@ -127,8 +133,8 @@ Status ClusterState::allocate(int32_t n, const Request& r, std::span<const int32
 }
 
 Status ClusterState::release(int32_t n, const Request& r, std::span<const int32_t> local_gpus) {
-  if (n < 0 || n >= num_nodes() || r.cpu_milli < 0 || r.memory_mib < 0 || r.num_gpu < 0 ||
-      r.gpu_milli < 0 || r.gpu_milli > kMilliGpu) {
+  // A device named twice would be given back twice: reject, like allocate does.
+  if (n < 0 || n >= num_nodes() || !r.valid() || has_duplicates(local_gpus)) {
     return {Code::kInvalidArgument, kPlugin};
   }
   if (cpu_free_[n] + r.cpu_milli > cpu_cap_[n] || mem_free_[n] + r.memory_mib > mem_cap_[n]) {

@@ -24,6 +24,10 @@ Status RejectionCounts::dominant() const {
 Engine::Engine(ClusterState& state, Profile profile, TargetWorkload workload, uint64_t seed)
     : state_(&state), profile_(std::move(profile)), frag_(state, std::move(workload)), rng_(seed) {
   for (const WeightedScorer& s : profile_.scorers) uses_fgd_ = uses_fgd_ || s.kind == ScorerKind::kFgd;
+  for (const WeightedScorer& s : profile_.scorers) {
+    // Scores are "higher is better"; the single-scorer fast path relies on it.
+    if (s.weight <= 0) throw std::invalid_argument("scorer weights must be positive");
+  }
   if ((uses_fgd_ || profile_.gpu_pick == GpuPick::kFgd) && frag_.workload().empty()) {
     throw std::invalid_argument("the fgd scorer and GPU pick need a non-empty target workload");
   }
@@ -78,8 +82,9 @@ int64_t Engine::raw_score(ScorerKind kind, int32_t n, const Request& r) {
 }
 
 size_t Engine::filter_feasible(const Request& r) {
-  // Same rules as filter_node, written over the raw columns so the loop has no branches: every
-  // node is written to feasible_ and the write position advances only when it fits.
+  // Same rules as filter_node for valid requests (place() checks validity first), written over
+  // the raw columns so the loop has no branches: every node is written to feasible_ and the
+  // write position advances only when it fits.
   const ClusterState& st = *state_;
   const auto num_nodes = static_cast<size_t>(st.num_nodes());
   feasible_.resize(num_nodes);
@@ -95,15 +100,6 @@ size_t Engine::filter_feasible(const Request& r) {
   const bool gpu = r.wants_gpu();
   const bool share = r.is_share();
   const uint64_t models = r.models;
-  if (gpu && !share && r.gpu_milli < kMilliGpu) {
-    // Several fractional devices (not produced by the readers): use the general rule.
-    for (size_t n = 0; n < num_nodes; ++n) {
-      out[m] = static_cast<int32_t>(n);
-      m += filter_node(st, static_cast<int32_t>(n), r).ok() ? 1 : 0;
-    }
-    feasible_.resize(m);
-    return m;
-  }
   const int32_t need = share ? r.gpu_milli : r.num_gpu;
   const int32_t* gpu_have = share ? max_free : whole;
   for (size_t n = 0; n < num_nodes; ++n) {
@@ -180,10 +176,7 @@ void Engine::score_all(const Request& r, ScorerKind kind, std::span<int64_t> out
 Status Engine::place(const Request& r, int32_t& node, std::vector<int32_t>& gpus) {
   node = -1;
   gpus.clear();
-  if (r.cpu_milli < 0 || r.memory_mib < 0 || r.num_gpu < 0 || r.gpu_milli < 0 ||
-      r.gpu_milli > kMilliGpu || (r.num_gpu > 1 && r.gpu_milli < kMilliGpu && r.gpu_milli > 0)) {
-    return {Code::kInvalidArgument, "Engine"};
-  }
+  if (!r.valid()) return {Code::kInvalidArgument, "Engine"};
   // Filter (fast path: branch-free feasibility; reasons are only counted when nothing fits).
   const size_t m = filter_feasible(r);
   if (m == 0) {

@@ -46,7 +46,8 @@ inline constexpr int kNumGpuPicks = 4;
 [[nodiscard]] bool scorer_normalizes(ScorerKind kind);
 
 // --- Filters -----------------------------------------------------------------------------
-// First failing filter for node n, or Ok. Order: node state, GPU model, CPU, memory, GPU.
+// First failing filter for node n, or Ok. Order: node state; for GPU requests "has GPUs at
+// all" (GpuShare) then GPU model; CPU; memory; enough free devices (GpuShare).
 // Inline: it runs once per node per task, the engine's hottest loop.
 [[nodiscard]] inline Status filter_node(const ClusterState& state, int32_t n, const Request& r) {
   if (state.flags(n) != 0) return {Code::kNodeUnavailable, "NodeState"};

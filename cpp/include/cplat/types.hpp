@@ -42,6 +42,16 @@ struct Request {
 
   [[nodiscard]] bool wants_gpu() const { return num_gpu > 0 && gpu_milli > 0; }
   [[nodiscard]] bool is_share() const { return num_gpu == 1 && gpu_milli < kMilliGpu; }
+  // The shapes the engine accepts: CPU-only (no GPU fields), one device or a share of one,
+  // or several whole devices; amounts never negative.
+  [[nodiscard]] bool valid() const {
+    if (cpu_milli < 0 || memory_mib < 0 || num_gpu < 0 || gpu_milli < 0 || gpu_milli > kMilliGpu) {
+      return false;
+    }
+    if (num_gpu == 0) return gpu_milli == 0;
+    if (num_gpu == 1) return gpu_milli > 0;
+    return gpu_milli == kMilliGpu;
+  }
   [[nodiscard]] int64_t total_gpu_milli() const {
     return static_cast<int64_t>(num_gpu) * gpu_milli;
   }
