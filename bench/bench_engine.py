@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from cplat.cluster import new_engine, new_state
 from cplat.fragmentation import target_workload
 from cplat.model import TaskTable

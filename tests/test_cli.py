@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cplat.cli import main, parse_seeds
 from cplat.errors import InputError
 

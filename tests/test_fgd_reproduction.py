@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from cplat.pack import run_many
 from cplat.profile import PAPER_POLICIES, POLICIES
 from cplat.published import compare, load_published

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cplat.errors import InputError
 from cplat.model import GpuModels
 from cplat.traces import read_openb_nodes, read_openb_pods

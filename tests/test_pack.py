@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cplat.fragmentation import target_workload
 from cplat.pack import discretize, run_many, run_pack, tuned_order
 from cplat.profile import POLICIES

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
 from cplat import _core
 from cplat.fragmentation import TargetWorkload, node_fragmentation
 from cplat.policy import reference as ref
 from cplat.policy.reference import NodeView, Request
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
 CODES = _core.code_names()
 ALL_SCORERS = ("random", *ref.SCORERS)

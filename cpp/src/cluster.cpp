@@ -1,6 +1,7 @@
 #include "cplat/cluster.hpp"
 
 #include <algorithm>
+#include <stdexcept>
 
 namespace cplat {
 
@@ -35,6 +36,14 @@ ClusterState::ClusterState(std::span<const NodeSpec> nodes) {
   mem_free_.reserve(n);
   gpu_begin_.reserve(n + 1);
   for (const NodeSpec& s : nodes) {
+    // Bad node lists are rejected at the edge: model ids index a 64-bit mask.
+    if (s.cpu_milli < 0 || s.memory_mib < 0 || s.num_gpu < 0) {
+      throw std::invalid_argument("node capacities must be non-negative");
+    }
+    // -1 = unknown model (only requests that accept any model can use it).
+    if (s.num_gpu > 0 && (s.gpu_model < -1 || s.gpu_model >= kMaxGpuModels)) {
+      throw std::invalid_argument("a GPU model id must be in [-1, 64)");
+    }
     cpu_cap_.push_back(s.cpu_milli);
     cpu_free_.push_back(s.cpu_milli);
     mem_cap_.push_back(s.memory_mib);

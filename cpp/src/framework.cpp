@@ -39,7 +39,13 @@ Engine::Engine(ClusterState& state, Profile profile, TargetWorkload workload, ui
     if (s.kind != ScorerKind::kRandom && row < 0) row = rows++;
   }
   cache_blocks_ = rows;
-  score_cache_.assign(static_cast<size_t>(rows) * kShapeSlots * static_cast<size_t>(state.num_nodes()),
+  // Bound the cache's memory on very large clusters (fewer shapes cached, same answers).
+  const size_t per_slot = static_cast<size_t>(std::max(rows, 1)) *
+                          static_cast<size_t>(std::max(state.num_nodes(), 1)) * sizeof(CacheEntry);
+  shape_slots_ = static_cast<int32_t>(
+      std::clamp<size_t>(kCacheBudgetBytes / per_slot, kMinShapeSlots, kShapeSlots));
+  score_cache_.assign(static_cast<size_t>(rows) * static_cast<size_t>(shape_slots_) *
+                          static_cast<size_t>(state.num_nodes()),
                       CacheEntry{});
   // Fisher-Yates over node ids: a per-seed random node order for rank tie-breaking.
   rank_.resize(static_cast<size_t>(state.num_nodes()));
@@ -59,15 +65,15 @@ int32_t Engine::shape_slot(const Request& r) {
     return it->second;
   }
   int32_t slot = static_cast<int32_t>(shapes_.size());
-  if (slot >= kShapeSlots) {
+  if (slot >= shape_slots_) {
     // Full: recycle the least recently used shape's slot and forget its cached scores.
-    slot = static_cast<int32_t>(std::min_element(slot_used_.begin(), slot_used_.end()) -
-                                slot_used_.begin());
+    slot = static_cast<int32_t>(
+        std::min_element(slot_used_.begin(), slot_used_.begin() + shape_slots_) - slot_used_.begin());
     shapes_.erase(slot_key_[static_cast<size_t>(slot)]);
     const auto n = static_cast<size_t>(state_->num_nodes());
     for (int32_t b = 0; b < cache_blocks_; ++b) {
       CacheEntry* row = score_cache_.data() +
-                        (static_cast<size_t>(b) * kShapeSlots + static_cast<size_t>(slot)) * n;
+                        (static_cast<size_t>(b) * static_cast<size_t>(shape_slots_) + static_cast<size_t>(slot)) * n;
       std::fill(row, row + n, CacheEntry{});
     }
   }
@@ -135,7 +141,7 @@ void Engine::fill_scores(ScorerKind kind, const Request& r) {
     return;
   }
   CacheEntry* row = score_cache_.data() +
-                    (static_cast<size_t>(krow) * kShapeSlots + static_cast<size_t>(slot)) *
+                    (static_cast<size_t>(krow) * static_cast<size_t>(shape_slots_) + static_cast<size_t>(slot)) *
                         static_cast<size_t>(st.num_nodes());
   const uint32_t* version = st.version_array().data();
   for (size_t i = 0; i < m; ++i) {
@@ -176,11 +182,11 @@ void Engine::score_all(const Request& r, ScorerKind kind, std::span<int64_t> out
 Status Engine::place(const Request& r, int32_t& node, std::vector<int32_t>& gpus) {
   node = -1;
   gpus.clear();
+  last_rejections_ = {};
   if (!r.valid()) return {Code::kInvalidArgument, "Engine"};
   // Filter (fast path: branch-free feasibility; reasons are only counted when nothing fits).
   const size_t m = filter_feasible(r);
   if (m == 0) {
-    last_rejections_ = {};
     for (int32_t n = 0; n < state_->num_nodes(); ++n) {
       ++last_rejections_.by_code[static_cast<size_t>(filter_node(*state_, n, r).code)];
     }

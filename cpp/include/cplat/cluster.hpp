@@ -29,6 +29,7 @@ inline constexpr int kGpuKindSlots = 17;
 class ClusterState {
  public:
   ClusterState() = default;
+  // Throws std::invalid_argument for negative capacities or a GPU model id outside [-1, 64).
   explicit ClusterState(std::span<const NodeSpec> nodes);
 
   [[nodiscard]] int32_t num_nodes() const { return static_cast<int32_t>(cpu_cap_.size()); }

@@ -125,14 +125,17 @@ class Engine {
     int32_t score = 0;
     int32_t gpu = -1;
   };
-  static constexpr int32_t kShapeSlots = 128;
+  static constexpr int32_t kShapeSlots = 128;     // at most
+  static constexpr int32_t kMinShapeSlots = 8;
+  static constexpr size_t kCacheBudgetBytes = size_t{64} << 20;
+  int32_t shape_slots_ = kShapeSlots;             // slots in use (smaller for huge clusters)
   std::unordered_map<ShapeKey, int32_t, ShapeHash> shapes_;  // shape -> slot
   std::array<ShapeKey, kShapeSlots> slot_key_{};
   std::array<uint64_t, kShapeSlots> slot_used_{};  // last use, for least-recently-used reuse
   uint64_t tick_ = 0;
   int32_t cache_blocks_ = 0;
   std::array<int32_t, kNumScorers> cache_row_{};  // scorer -> cache block, -1 = none
-  std::vector<CacheEntry> score_cache_;  // blocks x kShapeSlots x num_nodes (node-contiguous)
+  std::vector<CacheEntry> score_cache_;  // blocks x shape_slots_ x num_nodes (node-contiguous)
 };
 
 }  // namespace cplat
