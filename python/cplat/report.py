@@ -21,31 +21,33 @@ def _by_policy(runs: Sequence[PackRun]) -> dict[str, list[PackRun]]:
     return dict(grouped)
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list[float], digits: int = 2) -> str:
     values = [v for v in values if not np.isnan(v)]
     if not values:
         return "-"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def pack_table(runs: Sequence[PackRun], column: int = 100, title: str | None = None) -> Table:
     """Per policy: unallocated and fragmented GPU at one arrived column, failed tasks."""
-    table = Table(title=title or f"Static packing: GPU left unusable at {column}% arrived workload")
-    table.add_column("policy")
-    table.add_column("unallocated GPU %", justify="right")
-    table.add_column("fragmented GPU %", justify="right")
-    table.add_column("frag / idle %", justify="right")
-    table.add_column("failed tasks", justify="right")
-    table.add_column("seeds", justify="right")
+    table = Table(
+        title=title or f"Static packing at {column}% arrived workload (mean ± sd over seeds)",
+        caption="unalloc: GPU left unallocated; frag: fragmented GPU (% of capacity, "
+        "and % of idle GPU); failed: tasks that fit nowhere",
+    )
+    table.add_column("policy", no_wrap=True)
+    table.add_column("unalloc %", justify="right", no_wrap=True)
+    table.add_column("frag %", justify="right", no_wrap=True)
+    table.add_column("frag/idle %", justify="right", no_wrap=True)
+    table.add_column("failed", justify="right", no_wrap=True)
     for label, group in _by_policy(runs).items():
         table.add_row(
             label,
             _mean_sd([100 - float(r.allocation_curve()[column]) for r in group]),
             _mean_sd([float(r.fragmentation_curve()[column]) for r in group]),
             _mean_sd([float(r.fragmentation_ratio_curve()[column]) for r in group]),
-            _mean_sd([float(r.failed) for r in group]),
-            str(len(group)),
+            _mean_sd([float(r.failed) for r in group], digits=0),
         )
     return table
 
