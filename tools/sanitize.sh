@@ -12,8 +12,8 @@
 #    installed package (editable or not) is left alone: a sitecustomize.py in the stage drops
 #    the editable install's import redirect for `cplat`, in subprocesses too.
 #
-# Needs python3 with the test extras (pip install -e '.[test]'), g++, and cmake >= 3.24 plus
-# ninja (taken from PATH or the Python environment; pip-installed into it when missing).
+# Needs python3 with the test extras (pip install '.[test]'), g++, and cmake >= 3.24 plus
+# ninja and pybind11 (taken from PATH or the Python environment; pip-installed when missing).
 # Environment: PYTHON (interpreter to use), CXX_SANITIZE (g++ by default; the preloaded
 # runtimes are gcc's, so the extension must be built by gcc).
 # Exits non-zero on any failure.
@@ -48,8 +48,10 @@ fi
 [ -n "$PYTHON" ] || die "no python3 found (set PYTHON=...)"
 PYTHON=$("$PYTHON" -c 'import sys; print(sys.executable)')
 echo "python: $PYTHON ($("$PYTHON" -c 'import sys; print(sys.version.split()[0])'))"
-"$PYTHON" -c 'import pytest, pybind11' 2>/dev/null ||
-  die "$PYTHON lacks pytest/pybind11: run  $PYTHON -m pip install -e '.[test]'"
+"$PYTHON" -c 'import pytest' 2>/dev/null ||
+  die "$PYTHON lacks pytest: run  $PYTHON -m pip install '.[test]'"
+# pybind11 is only a build requirement of the package: bring it for the sanitized build.
+"$PYTHON" -c 'import pybind11' 2>/dev/null || run "$PYTHON" -m pip install -q "pybind11>=2.13"
 # Tools pip installs into this environment (cmake, ninja) live in its scripts directory.
 PY_SCRIPTS=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 export PATH="$PATH:$PY_SCRIPTS"
