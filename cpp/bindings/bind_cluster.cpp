@@ -55,7 +55,7 @@ void bind_cluster(py::module_& m) {
 
   m.def("code_names", [] {
     std::vector<std::string> names;
-    for (int c = 0; c <= static_cast<int>(Code::kNoFeasibleNode); ++c) {
+    for (int c = 0; c < kNumCodes; ++c) {
       names.emplace_back(code_name(static_cast<Code>(c)));
     }
     return names;

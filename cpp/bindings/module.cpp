@@ -4,4 +4,5 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "cplat native placement engine (internal; use the cplat package)";
   cplat::py_bind::bind_cluster(m);
   cplat::py_bind::bind_engine(m);
+  cplat::py_bind::bind_queue(m);
 }

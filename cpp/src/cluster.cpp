@@ -15,6 +15,7 @@ std::string_view code_name(Code code) {
     case Code::kInsufficientGpu: return "insufficient_gpu";
     case Code::kInvalidArgument: return "invalid_argument";
     case Code::kNoFeasibleNode: return "no_feasible_node";
+    case Code::kGangIncomplete: return "gang_incomplete";
   }
   return "unknown";
 }
@@ -56,6 +57,8 @@ ClusterState::ClusterState(std::span<const NodeSpec> nodes) {
     gpu_whole_free_.push_back(s.num_gpu);
     gpu_max_free_.push_back(s.num_gpu > 0 ? kMilliGpu : 0);
     total_gpu_milli_ += static_cast<int64_t>(s.num_gpu) * kMilliGpu;
+    cpu_free_total_ += s.cpu_milli;
+    mem_free_total_ += s.memory_mib;
   }
   flags_.assign(n, 0);
   version_.assign(n, 1);
@@ -130,6 +133,8 @@ Status ClusterState::allocate(int32_t n, const Request& r, std::span<const int32
   }
   cpu_free_[n] -= r.cpu_milli;
   mem_free_[n] -= r.memory_mib;
+  cpu_free_total_ -= r.cpu_milli;
+  mem_free_total_ -= r.memory_mib;
   for (int32_t g : local_gpus) gpu_free_[gpu_begin_[n] + g] -= r.gpu_milli;
   if (r.wants_gpu()) {
     refresh_gpu_summary(n);
@@ -164,6 +169,8 @@ Status ClusterState::release(int32_t n, const Request& r, std::span<const int32_
   }
   cpu_free_[n] += r.cpu_milli;
   mem_free_[n] += r.memory_mib;
+  cpu_free_total_ += r.cpu_milli;
+  mem_free_total_ += r.memory_mib;
   for (int32_t g : local_gpus) gpu_free_[gpu_begin_[n] + g] += r.gpu_milli;
   if (r.wants_gpu()) {
     refresh_gpu_summary(n);
@@ -189,12 +196,14 @@ bool ClusterState::check_node(int32_t n) const {
 }
 
 bool ClusterState::check_invariants() const {
-  int64_t allocated = 0;
+  int64_t allocated = 0, cpu = 0, mem = 0;
   for (int32_t n = 0; n < num_nodes(); ++n) {
     if (!check_node(n)) return false;
     allocated += static_cast<int64_t>(gpu_count(n)) * kMilliGpu - gpu_free_total_[n];
+    cpu += cpu_free_[n];
+    mem += mem_free_[n];
   }
-  return allocated == allocated_gpu_milli_;
+  return allocated == allocated_gpu_milli_ && cpu == cpu_free_total_ && mem == mem_free_total_;
 }
 
 }  // namespace cplat

@@ -186,12 +186,7 @@ Status Engine::place(const Request& r, int32_t& node, std::vector<int32_t>& gpus
   if (!r.valid()) return {Code::kInvalidArgument, "Engine"};
   // Filter (fast path: branch-free feasibility; reasons are only counted when nothing fits).
   const size_t m = filter_feasible(r);
-  if (m == 0) {
-    for (int32_t n = 0; n < state_->num_nodes(); ++n) {
-      ++last_rejections_.by_code[static_cast<size_t>(filter_node(*state_, n, r).code)];
-    }
-    return last_rejections_.dominant();
-  }
+  if (m == 0) return count_rejections(r);
 
   // Score: weighted sum of (normalised) plugin scores.
   part_.resize(m);
@@ -265,6 +260,95 @@ Status Engine::place(const Request& r, int32_t& node, std::vector<int32_t>& gpus
   frag_.update(*state_, n);
   node = n;
   return Status::Ok();
+}
+
+Status Engine::count_rejections(const Request& r) {
+  last_rejections_ = {};
+  for (int32_t n = 0; n < state_->num_nodes(); ++n) {
+    ++last_rejections_.by_code[static_cast<size_t>(filter_node(*state_, n, r).code)];
+  }
+  return last_rejections_.dominant();
+}
+
+int64_t Engine::gang_score(int32_t n, const Request& r) {
+  int64_t total = 0;
+  for (const WeightedScorer& ws : profile_.scorers) {
+    if (ws.kind != ScorerKind::kRandom) total += ws.weight * compute_score(ws.kind, n, r).score;
+  }
+  return total;
+}
+
+Status Engine::place_gang(const Request& r, int32_t count, std::vector<int32_t>& nodes,
+                          std::vector<int32_t>& gpus) {
+  nodes.clear();
+  gpus.clear();
+  last_rejections_ = {};
+  if (!r.valid() || count < 1) return {Code::kInvalidArgument, "Engine"};
+  if (count == 1) {
+    int32_t node = -1;
+    const Status s = place(r, node, gpus);
+    if (s.ok()) nodes.push_back(node);
+    return s;
+  }
+  // Necessary condition first: a blocked gang is usually rejected here in O(1).
+  const ClusterState& st = *state_;
+  if (r.cpu_milli * count > st.cpu_free_total()) return {Code::kInsufficientCpu, "NodeResourcesFit"};
+  if (r.memory_mib * count > st.memory_free_total()) {
+    return {Code::kInsufficientMemory, "NodeResourcesFit"};
+  }
+  if (r.total_gpu_milli() * count > st.total_gpu_milli() - st.allocated_gpu_milli()) {
+    return {Code::kInsufficientGpu, "GpuShare"};
+  }
+  const size_t m = filter_feasible(r);
+  if (m == 0) return count_rejections(r);
+  // Best node first: highest total, then lowest tie-break rank.
+  struct Entry {
+    int64_t score;
+    uint32_t rank;
+    int32_t node;
+  };
+  auto worse = [](const Entry& a, const Entry& b) {
+    return a.score < b.score || (a.score == b.score && a.rank > b.rank);
+  };
+  std::vector<Entry> heap;
+  heap.reserve(m);
+  for (size_t i = 0; i < m; ++i) {
+    const int32_t n = feasible_[i];
+    heap.push_back({gang_score(n, r), rank_[static_cast<size_t>(n)], n});
+  }
+  std::make_heap(heap.begin(), heap.end(), worse);
+  std::vector<int32_t> task_gpus(static_cast<size_t>(std::max(r.num_gpu, 0)));
+  while (static_cast<int32_t>(nodes.size()) < count && !heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), worse);
+    const int32_t n = heap.back().node;
+    heap.pop_back();
+    task_gpus.resize(static_cast<size_t>(std::max(r.num_gpu, 0)));
+    const int32_t got = pick_gpus(*state_, &frag_, n, r, profile_.gpu_pick, rng_, task_gpus);
+    if (got < 0) continue;
+    task_gpus.resize(static_cast<size_t>(got));
+    if (!state_->allocate(n, r, task_gpus).ok()) continue;
+    frag_.update(*state_, n);
+    nodes.push_back(n);
+    gpus.insert(gpus.end(), task_gpus.begin(), task_gpus.end());
+    if (filter_node(*state_, n, r).ok()) {
+      heap.push_back({gang_score(n, r), rank_[static_cast<size_t>(n)], n});
+      std::push_heap(heap.begin(), heap.end(), worse);
+    }
+  }
+  if (static_cast<int32_t>(nodes.size()) == count) return Status::Ok();
+  // Not enough room for the whole gang: give back what was taken.
+  const auto per_task = static_cast<size_t>(r.wants_gpu() ? r.num_gpu : 0);
+  for (size_t i = nodes.size(); i-- > 0;) {
+    const std::span<const int32_t> g(gpus.data() + i * per_task, per_task);
+    const Status s = state_->release(nodes[i], r, g);
+    CPLAT_ASSERT(s.ok());
+    (void)s;
+    frag_.update(*state_, nodes[i]);
+  }
+  nodes.clear();
+  gpus.clear();
+  const Status why = count_rejections(r);
+  return why.code == Code::kNoFeasibleNode ? Status{Code::kGangIncomplete, "Gang"} : why;
 }
 
 Status Engine::release(int32_t node, const Request& r, std::span<const int32_t> gpus) {

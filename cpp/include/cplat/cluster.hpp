@@ -82,6 +82,8 @@ class ClusterState {
   // Cluster totals.
   [[nodiscard]] int64_t total_gpu_milli() const { return total_gpu_milli_; }
   [[nodiscard]] int64_t allocated_gpu_milli() const { return allocated_gpu_milli_; }
+  [[nodiscard]] int64_t cpu_free_total() const { return cpu_free_total_; }
+  [[nodiscard]] int64_t memory_free_total() const { return mem_free_total_; }
 
   void set_flags(int32_t n, uint8_t flags);
 
@@ -116,6 +118,8 @@ class ClusterState {
   std::vector<int32_t> kinds_present_;
   int64_t total_gpu_milli_ = 0;
   int64_t allocated_gpu_milli_ = 0;
+  int64_t cpu_free_total_ = 0;  // over all nodes, whatever their flags
+  int64_t mem_free_total_ = 0;
 };
 
 }  // namespace cplat

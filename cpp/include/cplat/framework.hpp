@@ -39,7 +39,7 @@ struct Profile {
 
 // Why a task found no node: the first failing filter per node, counted.
 struct RejectionCounts {
-  std::array<int32_t, 8> by_code{};  // indexed by Code
+  std::array<int32_t, kNumCodes> by_code{};  // indexed by Code
   [[nodiscard]] Status dominant() const;
 };
 
@@ -69,6 +69,12 @@ class Engine {
   // Place one task; on success `node` and `gpus` (local device indices) are set and the
   // allocation is committed.
   Status place(const Request& r, int32_t& node, std::vector<int32_t>& gpus);
+  // Place `count` identical tasks all or nothing (a gang). On success `nodes` has one node per
+  // task and `gpus` the devices of every task in order (num_gpu each); on failure nothing is
+  // allocated and the status names the dominant rejection. Nodes are ranked by the weighted
+  // raw scores (no per-task normalisation) and a node is re-scored after each task it takes.
+  Status place_gang(const Request& r, int32_t count, std::vector<int32_t>& nodes,
+                    std::vector<int32_t>& gpus);
   // Release a placement made earlier (keeps the fragmentation index current).
   Status release(int32_t node, const Request& r, std::span<const int32_t> gpus);
   // Place tasks in order. With `track` the cluster's allocation and fragmentation after each
@@ -87,6 +93,8 @@ class Engine {
   int64_t raw_score(ScorerKind kind, int32_t n, const Request& r);
   void fill_scores(ScorerKind kind, const Request& r);  // part_[i] for feasible_[i]
   size_t filter_feasible(const Request& r);              // fills feasible_, returns count
+  Status count_rejections(const Request& r);             // fills last_rejections_
+  int64_t gang_score(int32_t n, const Request& r);
   FgdChoice compute_score(ScorerKind kind, int32_t n, const Request& r);
   int32_t shape_slot(const Request& r);
 

@@ -67,7 +67,9 @@ enum class Code : uint8_t {
   kInsufficientGpu,
   kInvalidArgument,
   kNoFeasibleNode,
+  kGangIncomplete,    // some nodes fit single tasks, but not the whole gang at once
 };
+inline constexpr int kNumCodes = 10;
 
 struct Status {
   Code code = Code::kOk;

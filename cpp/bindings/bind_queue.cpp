@@ -1,0 +1,147 @@
+// QueueScheduler: job registration, submit/finish/requeue and cycles.
+#include <stdexcept>
+#include <string>
+
+#include "cplat/queue.hpp"
+#include "pybind.hpp"
+
+namespace cplat::py_bind {
+
+namespace {
+
+QueueOptions make_options(const std::string& order, const std::string& backfill, bool lock_head,
+                          bool rlsched_wait, int64_t resolution, int64_t horizon,
+                          int32_t max_backfill_jobs) {
+  QueueOptions o;
+  bool found = false;
+  for (int i = 0; i < kNumQueueOrders; ++i) {
+    if (queue_order_name(static_cast<QueueOrder>(i)) == order) {
+      o.order = static_cast<QueueOrder>(i);
+      found = true;
+    }
+  }
+  if (!found) throw std::invalid_argument("unknown queue order: " + order);
+  found = false;
+  for (int i = 0; i < kNumBackfillModes; ++i) {
+    if (backfill_name(static_cast<BackfillMode>(i)) == backfill) {
+      o.backfill = static_cast<BackfillMode>(i);
+      found = true;
+    }
+  }
+  if (!found) throw std::invalid_argument("unknown backfill mode: " + backfill);
+  if (resolution < 1 || horizon < 0 || max_backfill_jobs < 0) {
+    throw std::invalid_argument("calendar resolution must be >= 1, horizon and budget >= 0");
+  }
+  o.lock_head = lock_head;
+  o.rlsched_wait = rlsched_wait;
+  o.calendar_resolution = resolution;
+  o.calendar_horizon = horizon;
+  o.max_backfill_jobs = max_backfill_jobs;
+  return o;
+}
+
+constexpr const char* kStateNames[] = {"new", "pending", "running", "done", "cancelled"};
+
+template <typename T>
+py::array_t<T> span_array(std::span<const T> s) {
+  py::array_t<T> arr(static_cast<py::ssize_t>(s.size()));
+  std::copy(s.begin(), s.end(), arr.mutable_data());
+  return arr;
+}
+
+}  // namespace
+
+void bind_queue(py::module_& m) {
+  m.def("queue_order_names", [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < kNumQueueOrders; ++i) out.emplace_back(queue_order_name(static_cast<QueueOrder>(i)));
+    return out;
+  });
+  m.def("backfill_names", [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < kNumBackfillModes; ++i) out.emplace_back(backfill_name(static_cast<BackfillMode>(i)));
+    return out;
+  });
+
+  py::class_<QueueScheduler>(m, "QueueScheduler")
+      .def(py::init([](Engine& engine, const std::string& order, const std::string& backfill,
+                       bool lock_head, bool rlsched_wait, int64_t resolution, int64_t horizon,
+                       int32_t max_backfill_jobs) {
+             return QueueScheduler(engine, make_options(order, backfill, lock_head, rlsched_wait,
+                                                        resolution, horizon, max_backfill_jobs));
+           }),
+           py::arg("engine"), py::arg("order") = "fcfs", py::arg("backfill") = "none",
+           py::arg("lock_head") = false, py::arg("rlsched_wait") = false,
+           py::arg("calendar_resolution") = 1, py::arg("calendar_horizon") = 0,
+           py::arg("max_backfill_jobs") = 0, py::keep_alive<1, 2>())
+      .def(
+          "add_jobs",
+          [](QueueScheduler& q, const In<int64_t>& submit, const In<int64_t>& requested,
+             const In<int32_t>& num_tasks, const In<int64_t>& cpu, const In<int64_t>& mem,
+             const In<int32_t>& num_gpu, const In<int32_t>& gpu_milli, const In<uint64_t>& models,
+             const In<int32_t>& priority) {
+            const py::ssize_t n = submit.size();
+            if (requested.size() != n || num_tasks.size() != n || cpu.size() != n ||
+                mem.size() != n || num_gpu.size() != n || gpu_milli.size() != n ||
+                models.size() != n || priority.size() != n) {
+              throw std::invalid_argument("job columns must all have the same length");
+            }
+            const int32_t first = q.num_jobs();
+            for (py::ssize_t i = 0; i < n; ++i) {
+              q.add_job(submit.at(i), requested.at(i), num_tasks.at(i),
+                        Request{cpu.at(i), mem.at(i), num_gpu.at(i), gpu_milli.at(i), models.at(i)},
+                        priority.at(i));
+            }
+            return first;
+          },
+          py::arg("submit"), py::arg("requested"), py::arg("num_tasks"), py::arg("cpu_milli"),
+          py::arg("memory_mib"), py::arg("num_gpu"), py::arg("gpu_milli"), py::arg("models"),
+          py::arg("priority"))
+      .def("submit", &QueueScheduler::submit, py::arg("job"))
+      .def(
+          "submit_many",
+          [](QueueScheduler& q, const In<int32_t>& jobs) {
+            int32_t ok = 0;
+            for (py::ssize_t i = 0; i < jobs.size(); ++i) ok += q.submit(jobs.at(i)).ok() ? 1 : 0;
+            return ok;
+          },
+          py::arg("jobs"))
+      .def("cancel", &QueueScheduler::cancel, py::arg("job"))
+      .def("finish", &QueueScheduler::finish, py::arg("job"))
+      .def(
+          "finish_many",
+          [](QueueScheduler& q, const In<int32_t>& jobs) {
+            int32_t ok = 0;
+            for (py::ssize_t i = 0; i < jobs.size(); ++i) ok += q.finish(jobs.at(i)).ok() ? 1 : 0;
+            return ok;
+          },
+          py::arg("jobs"))
+      .def("requeue", &QueueScheduler::requeue, py::arg("job"))
+      .def(
+          "cycle",
+          [](QueueScheduler& q, int64_t now) {
+            std::vector<int32_t> started;
+            {
+              py::gil_scoped_release release;
+              started = q.cycle(now);
+            }
+            return to_array(started);
+          },
+          py::arg("now"))
+      .def("state", [](const QueueScheduler& q, int32_t job) {
+        return std::string(kStateNames[static_cast<int>(q.state(job))]);
+      }, py::arg("job"))
+      .def("reason", [](const QueueScheduler& q, int32_t job) {
+        return std::string(code_name(q.reason(job)));
+      }, py::arg("job"))
+      .def("start_time", &QueueScheduler::start_time, py::arg("job"))
+      .def("nodes_of", [](const QueueScheduler& q, int32_t job) { return span_array(q.nodes_of(job)); },
+           py::arg("job"))
+      .def("gpus_of", [](const QueueScheduler& q, int32_t job) { return span_array(q.gpus_of(job)); },
+           py::arg("job"))
+      .def_property_readonly("num_jobs", &QueueScheduler::num_jobs)
+      .def_property_readonly("num_pending", &QueueScheduler::num_pending)
+      .def_property_readonly("num_running", &QueueScheduler::num_running);
+}
+
+}  // namespace cplat::py_bind

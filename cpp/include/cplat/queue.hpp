@@ -1,0 +1,108 @@
+// QueueScheduler: *when* jobs start. Queue order, head-of-queue allocation and backfilling
+// (none, EASY, conservative, and RLScheduler's simplified EASY) over an Engine that decides
+// *where* (one gang placement per job).
+//
+// A job is `num_tasks` identical tasks placed all or nothing. Jobs are added once, submitted
+// (pending), started by cycle(now), and finished (resources released) by the caller, who owns
+// the clock: the simulator and the live service drive the same object.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "cplat/calendar.hpp"
+#include "cplat/framework.hpp"
+
+namespace cplat {
+
+enum class QueueOrder : uint8_t { kFcfs, kSjf, kPriority, kWfp3, kUnicep, kF1 };
+inline constexpr int kNumQueueOrders = 6;
+enum class BackfillMode : uint8_t { kNone, kEasy, kConservative, kRlsched };
+inline constexpr int kNumBackfillModes = 4;
+
+[[nodiscard]] std::string_view queue_order_name(QueueOrder o);
+[[nodiscard]] std::string_view backfill_name(BackfillMode b);
+
+struct QueueOptions {
+  QueueOrder order = QueueOrder::kFcfs;
+  BackfillMode backfill = BackfillMode::kNone;
+  // A blocked head keeps its place until it starts, even if a better job arrives meanwhile.
+  bool lock_head = false;
+  // WFP3/UNICEP wait as computed by the RLScheduler evaluation code (-1 - submit for every
+  // queued job) instead of the real wait now - submit. Only for reproducing its tables.
+  bool rlsched_wait = false;
+  int64_t calendar_resolution = 1;  // seconds
+  int64_t calendar_horizon = 0;     // seconds, 0 = unbounded
+  int32_t max_backfill_jobs = 0;    // jobs tested for backfilling per cycle, 0 = all
+};
+
+enum class JobState : uint8_t { kNew, kPending, kRunning, kDone, kCancelled };
+
+class QueueScheduler {
+ public:
+  QueueScheduler(Engine& engine, QueueOptions options);
+
+  // Register a job (not yet pending). `requested` is the run-time estimate used for
+  // reservations and backfilling (> 0). Returns the job's index.
+  int32_t add_job(int64_t submit, int64_t requested, int32_t num_tasks, const Request& task,
+                  int32_t priority);
+  Status submit(int32_t job);
+  Status cancel(int32_t job);
+  // Start every job the policy allows at `now`; returns the jobs started, in order.
+  const std::vector<int32_t>& cycle(int64_t now);
+  // Release a running job's resources.
+  Status finish(int32_t job);
+  // A running job goes back to pending (preemption, node failure): resources released.
+  Status requeue(int32_t job);
+
+  [[nodiscard]] int32_t num_jobs() const { return static_cast<int32_t>(submit_.size()); }
+  [[nodiscard]] JobState state(int32_t job) const { return state_[static_cast<size_t>(job)]; }
+  [[nodiscard]] int64_t start_time(int32_t job) const { return start_[static_cast<size_t>(job)]; }
+  [[nodiscard]] Code reason(int32_t job) const { return reason_[static_cast<size_t>(job)]; }
+  [[nodiscard]] std::span<const int32_t> nodes_of(int32_t job) const { return nodes_[static_cast<size_t>(job)]; }
+  [[nodiscard]] std::span<const int32_t> gpus_of(int32_t job) const { return gpus_[static_cast<size_t>(job)]; }
+  [[nodiscard]] int32_t num_pending() const { return pending_count_; }
+  [[nodiscard]] int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
+  [[nodiscard]] const QueueOptions& options() const { return opts_; }
+
+ private:
+  using Vec = Calendar::Vec;
+  [[nodiscard]] Vec need_of(int32_t job) const;
+  [[nodiscard]] double key(int32_t job, int64_t now) const;
+  bool key_less(int32_t a, int32_t b, int64_t now) const;
+  void compact_pending();
+  [[nodiscard]] bool submitted_before(int32_t a, int32_t b) const;
+  int32_t select_head(int64_t now) const;
+  void sorted_pending(int64_t now, std::vector<int32_t>& out) const;
+  bool try_start(int32_t job, int64_t now);
+  Calendar running_calendar(int64_t now) const;
+  void backfill_easy(int32_t head, int64_t now);
+  void backfill_rlsched(int32_t head, int64_t now);
+  void backfill_conservative(int64_t now);
+  int64_t rlsched_reservation(int32_t head) const;
+  void remove_running(int32_t job);
+
+  Engine* engine_;
+  QueueOptions opts_;
+  // Per job.
+  std::vector<int64_t> submit_, requested_, start_;
+  std::vector<int32_t> num_tasks_, priority_;
+  std::vector<Request> task_;
+  std::vector<JobState> state_;
+  std::vector<Code> reason_;
+  std::vector<std::vector<int32_t>> nodes_, gpus_;
+  std::vector<int32_t> running_pos_;  // index into running_, -1 if not running
+  // Queues.
+  std::vector<int32_t> pending_;  // submission order; entries may be stale until compacted
+  int32_t pending_count_ = 0;
+  bool fcfs_sorted_ = true;  // pending_ is in (submit, id) order
+  std::vector<int32_t> running_;
+  std::vector<int32_t> started_;
+  int32_t locked_head_ = -1;
+  int64_t locked_reservation_ = -1;
+  mutable std::vector<int32_t> scratch_;
+};
+
+}  // namespace cplat

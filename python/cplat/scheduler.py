@@ -1,0 +1,260 @@
+"""The one scheduling core, used by the simulator (virtual time) and the service (wall time).
+
+``Scheduler`` decides *when* (queue order, backfilling, reservations) through the native
+``QueueScheduler`` and *where* (filter, score, select per task, gangs all or nothing) through
+the native ``Engine``. It never reads a clock: every call that depends on time takes ``now``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from cplat import _core
+from cplat.cluster import new_engine, new_state
+from cplat.errors import InputError
+from cplat.fragmentation import TargetWorkload
+from cplat.model import GpuModels, NodeTable
+from cplat.profile import POLICIES, Profile
+
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """When jobs start.
+
+    Parameters
+    ----------
+    order
+        Queue order: ``fcfs``, ``sjf`` (shortest requested time), ``priority``, ``wfp3``,
+        ``unicep`` or ``f1`` (the RLScheduler paper's heuristics).
+    backfill
+        ``none``, ``easy`` (the head job gets a reservation; others may start if they do not
+        delay it), ``conservative`` (every queued job gets a reservation) or ``rlsched`` (the
+        RLScheduler evaluation's simplified EASY: candidates must end before the head's
+        reservation; no spare-capacity rule).
+    lock_head
+        A blocked head job keeps its place until it starts, even if a better job arrives.
+    rlsched_wait
+        Use the RLScheduler evaluation code's wait (``-1 - submit``) in WFP3/UNICEP keys
+        instead of the real wait; only for reproducing its published tables.
+    calendar_resolution, calendar_horizon
+        Backfill calendar resolution and look-ahead (seconds; horizon 0 = unbounded).
+    max_backfill_jobs
+        Jobs tested for backfilling per cycle (0 = all).
+    """
+
+    order: str = "fcfs"
+    backfill: str = "none"
+    lock_head: bool = False
+    rlsched_wait: bool = False
+    calendar_resolution: int = 1
+    calendar_horizon: int = 0
+    max_backfill_jobs: int = 0
+
+    def __post_init__(self) -> None:
+        orders, modes = _core.queue_order_names(), _core.backfill_names()
+        if self.order not in orders:
+            raise InputError(
+                f"unknown queue order {self.order!r} (valid: {', '.join(orders)})", field="order"
+            )
+        if self.backfill not in modes:
+            raise InputError(
+                f"unknown backfill {self.backfill!r} (valid: {', '.join(modes)})", field="backfill"
+            )
+
+    @property
+    def name(self) -> str:
+        """Short label, e.g. ``fcfs+easy``."""
+        return self.order if self.backfill == "none" else f"{self.order}+{self.backfill}"
+
+
+def nodes_from_table(table: pa.Table) -> NodeTable:
+    """Build a :class:`~cplat.model.NodeTable` from a table in the canonical node schema."""
+    models = GpuModels(tuple(sorted({m for m in table.column("gpu_model").to_pylist() if m})))
+    model_col = table.column("gpu_model").to_pylist()
+    return NodeTable(
+        name=tuple(table.column("name").to_pylist()),
+        cpu_milli=np.asarray(table.column("cpu_milli"), dtype=np.int64),
+        memory_mib=np.asarray(table.column("memory_mib"), dtype=np.int64),
+        num_gpu=np.asarray(table.column("num_gpu"), dtype=np.int32),
+        gpu_model=np.asarray([models.index(m) if m else -1 for m in model_col], dtype=np.int32),
+        models=models,
+        rack=np.asarray(table.column("rack"), dtype=np.int32),
+        spine=np.asarray(table.column("spine"), dtype=np.int32),
+    )
+
+
+@dataclass(frozen=True)
+class JobColumns:
+    """A job table's columns in the engine's types (``requested`` filled where unknown)."""
+
+    job_id: I64
+    submit: I64
+    duration: I64
+    requested: I64
+    estimated: npt.NDArray[np.bool_]  # True where requested_time was unknown and filled
+    num_tasks: I32
+    cpu_milli: I64
+    memory_mib: I64
+    num_gpu: I32
+    gpu_milli: I32
+    models: npt.NDArray[np.uint64]
+    priority: I32
+    user: tuple[str, ...]
+    group: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.job_id)
+
+
+def job_columns(jobs: pa.Table, models: GpuModels) -> JobColumns:
+    """Convert a canonical job table; unknown requested times become the actual duration.
+
+    Raises
+    ------
+    InputError
+        When a job names a GPU model the cluster does not have.
+    """
+    req = jobs.column("requested_time")
+    duration = np.asarray(jobs.column("duration"), dtype=np.int64)
+    unknown = np.asarray(req.is_null(), dtype=bool)
+    requested = np.where(unknown, duration, np.asarray(req.fill_null(0), dtype=np.int64))
+    masks = []
+    cache: dict[str, int] = {}
+    for i, spec in enumerate(jobs.column("gpu_models").to_pylist()):
+        if spec not in cache:
+            try:
+                cache[spec] = models.mask(spec)
+            except ValueError:
+                raise InputError(
+                    f"job {i} asks for GPU models {spec!r}; the cluster has: "
+                    f"{', '.join(models.names) or 'none'}",
+                    field="gpu_models",
+                ) from None
+        masks.append(cache[spec])
+    return JobColumns(
+        job_id=np.asarray(jobs.column("job_id"), dtype=np.int64),
+        submit=np.asarray(jobs.column("submit_time"), dtype=np.int64),
+        duration=duration,
+        requested=np.maximum(requested, 1).astype(np.int64),
+        estimated=unknown,
+        num_tasks=np.asarray(jobs.column("num_tasks"), dtype=np.int32),
+        cpu_milli=np.asarray(jobs.column("cpu_milli"), dtype=np.int64),
+        memory_mib=np.asarray(jobs.column("memory_mib"), dtype=np.int64),
+        num_gpu=np.asarray(jobs.column("num_gpu"), dtype=np.int32),
+        gpu_milli=np.asarray(jobs.column("gpu_milli"), dtype=np.int32),
+        models=np.asarray(masks, dtype=np.uint64),
+        priority=np.asarray(jobs.column("priority"), dtype=np.int32),
+        user=tuple(jobs.column("user").to_pylist()),
+        group=tuple(jobs.column("group").to_pylist()),
+    )
+
+
+class Scheduler:
+    """Submit jobs, run scheduling cycles at given times, finish or requeue jobs.
+
+    Parameters
+    ----------
+    nodes
+        The cluster.
+    placement
+        Where tasks go (filter/score/select profile); default best fit.
+    queue
+        When jobs start (order and backfilling).
+    seed
+        Seed of the engine's tie-breaking.
+    workload
+        Target workload for fragmentation-aware placement (needed by FGD profiles).
+    """
+
+    def __init__(
+        self,
+        nodes: NodeTable,
+        placement: Profile | None = None,
+        queue: QueuePolicy | None = None,
+        seed: int = 0,
+        workload: TargetWorkload | None = None,
+    ) -> None:
+        self.nodes = nodes
+        self.placement = placement or POLICIES["bestfit"]
+        self.queue = queue or QueuePolicy()
+        self.state = new_state(nodes)
+        self.engine = new_engine(self.state, self.placement, seed, workload)
+        q = self.queue
+        self._q = _core.QueueScheduler(
+            self.engine,
+            order=q.order,
+            backfill=q.backfill,
+            lock_head=q.lock_head,
+            rlsched_wait=q.rlsched_wait,
+            calendar_resolution=q.calendar_resolution,
+            calendar_horizon=q.calendar_horizon,
+            max_backfill_jobs=q.max_backfill_jobs,
+        )
+
+    def add_jobs(self, jobs: JobColumns) -> I32:
+        """Register jobs (not yet submitted); returns their scheduler indices."""
+        first = self._q.add_jobs(
+            jobs.submit,
+            jobs.requested,
+            jobs.num_tasks,
+            jobs.cpu_milli,
+            jobs.memory_mib,
+            jobs.num_gpu,
+            jobs.gpu_milli,
+            jobs.models,
+            jobs.priority,
+        )
+        return np.arange(first, first + len(jobs), dtype=np.int32)
+
+    def submit(self, jobs: I32) -> int:
+        """Make registered jobs pending; returns how many were accepted."""
+        return int(self._q.submit_many(jobs))
+
+    def cycle(self, now: int) -> I32:
+        """Start what the policy allows at time ``now``; returns the started jobs in order."""
+        return np.asarray(self._q.cycle(now), dtype=np.int32)
+
+    def finish(self, jobs: I32) -> int:
+        """Release finished jobs' resources; returns how many were running."""
+        return int(self._q.finish_many(jobs))
+
+    def requeue(self, job: int) -> bool:
+        """Stop a running job and put it back in the queue (preemption, node failure)."""
+        return bool(self._q.requeue(job).ok)
+
+    def cancel(self, job: int) -> bool:
+        """Remove a pending job."""
+        return bool(self._q.cancel(job).ok)
+
+    def placement_of(self, job: int) -> tuple[I32, I32]:
+        """Nodes (one per task) and GPU devices of a running job."""
+        return (
+            np.asarray(self._q.nodes_of(job), dtype=np.int32),
+            np.asarray(self._q.gpus_of(job), dtype=np.int32),
+        )
+
+    def job_state(self, job: int) -> str:
+        """``new``, ``pending``, ``running``, ``done`` or ``cancelled``."""
+        return str(self._q.state(job))
+
+    def pending_reason(self, job: int) -> str:
+        """Why a pending job has not started (the rejecting plugin's code)."""
+        code = str(self._q.reason(job))
+        return "queued" if code == "ok" else code
+
+    @property
+    def num_pending(self) -> int:
+        """Jobs waiting."""
+        return int(self._q.num_pending)
+
+    @property
+    def num_running(self) -> int:
+        """Jobs running."""
+        return int(self._q.num_running)

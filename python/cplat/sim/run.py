@@ -1,0 +1,250 @@
+"""Discrete-event simulator: replays a trace through :class:`cplat.scheduler.Scheduler`.
+
+Events are ordered by (time, kind, sequence): at one instant, finishes and node repairs come
+first, then node failures, then submissions, then one scheduling cycle. Time is integer
+seconds. The same inputs and seed give the same decision log, byte for byte.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from cplat.fragmentation import TargetWorkload
+from cplat.model import NodeTable
+from cplat.profile import Profile
+from cplat.scheduler import JobColumns, QueuePolicy, Scheduler, job_columns
+
+# Event kinds, in processing order at equal times.
+_FINISH, _NODE_UP, _NODE_DOWN = 0, 1, 2
+_NODE_DOWN_FLAG = 1
+
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("job_id", pa.int64(), nullable=False),
+        pa.field("submit", pa.int64(), nullable=False),
+        pa.field("start", pa.int64(), nullable=False),  # -1: never started
+        pa.field("end", pa.int64(), nullable=False),  # -1: not finished by the horizon
+        pa.field("status", pa.string(), nullable=False),  # completed | unfinished | never_started
+        pa.field("num_tasks", pa.int32(), nullable=False),
+        pa.field("cpu_milli", pa.int64(), nullable=False),
+        pa.field("num_gpu", pa.int32(), nullable=False),
+        pa.field("gpu_milli", pa.int32(), nullable=False),
+        pa.field("user", pa.string(), nullable=False),
+        pa.field("group", pa.string(), nullable=False),
+        pa.field("restarts", pa.int32(), nullable=False),
+        pa.field("nodes", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class FaultModel:
+    """Independent node failures: exponential time between failures and to repair (seconds)."""
+
+    mtbf: float
+    mttr: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mtbf <= 0 or self.mttr <= 0:
+            raise ValueError("mtbf and mttr must be positive")
+
+
+@dataclass
+class SimResult:
+    """Per-job outcome, the decision log and the run's bookkeeping."""
+
+    jobs: pa.Table
+    columns: JobColumns
+    start: npt.NDArray[np.int64]
+    end: npt.NDArray[np.int64]
+    log: list[str] = field(default_factory=list)
+    events: int = 0
+    cycles: int = 0
+    node_failures: int = 0
+    capacity_cpu_milli: int = 0
+    capacity_gpu_milli: int = 0
+
+
+def simulate(
+    jobs: pa.Table,
+    nodes: NodeTable,
+    *,
+    placement: Profile | None = None,
+    queue: QueuePolicy | None = None,
+    seed: int = 0,
+    workload: TargetWorkload | None = None,
+    horizon: int | None = None,
+    faults: FaultModel | None = None,
+    record_log: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SimResult:
+    """Replay ``jobs`` (canonical job table) on ``nodes`` and return what happened.
+
+    Parameters
+    ----------
+    jobs
+        Canonical job table (``cplat.traces.schema.JOB_SCHEMA``).
+    nodes
+        The cluster.
+    placement, queue
+        Where and when (see :class:`~cplat.scheduler.Scheduler`).
+    seed
+        Seed for the engine's tie-breaking and the fault model's default stream.
+    workload
+        Target workload for fragmentation-aware placement.
+    horizon
+        Stop at this time; running jobs are reported unfinished, pending ones never started.
+    faults
+        Optional node failure model; jobs on a failed node go back to the queue.
+    record_log
+        Keep the decision log (one line per start, finish, requeue, node event).
+    progress
+        Called as ``progress(done, total)`` every few thousand finished jobs.
+    """
+    cols = job_columns(jobs, nodes.models)
+    sched = Scheduler(nodes, placement, queue, seed, workload)
+    idx = sched.add_jobs(cols)
+    n = len(cols)
+    order = np.lexsort((idx, cols.submit)).astype(np.int32)
+    submit_sorted = cols.submit[order]
+    start = np.full(n, -1, dtype=np.int64)
+    end = np.full(n, -1, dtype=np.int64)
+    restarts = np.zeros(n, dtype=np.int32)
+    generation = np.zeros(n, dtype=np.int64)  # invalidates finish events of requeued jobs
+    placed_nodes: dict[int, npt.NDArray[np.int32]] = {}  # running jobs (fault tracking)
+    assigned: list[list[int]] = [[] for _ in range(n)]
+    log: list[str] = []
+    events: list[tuple[int, int, int, int, int]] = []  # (time, kind, seq, item, generation)
+    seq = 0
+    rng = np.random.Generator(np.random.PCG64(faults.seed if faults else seed))
+    track_nodes = faults is not None
+    on_node: list[set[int]] = [set() for _ in range(len(nodes))] if track_nodes else []
+    node_failures = 0
+    if faults is not None:
+        first = rng.exponential(faults.mtbf, size=len(nodes))
+        for node, t in enumerate(first):
+            heapq.heappush(events, (int(t), _NODE_DOWN, seq, node, 0))
+            seq += 1
+    limit = horizon if horizon is not None else np.iinfo(np.int64).max
+    i = 0
+    done = 0
+    cycles = 0
+    n_events = 0
+    while i < n or events:
+        t_sub = int(submit_sorted[i]) if i < n else np.iinfo(np.int64).max
+        t_evt = events[0][0] if events else np.iinfo(np.int64).max
+        now = min(t_sub, t_evt)
+        if now > limit:
+            break
+        finished: list[int] = []
+        while events and events[0][0] == now:
+            _, kind, _, item, gen = heapq.heappop(events)
+            n_events += 1
+            if kind == _FINISH:
+                if gen != generation[item]:
+                    continue
+                finished.append(item)
+            elif kind == _NODE_DOWN:
+                node_failures += 1
+                sched.state.set_flags(item, _NODE_DOWN_FLAG)
+                sched.engine.node_changed(item)
+                for job in sorted(on_node[item]):
+                    for other in placed_nodes.pop(job):
+                        on_node[int(other)].discard(job)
+                    sched.requeue(job)
+                    generation[job] += 1
+                    restarts[job] += 1
+                    start[job] = -1
+                    if record_log:
+                        log.append(f"{now}\trequeue\t{int(cols.job_id[job])}\tnode {item} down")
+                repair = now + max(1, int(rng.exponential(faults.mttr if faults else 1.0)))
+                heapq.heappush(events, (repair, _NODE_UP, seq, item, 0))
+                seq += 1
+                if record_log:
+                    log.append(f"{now}\tnode_down\t{item}")
+            elif kind == _NODE_UP:
+                sched.state.set_flags(item, 0)
+                sched.engine.node_changed(item)
+                nxt = now + max(1, int(rng.exponential(faults.mtbf if faults else 1.0)))
+                heapq.heappush(events, (nxt, _NODE_DOWN, seq, item, 0))
+                seq += 1
+                if record_log:
+                    log.append(f"{now}\tnode_up\t{item}")
+        if finished:
+            arr = np.asarray(finished, dtype=np.int32)
+            sched.finish(arr)
+            end[arr] = now
+            done += len(finished)
+            for job in finished:
+                if track_nodes:
+                    for node in placed_nodes.pop(job):
+                        on_node[int(node)].discard(job)
+                if record_log:
+                    log.append(f"{now}\tfinish\t{int(cols.job_id[job])}")
+            if progress is not None and done % 5000 < len(finished):
+                progress(done, n)
+        j = i
+        while j < n and submit_sorted[j] == now:
+            j += 1
+        if j > i:
+            sched.submit(order[i:j])
+            i = j
+        started = sched.cycle(now)
+        cycles += 1
+        if len(started):
+            start[started] = now
+            ends = now + cols.duration[started]
+            for job, t_end in zip(started.tolist(), ends.tolist(), strict=True):
+                heapq.heappush(events, (t_end, _FINISH, seq, job, int(generation[job])))
+                seq += 1
+                where, _ = sched.placement_of(job)
+                assigned[job] = where.tolist()
+                if track_nodes:
+                    placed_nodes[job] = where
+                    for node in set(assigned[job]):
+                        on_node[node].add(job)
+                if record_log:
+                    log.append(
+                        f"{now}\tstart\t{int(cols.job_id[job])}\t"
+                        + ",".join(str(x) for x in assigned[job])
+                    )
+        if faults is not None and i >= n and sched.num_pending == 0 and sched.num_running == 0:
+            break  # only node events are left
+    status = np.where(end >= 0, "completed", np.where(start >= 0, "unfinished", "never_started"))
+    table = pa.table(
+        {
+            "job_id": cols.job_id,
+            "submit": cols.submit,
+            "start": start,
+            "end": end,
+            "status": status.tolist(),
+            "num_tasks": cols.num_tasks,
+            "cpu_milli": cols.cpu_milli,
+            "num_gpu": cols.num_gpu,
+            "gpu_milli": cols.gpu_milli,
+            "user": list(cols.user),
+            "group": list(cols.group),
+            "restarts": restarts,
+            "nodes": assigned,
+        },
+        schema=RESULT_SCHEMA,
+    )
+    return SimResult(
+        jobs=table,
+        columns=cols,
+        start=start,
+        end=end,
+        log=log,
+        events=n_events,
+        cycles=cycles,
+        node_failures=node_failures,
+        capacity_cpu_milli=int(nodes.cpu_milli.sum()),
+        capacity_gpu_milli=nodes.total_gpu_milli,
+    )
