@@ -135,6 +135,8 @@ void bind_queue(py::module_& m) {
         return std::string(code_name(q.reason(job)));
       }, py::arg("job"))
       .def("start_time", &QueueScheduler::start_time, py::arg("job"))
+      .def("reservation", &QueueScheduler::reservation, py::arg("job"))
+      .def("reservations", [](const QueueScheduler& q) { return to_array(q.reservations()); })
       .def("nodes_of", [](const QueueScheduler& q, int32_t job) { return span_array(q.nodes_of(job)); },
            py::arg("job"))
       .def("gpus_of", [](const QueueScheduler& q, int32_t job) { return span_array(q.gpus_of(job)); },

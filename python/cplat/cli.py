@@ -1,4 +1,4 @@
-"""Command line: ``cplat pack`` (static packing experiment).
+"""Command line: ``cplat sim`` (trace replay), ``cplat pack`` (static packing), ``cplat trace``.
 
 Errors in user input print one line naming the file, line and column and exit with code 2.
 """
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cplat.errors import InputError
+from cplat.model import NodeTable
 
 DEFAULT_OUT_DIR = Path("cplat-out")
 
@@ -126,12 +127,143 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_cluster(spec: str) -> NodeTable:
+    """Node list from ``FILE.parquet`` (node schema), ``spot:FILE`` or an openb node CSV."""
+    import pyarrow as pa
+
+    from cplat.scheduler import nodes_from_table
+
+    if spec.startswith("spot:"):
+        from cplat.traces.spot import read_spot_nodes
+
+        return nodes_from_table(read_spot_nodes(spec[5:]))
+    path = Path(spec)
+    if path.suffix == ".parquet":
+        from cplat.traces.jobs import read_parquet
+
+        table: pa.Table = read_parquet(path, kind="nodes")
+        return nodes_from_table(table)
+    from cplat.traces import read_openb_nodes
+
+    return read_openb_nodes(path)
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from cplat.profile import policy
+    from cplat.scheduler import QueuePolicy, nodes_from_table
+    from cplat.sim.report import Run, compare_table, summarize, write_outputs
+    from cplat.sim.run import FaultModel, simulate
+
+    console = Console()
+    placement = policy(args.placement)
+    if args.trace is None:
+        from cplat.workload import lublin_feitelson, synthetic_cluster_nodes
+
+        if args.synthetic_jobs <= 0 or args.synthetic_nodes <= 0:
+            raise InputError("expected positive counts", field="--synthetic-jobs")
+        jobs = lublin_feitelson(args.synthetic_jobs, nodes=args.synthetic_nodes, seed=args.seed)
+        nodes = nodes_from_table(synthetic_cluster_nodes(args.synthetic_nodes))
+        label = f"synthetic Lublin-Feitelson: {jobs.num_rows:,} jobs on {len(nodes)} nodes"
+        skipped = ""
+    else:
+        from cplat.traces.cli import load_trace, parse_trace_spec
+
+        kind, path = parse_trace_spec(args.trace)
+        trace = load_trace(kind, path, nodes=args.nodes, strict=args.strict)
+        jobs = trace.jobs
+        if args.cluster is not None:
+            nodes = _load_cluster(args.cluster)
+        elif trace.nodes is not None:
+            nodes = nodes_from_table(trace.nodes)
+        else:
+            raise InputError(
+                f"the {kind} trace has no node list: "
+                "give --cluster (node CSV, .parquet or spot:FILE)",
+                field="--cluster",
+            )
+        label = f"{path.name}: {jobs.num_rows:,} jobs on {len(nodes)} nodes"
+        report = trace.report
+        skipped = (
+            f"; skipped {sum(report.skipped.values()):,} rows ({report.summary()})"
+            if report.skipped
+            else ""
+        )
+    orders = [
+        o.strip() for o in (args.compare or args.policy or "fcfs,sjf,f1,wfp3,unicep").split(",")
+    ]
+    default_backfill = "none,easy" if (args.compare is None and args.policy is None) else "none"
+    backfills = [b.strip() for b in (args.backfill or default_backfill).split(",")]
+    queues = [QueuePolicy(o, b, lock_head=args.lock_head) for o in orders for b in backfills]
+    faults = None
+    if args.mtbf is not None or args.mttr is not None:
+        if args.mtbf is None or args.mttr is None or args.mtbf <= 0 or args.mttr <= 0:
+            raise InputError("give both --mtbf and --mttr, positive", field="--mtbf")
+        faults = FaultModel(args.mtbf, args.mttr, seed=args.seed)
+    console.print(f"[bold]cplat sim[/bold]: {label}{skipped}")
+    runs: list[Run] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("simulating", total=len(queues) * jobs.num_rows)
+        for q in queues:
+            progress.update(task, description=q.name)
+            t0 = time.perf_counter()
+            result = simulate(
+                jobs,
+                nodes,
+                placement=placement,
+                queue=q,
+                seed=args.seed,
+                horizon=args.horizon,
+                faults=faults,
+                record_log=args.log,
+            )
+            runs.append(Run(q.name, result, time.perf_counter() - t0))
+            progress.advance(task, jobs.num_rows)
+    summaries = [summarize(r) for r in runs]
+    console.print(compare_table(summaries, title=f"cplat sim: {label}"))
+    written = write_outputs(runs, args.out)
+    console.print(
+        "wrote " + ", ".join(str(p) for p in written[-3:]) + f" (and {len(written) - 3} more)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``cplat`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="cplat", description="cplat: scheduling for AI/ML clusters"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser(
+        "sim",
+        help="replay a job trace through the scheduler (discrete-event simulation)",
+        description="Replay a trace (or the built-in Lublin-Feitelson workload) through cplat's "
+        "scheduler and compare queue orders and backfilling.",
+    )
+    sim.add_argument("--trace", metavar="KIND:PATH", help="swf:, openb:, dlrm: or philly: file")
+    sim.add_argument("--nodes", type=Path, metavar="NODE_CSV", help="node list of an openb trace")
+    sim.add_argument("--cluster", metavar="FILE", help="cluster: node CSV, .parquet or spot:FILE")
+    sim.add_argument(
+        "--policy", metavar="ORDER", help="queue order: fcfs sjf priority wfp3 unicep f1"
+    )
+    sim.add_argument("--compare", metavar="O1,O2", help="queue orders to compare in one table")
+    sim.add_argument("--backfill", metavar="B[,B]", help="none, easy, conservative, rlsched")
+    sim.add_argument("--placement", default="bestfit", help="placement policy (cplat pack names)")
+    sim.add_argument("--lock-head", action="store_true", help="a blocked head keeps its place")
+    sim.add_argument("--seed", type=int, default=0, help="seed (workload generator, ties, faults)")
+    sim.add_argument("--horizon", type=int, metavar="SECONDS", help="stop the replay at this time")
+    sim.add_argument(
+        "--mtbf", type=float, metavar="SECONDS", help="node mean time between failures"
+    )
+    sim.add_argument("--mttr", type=float, metavar="SECONDS", help="node mean time to repair")
+    sim.add_argument("--strict", action="store_true", help="fail on the first bad trace row")
+    sim.add_argument("--log", action="store_true", help="write each run's decision log")
+    sim.add_argument("--synthetic-jobs", type=int, default=10_000, metavar="N")
+    sim.add_argument("--synthetic-nodes", type=int, default=256, metavar="N")
+    sim.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR / "sim", metavar="DIR")
+    sim.set_defaults(func=_cmd_sim)
     pack = sub.add_parser(
         "pack",
         help="static packing experiment (FGD paper protocol)",
@@ -179,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=os.cpu_count() or 1, help="parallel runs (default: cores)"
     )
     pack.set_defaults(func=_cmd_pack)
+    from cplat.traces.cli import add_trace_parser
+
+    add_trace_parser(sub)
     return parser
 
 

@@ -241,8 +241,16 @@ class Scheduler:
         )
 
     def job_state(self, job: int) -> str:
-        """``new``, ``pending``, ``running``, ``done`` or ``cancelled``."""
+        """Return the job's state: ``new``, ``pending``, ``running``, ``done`` or ``cancelled``."""
         return str(self._q.state(job))
+
+    def reservation(self, job: int) -> int:
+        """First reservation given to the job while it waited (-1 if none)."""
+        return int(self._q.reservation(job))
+
+    def reservations(self) -> I64:
+        """First reservation of every job (-1 where none), by scheduler index."""
+        return np.asarray(self._q.reservations(), dtype=np.int64)
 
     def pending_reason(self, job: int) -> str:
         """Why a pending job has not started (the rejecting plugin's code)."""

@@ -57,10 +57,16 @@ class QueueScheduler {
   // A running job goes back to pending (preemption, node failure): resources released.
   Status requeue(int32_t job);
 
+  [[nodiscard]] const std::vector<int64_t>& reservations() const { return reservation_; }
   [[nodiscard]] int32_t num_jobs() const { return static_cast<int32_t>(submit_.size()); }
   [[nodiscard]] JobState state(int32_t job) const { return state_[static_cast<size_t>(job)]; }
   [[nodiscard]] int64_t start_time(int32_t job) const { return start_[static_cast<size_t>(job)]; }
   [[nodiscard]] Code reason(int32_t job) const { return reason_[static_cast<size_t>(job)]; }
+  // The first reservation a blocked job was given (EASY/rlsched head, conservative: every
+  // job), -1 if none. With exact estimates a job starts no later than this.
+  [[nodiscard]] int64_t reservation(int32_t job) const {
+    return reservation_[static_cast<size_t>(job)];
+  }
   [[nodiscard]] std::span<const int32_t> nodes_of(int32_t job) const { return nodes_[static_cast<size_t>(job)]; }
   [[nodiscard]] std::span<const int32_t> gpus_of(int32_t job) const { return gpus_[static_cast<size_t>(job)]; }
   [[nodiscard]] int32_t num_pending() const { return pending_count_; }
@@ -87,7 +93,7 @@ class QueueScheduler {
   Engine* engine_;
   QueueOptions opts_;
   // Per job.
-  std::vector<int64_t> submit_, requested_, start_;
+  std::vector<int64_t> submit_, requested_, start_, reservation_;
   std::vector<int32_t> num_tasks_, priority_;
   std::vector<Request> task_;
   std::vector<JobState> state_;

@@ -33,6 +33,7 @@ int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_t
   submit_.push_back(submit);
   requested_.push_back(std::max<int64_t>(requested, 1));
   start_.push_back(-1);
+  reservation_.push_back(-1);
   num_tasks_.push_back(num_tasks);
   priority_.push_back(priority);
   task_.push_back(task);
@@ -209,6 +210,7 @@ Status QueueScheduler::requeue(int32_t job) {
   const auto j = static_cast<size_t>(job);
   state_[j] = JobState::kPending;
   start_[j] = -1;
+  reservation_[j] = -1;
   fcfs_sorted_ = false;
   pending_.push_back(job);
   ++pending_count_;
@@ -241,7 +243,10 @@ void QueueScheduler::backfill_easy(int32_t head, int64_t now) {
   Calendar cal = running_calendar(now);
   const Vec head_need = need_of(head);
   const int64_t t = cal.earliest_start(head_need, requested_[static_cast<size_t>(head)], now);
-  if (t != Calendar::kNever) cal.reserve(t, t + requested_[static_cast<size_t>(head)], head_need);
+  if (t != Calendar::kNever) {
+    cal.reserve(t, t + requested_[static_cast<size_t>(head)], head_need);
+    if (reservation_[static_cast<size_t>(head)] < 0) reservation_[static_cast<size_t>(head)] = t;
+  }
   sorted_pending(now, scratch_);
   int32_t tested = 0;
   for (const int32_t j : scratch_) {
@@ -285,6 +290,7 @@ void QueueScheduler::backfill_rlsched(int32_t head, int64_t now) {
   if (!opts_.lock_head || est < 0) {
     est = rlsched_reservation(head);
     if (opts_.lock_head) locked_reservation_ = est;
+    if (reservation_[static_cast<size_t>(head)] < 0) reservation_[static_cast<size_t>(head)] = est;
   }
   // Candidates in submission order; a candidate must end (by its estimate) strictly before
   // the head's reservation. There is no "spare capacity" rule.
@@ -314,6 +320,7 @@ void QueueScheduler::backfill_conservative(int64_t now) {
     const Vec need = need_of(j);
     int64_t t = cal.earliest_start(need, req, now);
     if (t == Calendar::kNever) continue;
+    if (reservation_[static_cast<size_t>(j)] < 0) reservation_[static_cast<size_t>(j)] = t;
     if (t == now) {
       if (try_start(j, now)) {
         cal.reserve(now, now + req, need);

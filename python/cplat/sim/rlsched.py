@@ -67,7 +67,7 @@ class SequenceResult:
 
 
 def queue_policy(order: str, backfill: bool) -> QueuePolicy:
-    """The evaluation's scheduling rules for one heuristic."""
+    """Return the evaluation's scheduling rules for one heuristic."""
     return QueuePolicy(
         order=order,
         backfill="rlsched" if backfill else "none",
@@ -85,7 +85,9 @@ def evaluate(trace: Trace, order: str, backfill: bool, starts: list[int]) -> lis
     out = []
     for s in starts:
         jobs = trace.jobs.slice(s, SEQUENCE_LENGTH)
-        res = simulate(jobs, nodes, placement=POLICIES["bestfit"], queue=queue_policy(order, backfill))
+        res = simulate(
+            jobs, nodes, placement=POLICIES["bestfit"], queue=queue_policy(order, backfill)
+        )
         run = res.columns.duration.astype(np.float64)
         wait = (res.start - res.columns.submit).astype(np.float64)
         bsld = np.maximum((wait + run) / np.maximum(run, 10.0), 1.0)

@@ -43,6 +43,14 @@ RESULT_SCHEMA = pa.schema(
 )
 
 
+def _list_array(parts: list[npt.NDArray[np.int32]]) -> pa.ListArray:
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int32, count=len(parts))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.int32)))
+
+
 @dataclass(frozen=True)
 class FaultModel:
     """Independent node failures: exponential time between failures and to repair (seconds)."""
@@ -64,6 +72,7 @@ class SimResult:
     columns: JobColumns
     start: npt.NDArray[np.int64]
     end: npt.NDArray[np.int64]
+    reservation: npt.NDArray[np.int64]  # first reservation while waiting, -1 if none
     log: list[str] = field(default_factory=list)
     events: int = 0
     cycles: int = 0
@@ -119,7 +128,8 @@ def simulate(
     restarts = np.zeros(n, dtype=np.int32)
     generation = np.zeros(n, dtype=np.int64)  # invalidates finish events of requeued jobs
     placed_nodes: dict[int, npt.NDArray[np.int32]] = {}  # running jobs (fault tracking)
-    assigned: list[list[int]] = [[] for _ in range(n)]
+    empty = np.zeros(0, dtype=np.int32)
+    assigned: list[npt.NDArray[np.int32]] = [empty] * n  # nodes of each job's last start
     log: list[str] = []
     events: list[tuple[int, int, int, int, int]] = []  # (time, kind, seq, item, generation)
     seq = 0
@@ -205,15 +215,15 @@ def simulate(
                 heapq.heappush(events, (t_end, _FINISH, seq, job, int(generation[job])))
                 seq += 1
                 where, _ = sched.placement_of(job)
-                assigned[job] = where.tolist()
+                assigned[job] = where
                 if track_nodes:
                     placed_nodes[job] = where
-                    for node in set(assigned[job]):
+                    for node in set(where.tolist()):
                         on_node[node].add(job)
                 if record_log:
                     log.append(
                         f"{now}\tstart\t{int(cols.job_id[job])}\t"
-                        + ",".join(str(x) for x in assigned[job])
+                        + ",".join(str(x) for x in where.tolist())
                     )
         if faults is not None and i >= n and sched.num_pending == 0 and sched.num_running == 0:
             break  # only node events are left
@@ -232,7 +242,7 @@ def simulate(
             "user": list(cols.user),
             "group": list(cols.group),
             "restarts": restarts,
-            "nodes": assigned,
+            "nodes": _list_array(assigned),
         },
         schema=RESULT_SCHEMA,
     )
@@ -241,6 +251,7 @@ def simulate(
         columns=cols,
         start=start,
         end=end,
+        reservation=sched.reservations(),
         log=log,
         events=n_events,
         cycles=cycles,
