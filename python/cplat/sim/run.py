@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from cplat.fragmentation import TargetWorkload
-from cplat.model import NodeTable
+from cplat.fragmentation import TargetWorkload, target_workload
+from cplat.model import NodeTable, TaskTable
 from cplat.profile import Profile
 from cplat.scheduler import JobColumns, QueuePolicy, Scheduler, job_columns
 
@@ -118,6 +118,19 @@ def simulate(
         Called as ``progress(done, total)`` every few thousand finished jobs.
     """
     cols = job_columns(jobs, nodes.models)
+    if workload is None and placement is not None and placement.needs_workload:
+        # Fragmentation-aware placement measures against the trace's own task shapes.
+        workload = target_workload(
+            TaskTable(
+                name=tuple(str(j) for j in cols.job_id),
+                cpu_milli=cols.cpu_milli,
+                memory_mib=cols.memory_mib,
+                num_gpu=cols.num_gpu,
+                gpu_milli=cols.gpu_milli,
+                gpu_spec=tuple(jobs.column("gpu_models").to_pylist()),
+                models=cols.models,
+            )
+        )
     sched = Scheduler(nodes, placement, queue, seed, workload)
     idx = sched.add_jobs(cols)
     n = len(cols)

@@ -1,0 +1,233 @@
+"""Trace replay: published RLScheduler tables, scheduling guarantees, determinism, faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cplat.model import GpuModels, NodeTable
+from cplat.profile import POLICIES
+from cplat.scheduler import QueuePolicy
+from cplat.sim.rlsched import ORDERS, PUBLISHED, evaluate, sequence_starts
+from cplat.sim.run import FaultModel, simulate
+from cplat.traces.schema import JOB_SCHEMA
+from cplat.traces.swf import read_swf
+from cplat.workload import lublin_feitelson
+
+
+def cluster(n: int, cpus: int = 1) -> NodeTable:
+    return NodeTable(
+        name=tuple(f"n{i}" for i in range(n)),
+        cpu_milli=np.full(n, 1000 * cpus, dtype=np.int64),
+        memory_mib=np.zeros(n, dtype=np.int64),
+        num_gpu=np.zeros(n, dtype=np.int32),
+        gpu_model=np.full(n, -1, dtype=np.int32),
+        models=GpuModels(()),
+    )
+
+
+def jobs_table(
+    submit: list[int], duration: list[int], width: list[int], group: str = "g"
+) -> pa.Table:
+    n = len(submit)
+    return pa.table(
+        {
+            "job_id": np.arange(1, n + 1, dtype=np.int64),
+            "submit_time": np.asarray(submit, dtype=np.int64),
+            "duration": np.asarray(duration, dtype=np.int64),
+            "requested_time": np.asarray(duration, dtype=np.int64),
+            "num_tasks": np.asarray(width, dtype=np.int32),
+            "cpu_milli": np.full(n, 1000, dtype=np.int64),
+            "memory_mib": np.zeros(n, dtype=np.int64),
+            "num_gpu": np.zeros(n, dtype=np.int32),
+            "gpu_milli": np.zeros(n, dtype=np.int32),
+            "gpu_models": [""] * n,
+            "user": ["u"] * n,
+            "group": [group] * n,
+            "priority": np.zeros(n, dtype=np.int32),
+            "queue": ["q"] * n,
+        },
+        schema=JOB_SCHEMA,
+    )
+
+
+# --- the published RLScheduler tables ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lublin(request: pytest.FixtureRequest) -> dict[str, object]:
+    from conftest import TRACES
+
+    folder = TRACES / "swf-lublin-synthetic"
+    if not (folder / "lublin_256.swf.gz").is_file():
+        pytest.skip(f"Lublin SWF logs not found in {folder} (../shared is absent)")
+    return {stem: read_swf(folder / f"{stem}.swf.gz") for stem in ("lublin_256", "lublin_256_new2")}
+
+
+def test_sequence_starts_match_the_published_evaluation() -> None:
+    assert sequence_starts(10_000) == [1981, 2756, 4299, 8850, 3316, 2714, 5228, 7762, 4022, 7085]
+
+
+@pytest.mark.parametrize("stem", ["lublin_256", "lublin_256_new2"])
+@pytest.mark.parametrize("backfill", [False, True])
+def test_rlscheduler_tables_within_5_percent(lublin, stem: str, backfill: bool) -> None:
+    trace = lublin[stem]  # type: ignore[index]
+    starts = sequence_starts(trace.jobs.num_rows)
+    for order in ORDERS:
+        results = evaluate(trace, order, backfill, starts)
+        bsld = float(np.mean([r.bounded_slowdown for r in results]))
+        util = float(np.mean([r.utilization for r in results]))
+        paper_bsld, paper_util = PUBLISHED[(stem, backfill)][order]
+        assert bsld == pytest.approx(paper_bsld, rel=0.05), (order, bsld, paper_bsld)
+        assert util == pytest.approx(paper_util, rel=0.05), (order, util, paper_util)
+
+
+# --- guarantees on random traces ---------------------------------------------------------
+
+
+@st.composite
+def small_traces(draw: st.DrawFn) -> tuple[int, int, pa.Table]:
+    nodes = draw(st.integers(2, 8))
+    cpus = draw(st.sampled_from([1, 2]))
+    n = draw(st.integers(1, 30))
+    submit = sorted(draw(st.lists(st.integers(0, 300), min_size=n, max_size=n)))
+    duration = draw(st.lists(st.integers(1, 120), min_size=n, max_size=n))
+    width = draw(st.lists(st.integers(1, nodes * cpus), min_size=n, max_size=n))
+    return nodes, cpus, jobs_table(submit, duration, width)
+
+
+def assert_capacity_never_exceeded(res, nodes: NodeTable) -> None:
+    usage = np.zeros(len(nodes), dtype=np.int64)
+    events = []
+    placed = res.jobs.column("nodes").to_pylist()
+    for j in range(len(res.start)):
+        events.append((int(res.end[j]), 0, j))  # releases first at equal times
+        events.append((int(res.start[j]), 1, j))
+    for _, kind, j in sorted(events):
+        for node in placed[j]:
+            usage[node] += 1000 if kind == 1 else -1000
+        assert np.all(usage <= nodes.cpu_milli) and np.all(usage >= 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(small_traces(), st.sampled_from(["none", "easy", "conservative", "rlsched"]))
+def test_guarantees_fcfs(trace: tuple[int, int, pa.Table], backfill: str) -> None:
+    n_nodes, cpus, jobs = trace
+    nodes = cluster(n_nodes, cpus)
+    res = simulate(jobs, nodes, queue=QueuePolicy("fcfs", backfill))
+    # Every job ends exactly once, after it starts, and never starts before it is submitted.
+    assert res.jobs.column("status").to_pylist() == ["completed"] * jobs.num_rows
+    assert np.array_equal(res.end - res.start, res.columns.duration)
+    assert np.all(res.start >= res.columns.submit)
+    assert_capacity_never_exceeded(res, nodes)
+    # Exact estimates: reservations are never delayed (EASY: the head's; conservative: all).
+    reserved = res.reservation >= 0
+    assert np.all(res.start[reserved] <= res.reservation[reserved])
+    if backfill == "none":
+        # Plain FCFS never lets a later job overtake an earlier one.
+        order = np.lexsort((res.columns.job_id, res.columns.submit))
+        assert np.all(np.diff(res.start[order]) >= 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(small_traces(), st.sampled_from(["sjf", "f1", "wfp3", "unicep", "priority"]))
+def test_other_orders_complete_and_respect_capacity(trace, order: str) -> None:
+    n_nodes, cpus, jobs = trace
+    nodes = cluster(n_nodes, cpus)
+    res = simulate(jobs, nodes, queue=QueuePolicy(order, "easy"))
+    assert np.all(res.end >= 0)
+    assert_capacity_never_exceeded(res, nodes)
+
+
+def test_job_larger_than_cluster_never_starts_and_says_why() -> None:
+    jobs = jobs_table([0, 0], [10, 10], [2, 9])
+    res = simulate(jobs, cluster(4))
+    assert res.jobs.column("status").to_pylist() == ["completed", "never_started"]
+
+
+def test_horizon_reports_unfinished_jobs() -> None:
+    jobs = jobs_table([0, 0, 50], [100, 10, 10], [4, 1, 1])
+    res = simulate(jobs, cluster(4), horizon=60)
+    assert res.jobs.column("status").to_pylist() == ["unfinished", "never_started", "never_started"]
+
+
+# --- determinism and faults ----------------------------------------------------------------
+
+
+def test_same_seed_same_decision_log_with_faults() -> None:
+    jobs = lublin_feitelson(1500, nodes=64, seed=3)
+    nodes = cluster(64)
+    faults = FaultModel(mtbf=2e6, mttr=3600, seed=9)
+    a = simulate(jobs, nodes, queue=QueuePolicy("fcfs", "easy"), faults=faults, record_log=True)
+    b = simulate(jobs, nodes, queue=QueuePolicy("fcfs", "easy"), faults=faults, record_log=True)
+    assert "\n".join(a.log).encode() == "\n".join(b.log).encode()
+    assert a.node_failures > 0
+    assert int(np.asarray(a.jobs.column("restarts")).sum()) > 0
+    c = simulate(
+        jobs, nodes, queue=QueuePolicy("fcfs", "easy"),
+        faults=FaultModel(mtbf=2e6, mttr=3600, seed=10), record_log=True,
+    )  # fmt: skip
+    assert a.log != c.log
+    # Every job still completes once, and nothing starts on a node while it is down.
+    assert np.all(a.end >= 0)
+    down: dict[int, bool] = {}
+    for line in a.log:
+        t, kind, *rest = line.split("\t")
+        if kind == "node_down":
+            down[int(rest[0])] = True
+        elif kind == "node_up":
+            down[int(rest[0])] = False
+        elif kind == "start":
+            assert not any(down.get(int(x), False) for x in rest[1].split(",") if x)
+
+
+def test_fgd_placement_in_replay_uses_the_trace_shapes() -> None:
+    jobs = jobs_table([0, 1, 2], [10, 10, 10], [1, 1, 1])
+    res = simulate(jobs, cluster(2), placement=POLICIES["fgd"])
+    assert np.all(res.end >= 0)
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def test_cli_default_run_writes_outputs(tmp_path: Path) -> None:
+    from cplat.cli import main
+
+    out = tmp_path / "o"
+    assert (
+        main(["sim", "--synthetic-jobs", "400", "--synthetic-nodes", "32", "--out", str(out)]) == 0
+    )
+    assert (out / "summary.json").is_file() and (out / "wait_cdf.png").is_file()
+    assert (out / "fcfs_easy" / "jobs.parquet").is_file()
+
+
+def test_cli_bad_swf_line_strict_and_lenient(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cplat.cli import main
+
+    swf = tmp_path / "bad.swf"
+    good = "1 0 -1 10 2 -1 -1 2 -1 -1 1 1 1 -1 0 -1 -1 -1"
+    swf.write_text(
+        "; MaxNodes: 4\n; MaxProcs: 4\n" + good + "\n2 5 -1 x 1 -1 -1 1 -1 -1 1 1 1 -1 0 -1 -1 -1\n"
+    )
+    assert (
+        main(
+            ["sim", "--trace", f"swf:{swf}", "--policy", "fcfs", "--strict", "--out", str(tmp_path)]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert f"{swf}:4" in err and "run_time" in err and "Traceback" not in err
+    assert (
+        main(["sim", "--trace", f"swf:{swf}", "--policy", "fcfs", "--out", str(tmp_path / "o")])
+        == 0
+    )
+    assert "skipped 1 rows" in capsys.readouterr().out.replace("\n", " ")
+    assert main(["sim", "--policy", "lifo", "--synthetic-jobs", "10"]) == 2
+    assert "unknown queue order 'lifo'" in capsys.readouterr().err
