@@ -12,9 +12,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cplat.errors import InputError
 from cplat.model import NodeTable
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEFAULT_OUT_DIR = Path("cplat-out")
 
@@ -54,13 +58,12 @@ def _write_rows(path: Path, rows: list[list[str]]) -> None:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from cplat.pack import result_rows, run_many
     from cplat.profile import PAPER_POLICIES, policy
     from cplat.report import plot_pack, print_pack_table
 
-    console = Console(stderr=False)
+    console = _console()
     names = (
         list(PAPER_POLICIES)
         if args.policy == "all"
@@ -127,6 +130,13 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console() -> Console:
+    """Return a console for results (a terminal sets the width; pipes get 120 columns)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
 def _load_cluster(spec: str) -> NodeTable:
     """Node list from ``FILE.parquet`` (node schema), ``spot:FILE`` or an openb node CSV."""
     import pyarrow as pa
@@ -149,7 +159,6 @@ def _load_cluster(spec: str) -> NodeTable:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import Progress
 
     from cplat.profile import policy
@@ -157,7 +166,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from cplat.sim.report import Run, compare_table, summarize, write_outputs
     from cplat.sim.run import FaultModel, simulate
 
-    console = Console()
+    console = _console()
     placement = policy(args.placement)
     if args.trace is None:
         from cplat.workload import lublin_feitelson, synthetic_cluster_nodes

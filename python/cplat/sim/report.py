@@ -77,13 +77,29 @@ def _fmt(value: float | int | str, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _duration(value: float | int | str) -> str:
+    if isinstance(value, str) or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    v = float(value)
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if v >= 2 * size:
+            return f"{v / size:.1f}{unit}"
+    return f"{v:.0f}s"
+
+
+def _rate(value: float | int | str) -> str:
+    if isinstance(value, str):
+        return value
+    return f"{float(value) / 1000:.0f}k" if float(value) >= 1000 else f"{float(value):.0f}"
+
+
 def compare_table(summaries: Sequence[dict[str, float | int | str]], title: str) -> Table:
     """One row per run: waits, slowdown, utilization, fairness, speed."""
     table = Table(title=title)
     table = Table(
         title=title,
-        caption="wait: mean and p95 seconds; bsld: mean bounded slowdown (10 s); util: "
-        "mean utilization; Jain: fairness of mean slowdown across groups",
+        caption="wait: mean and 95th percentile; bsld: mean bounded slowdown (10 s); util: "
+        "mean utilization; Jain: fairness of mean slowdown across groups; jobs/s: replay speed",
     )
     for name in ("policy", "done", "wait", "p95 wait", "bsld", "util", "Jain", "jobs/s"):
         table.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
@@ -91,12 +107,12 @@ def compare_table(summaries: Sequence[dict[str, float | int | str]], title: str)
         table.add_row(
             str(s["policy"]),
             _fmt(s["finished"]),
-            _fmt(s["mean_wait"], 0),
-            _fmt(s["p95_wait"], 0),
+            _duration(s["mean_wait"]),
+            _duration(s["p95_wait"]),
             _fmt(s["mean_bounded_slowdown"], 1),
             _fmt(s["mean_utilization"], 3),
             _fmt(s["jain_group_slowdown"], 3),
-            _fmt(s["jobs_per_second"], 0),
+            _rate(s["jobs_per_second"]),
         )
     return table
 
