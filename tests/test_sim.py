@@ -231,3 +231,24 @@ def test_cli_bad_swf_line_strict_and_lenient(
     assert "skipped 1 rows" in capsys.readouterr().out.replace("\n", " ")
     assert main(["sim", "--policy", "lifo", "--synthetic-jobs", "10"]) == 2
     assert "unknown queue order 'lifo'" in capsys.readouterr().err
+
+
+def test_periodic_ticks_delay_starts_to_tick_times() -> None:
+    jobs = jobs_table([5, 7, 61], [10, 10, 10], [1, 1, 1])
+    res = simulate(jobs, cluster(4), tick=30)
+    assert res.start.tolist() == [30, 30, 90]
+    assert np.all(res.start % 30 == 0)
+
+
+def test_gpu_replay_records_allocation_and_fragmentation() -> None:
+    from cplat.synthetic import synthetic_cluster
+
+    nodes = synthetic_cluster(4, seed=0, gpus_per_node=2)
+    jobs = jobs_table([0, 0, 1], [50, 50, 50], [1, 1, 1])
+    jobs = jobs.set_column(7, "num_gpu", pa.array([1, 1, 2], pa.int32()))
+    jobs = jobs.set_column(8, "gpu_milli", pa.array([500, 1000, 1000], pa.int32()))
+    res = simulate(jobs, nodes, placement=POLICIES["fgd"])
+    series = res.gpu_series
+    assert series.shape[1] == 3 and len(series) >= 2
+    assert series[:, 1].max() == 3500  # all three jobs ran at once
+    assert np.all(series[:, 2] <= nodes.total_gpu_milli - series[:, 1] + 1e-6)

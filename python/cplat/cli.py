@@ -177,6 +177,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         nodes = nodes_from_table(synthetic_cluster_nodes(args.synthetic_nodes))
         label = f"synthetic Lublin-Feitelson: {jobs.num_rows:,} jobs on {len(nodes)} nodes"
         skipped = ""
+        extra: dict[str, object] = {"trace": "synthetic", "seed": args.seed}
     else:
         from cplat.traces.cli import load_trace, parse_trace_spec
 
@@ -195,6 +196,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             )
         label = f"{path.name}: {jobs.num_rows:,} jobs on {len(nodes)} nodes"
         report = trace.report
+        extra = {"trace": args.trace, "skipped_rows": dict(report.skipped)}
         skipped = (
             f"; skipped {sum(report.skipped.values()):,} rows ({report.summary()})"
             if report.skipped
@@ -211,6 +213,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         if args.mtbf is None or args.mttr is None or args.mtbf <= 0 or args.mttr <= 0:
             raise InputError("give both --mtbf and --mttr, positive", field="--mtbf")
         faults = FaultModel(args.mtbf, args.mttr, seed=args.seed)
+    if args.tick is not None and args.tick <= 0:
+        raise InputError("expected a positive number of seconds", field="--tick")
     console.print(f"[bold]cplat sim[/bold]: {label}{skipped}")
     runs: list[Run] = []
     with Progress(console=console, transient=True) as progress:
@@ -226,13 +230,14 @@ def _cmd_sim(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 horizon=args.horizon,
                 faults=faults,
+                tick=args.tick,
                 record_log=args.log,
             )
             runs.append(Run(q.name, result, time.perf_counter() - t0))
             progress.advance(task, jobs.num_rows)
     summaries = [summarize(r) for r in runs]
     console.print(compare_table(summaries, title=f"cplat sim: {label}"))
-    written = write_outputs(runs, args.out)
+    written = write_outputs(runs, args.out, extra)
     console.print(
         "wrote " + ", ".join(str(p) for p in written[-3:]) + f" (and {len(written) - 3} more)"
     )
@@ -267,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mtbf", type=float, metavar="SECONDS", help="node mean time between failures"
     )
     sim.add_argument("--mttr", type=float, metavar="SECONDS", help="node mean time to repair")
+    sim.add_argument("--tick", type=int, metavar="SECONDS", help="schedule only every N seconds")
     sim.add_argument("--strict", action="store_true", help="fail on the first bad trace row")
     sim.add_argument("--log", action="store_true", help="write each run's decision log")
     sim.add_argument("--synthetic-jobs", type=int, default=10_000, metavar="N")

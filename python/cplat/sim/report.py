@@ -34,6 +34,29 @@ def _size_and_capacity(result: SimResult) -> tuple[np.ndarray, int, str]:
     return size, max(result.capacity_cpu_milli, 1), "cpu"
 
 
+Summary = dict[str, object]
+
+
+def group_table(r: SimResult, limit: int = 20) -> dict[str, dict[str, float]]:
+    """Per-group jobs, mean wait and mean bounded slowdown (the ``limit`` largest groups)."""
+    done = (r.start >= 0) & (r.end >= 0)
+    groups = np.asarray(r.columns.group, dtype=object)
+    wait = (r.start - r.columns.submit).astype(np.float64)
+    slow = np.full(len(groups), np.nan)
+    if done.any():
+        slow[done] = metrics.bounded_slowdown(r.columns.submit[done], r.start[done], r.end[done])
+    names, counts = np.unique(groups, return_counts=True)
+    out: dict[str, dict[str, float]] = {}
+    for g in names[np.argsort(-counts, kind="stable")][:limit]:
+        sel = (groups == g) & done
+        out[str(g)] = {
+            "jobs": float((groups == g).sum()),
+            "mean_wait": float(wait[sel].mean()) if sel.any() else math.nan,
+            "mean_bounded_slowdown": float(slow[sel].mean()) if sel.any() else math.nan,
+        }
+    return out
+
+
 def summarize(run: Run) -> dict[str, float | int | str]:
     """Headline metrics of a run (see :func:`cplat.metrics.summary`) plus run bookkeeping."""
     r = run.result
@@ -117,8 +140,13 @@ def compare_table(summaries: Sequence[dict[str, float | int | str]], title: str)
     return table
 
 
-def write_outputs(runs: Sequence[Run], out: Path) -> list[Path]:
-    """Write per-run ``jobs.parquet`` and decision logs, ``summary.json`` and the plots."""
+def write_outputs(
+    runs: Sequence[Run], out: Path, extra: dict[str, object] | None = None
+) -> list[Path]:
+    """Write per-run ``jobs.parquet`` and decision logs, ``summary.json`` and the plots.
+
+    ``extra`` (e.g. the trace reader's skipped-row counts) is stored with every run's summary.
+    """
     import pyarrow.parquet as pq
 
     out.mkdir(parents=True, exist_ok=True)
@@ -135,9 +163,16 @@ def write_outputs(runs: Sequence[Run], out: Path) -> list[Path]:
             log.write_text("\n".join(run.result.log) + "\n")
             written.append(log)
     summary = out / "summary.json"
-    summary.write_text(
-        json.dumps([_jsonable(summarize(r)) for r in runs], indent=2, allow_nan=False) + "\n"
-    )
+    entries: list[Summary] = []
+    for r in runs:
+        entry: Summary = dict(_jsonable(summarize(r)))
+        entry["groups"] = {
+            g: _jsonable(v)  # type: ignore[arg-type]
+            for g, v in group_table(r.result).items()
+        }
+        entry.update(extra or {})
+        entries.append(entry)
+    summary.write_text(json.dumps(entries, indent=2, allow_nan=False) + "\n")
     written.append(summary)
     written.extend(plot_runs(runs, out))
     return written
@@ -191,6 +226,27 @@ def plot_runs(runs: Sequence[Run], out: Path) -> list[Path]:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     paths.append(p)
+
+    if any(len(run.result.gpu_series) for run in runs):
+        fig, (ax_a, ax_f) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+        for run in runs:
+            g = run.result.gpu_series
+            if not len(g):
+                continue
+            cap = max(run.result.capacity_gpu_milli, 1)
+            ax_a.plot(g[:, 0] / 3600, 100 * g[:, 1] / cap, label=run.name, linewidth=0.8)
+            ax_f.plot(g[:, 0] / 3600, 100 * g[:, 2] / cap, label=run.name, linewidth=0.8)
+        ax_a.set_ylabel("GPU allocated (%)")
+        ax_f.set_ylabel("GPU fragmented (%)")
+        ax_f.set_xlabel("time (hours)")
+        ax_a.legend(fontsize=7, ncol=2)
+        for ax in (ax_a, ax_f):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        p = out / "gpu_allocation_fragmentation.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in runs:

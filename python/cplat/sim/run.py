@@ -21,7 +21,7 @@ from cplat.profile import Profile
 from cplat.scheduler import JobColumns, QueuePolicy, Scheduler, job_columns
 
 # Event kinds, in processing order at equal times.
-_FINISH, _NODE_UP, _NODE_DOWN = 0, 1, 2
+_FINISH, _NODE_UP, _NODE_DOWN, _TICK = 0, 1, 2, 3
 _NODE_DOWN_FLAG = 1
 
 RESULT_SCHEMA = pa.schema(
@@ -38,7 +38,8 @@ RESULT_SCHEMA = pa.schema(
         pa.field("user", pa.string(), nullable=False),
         pa.field("group", pa.string(), nullable=False),
         pa.field("restarts", pa.int32(), nullable=False),
-        pa.field("nodes", pa.list_(pa.int32()), nullable=False),
+        pa.field("nodes", pa.list_(pa.int32()), nullable=False),  # one node per task
+        pa.field("gpus", pa.list_(pa.int32()), nullable=False),  # devices, num_gpu per task
     ]
 )
 
@@ -79,6 +80,8 @@ class SimResult:
     node_failures: int = 0
     capacity_cpu_milli: int = 0
     capacity_gpu_milli: int = 0
+    # GPU clusters: after every scheduling cycle, (time, allocated milli-GPU, fragmented milli-GPU).
+    gpu_series: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 3)))
 
 
 def simulate(
@@ -91,6 +94,7 @@ def simulate(
     workload: TargetWorkload | None = None,
     horizon: int | None = None,
     faults: FaultModel | None = None,
+    tick: int | None = None,
     record_log: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> SimResult:
@@ -112,6 +116,9 @@ def simulate(
         Stop at this time; running jobs are reported unfinished, pending ones never started.
     faults
         Optional node failure model; jobs on a failed node go back to the queue.
+    tick
+        Schedule only at multiples of ``tick`` seconds (a periodic scheduler, like a batch
+        system's scheduling interval) instead of at every event.
     record_log
         Keep the decision log (one line per start, finish, requeue, node event).
     progress
@@ -143,6 +150,7 @@ def simulate(
     placed_nodes: dict[int, npt.NDArray[np.int32]] = {}  # running jobs (fault tracking)
     empty = np.zeros(0, dtype=np.int32)
     assigned: list[npt.NDArray[np.int32]] = [empty] * n  # nodes of each job's last start
+    devices: list[npt.NDArray[np.int32]] = [empty] * n
     log: list[str] = []
     events: list[tuple[int, int, int, int, int]] = []  # (time, kind, seq, item, generation)
     seq = 0
@@ -155,7 +163,12 @@ def simulate(
         for node, t in enumerate(first):
             heapq.heappush(events, (int(t), _NODE_DOWN, seq, node, 0))
             seq += 1
+    if tick is not None and tick <= 0:
+        raise ValueError("tick must be positive")
     limit = horizon if horizon is not None else np.iinfo(np.int64).max
+    track_gpu = nodes.total_gpu_milli > 0
+    series: list[tuple[int, int, float]] = []
+    next_tick = -1
     i = 0
     done = 0
     cycles = 0
@@ -174,6 +187,8 @@ def simulate(
                 if gen != generation[item]:
                     continue
                 finished.append(item)
+            elif kind == _TICK:
+                continue
             elif kind == _NODE_DOWN:
                 node_failures += 1
                 sched.state.set_flags(item, _NODE_DOWN_FLAG)
@@ -219,16 +234,27 @@ def simulate(
         if j > i:
             sched.submit(order[i:j])
             i = j
+        if tick is not None and now % tick != 0:
+            # Periodic scheduling: wait for the next tick (one pending tick event at a time).
+            due = (now // tick + 1) * tick
+            if due != next_tick and sched.num_pending > 0:
+                heapq.heappush(events, (due, _TICK, seq, 0, 0))
+                seq += 1
+                next_tick = due
+            continue
         started = sched.cycle(now)
         cycles += 1
+        if track_gpu:
+            series.append((now, sched.state.allocated_gpu_milli, sched.engine.frag_total))
         if len(started):
             start[started] = now
             ends = now + cols.duration[started]
             for job, t_end in zip(started.tolist(), ends.tolist(), strict=True):
                 heapq.heappush(events, (t_end, _FINISH, seq, job, int(generation[job])))
                 seq += 1
-                where, _ = sched.placement_of(job)
+                where, gpus = sched.placement_of(job)
                 assigned[job] = where
+                devices[job] = gpus
                 if track_nodes:
                     placed_nodes[job] = where
                     for node in set(where.tolist()):
@@ -256,6 +282,7 @@ def simulate(
             "group": list(cols.group),
             "restarts": restarts,
             "nodes": _list_array(assigned),
+            "gpus": _list_array(devices),
         },
         schema=RESULT_SCHEMA,
     )
@@ -271,4 +298,5 @@ def simulate(
         node_failures=node_failures,
         capacity_cpu_milli=int(nodes.cpu_milli.sum()),
         capacity_gpu_milli=nodes.total_gpu_milli,
+        gpu_series=np.asarray(series, dtype=np.float64).reshape(-1, 3),
     )
