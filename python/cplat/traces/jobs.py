@@ -14,7 +14,6 @@ raises.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import Counter
@@ -29,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cplat.errors import InputError
-from cplat.traces._csv import open_text
+from cplat.traces._csv import read_rows
 from cplat.traces.schema import JOB_SCHEMA, NODE_SCHEMA
 
 __all__ = [
@@ -363,56 +362,14 @@ def iter_csv(
     InputError
         For file-level problems, and for bad rows in strict mode.
     """
-    source = str(path)
-    if not path.is_file():
-        raise InputError("file not found", source=source)
-    try:
-        with open_text(path) as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise InputError("empty file, expected a header row", source=source, row=1)
-            header = [h.strip() for h in header]
-            seen: set[str] = set()
-            for col in header:
-                if col in seen:
-                    raise InputError("duplicate column", source=source, row=1, field=col)
-                seen.add(col)
-            for col in required:
-                if col not in seen:
-                    raise InputError(
-                        f"missing column (required: {', '.join(required)})",
-                        source=source,
-                        row=1,
-                        field=col,
-                    )
-            if extra == "error":
-                allowed = set(required) | set(optional)
-                for col in header:
-                    if col not in allowed:
-                        raise InputError(
-                            f"unknown column (allowed: {', '.join([*required, *optional])})",
-                            source=source,
-                            row=1,
-                            field=col,
-                        )
-            for values in reader:
-                line = reader.line_num
-                if not values or (len(values) == 1 and not values[0].strip()):
-                    continue
-                errors.rows_read += 1
-                if len(values) != len(header):
-                    errors.bad(
-                        f"expected {len(header)} fields, found {len(values)}",
-                        row=line,
-                        reason="wrong field count",
-                    )
-                    continue
-                yield line, dict(zip(header, values, strict=True))
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", source=source) from None
-    except (OSError, EOFError, csv.Error) as exc:
-        raise InputError(f"cannot read file ({exc})", source=source) from None
+
+    def count() -> None:
+        errors.rows_read += 1
+
+    def ragged(message: str, line: int) -> None:
+        errors.bad(message, row=line, reason="wrong field count")
+
+    yield from read_rows(path, required, optional, extra=extra, on_row=count, on_ragged=ragged)
 
 
 # ---------------------------------------------------------------------------------------------
