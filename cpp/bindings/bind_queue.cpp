@@ -79,7 +79,7 @@ void bind_queue(py::module_& m) {
           [](QueueScheduler& q, const In<int64_t>& submit, const In<int64_t>& requested,
              const In<int32_t>& num_tasks, const In<int64_t>& cpu, const In<int64_t>& mem,
              const In<int32_t>& num_gpu, const In<int32_t>& gpu_milli, const In<uint64_t>& models,
-             const In<int32_t>& priority) {
+             const In<double>& priority) {
             const py::ssize_t n = submit.size();
             if (requested.size() != n || num_tasks.size() != n || cpu.size() != n ||
                 mem.size() != n || num_gpu.size() != n || gpu_milli.size() != n ||
@@ -98,6 +98,19 @@ void bind_queue(py::module_& m) {
           py::arg("memory_mib"), py::arg("num_gpu"), py::arg("gpu_milli"), py::arg("models"),
           py::arg("priority"))
       .def("submit", &QueueScheduler::submit, py::arg("job"))
+      .def(
+          "set_priorities",
+          [](QueueScheduler& q, const In<int32_t>& jobs, const In<double>& values) {
+            if (jobs.size() != values.size()) {
+              throw std::invalid_argument("jobs and priorities must have the same length");
+            }
+            for (py::ssize_t i = 0; i < jobs.size(); ++i) {
+              if (jobs.at(i) < 0 || jobs.at(i) >= q.num_jobs()) throw std::out_of_range("job index");
+              q.set_priority(jobs.at(i), values.at(i));
+            }
+          },
+          py::arg("jobs"), py::arg("priorities"))
+      .def("pending_jobs", [](QueueScheduler& q) { return to_array(q.pending_jobs()); })
       .def(
           "submit_many",
           [](QueueScheduler& q, const In<int32_t>& jobs) {

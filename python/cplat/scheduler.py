@@ -8,6 +8,7 @@ the native ``Engine``. It never reads a clock: every call that depends on time t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,7 @@ from cplat.profile import POLICIES, Profile
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,28 @@ def job_columns(jobs: pa.Table, models: GpuModels) -> JobColumns:
     )
 
 
+class QueueSort(Protocol):
+    """A queue-sort plugin: sets job priorities before every cycle (higher starts first).
+
+    Fair share, DRF and multifactor priority are queue-sort plugins. The scheduler tells the
+    plugin which jobs exist and when they start and finish; the plugin answers priorities for
+    the pending ones. Used with the ``priority`` queue order.
+    """
+
+    def add_jobs(self, jobs: JobColumns, index: I32) -> None:
+        """Learn about newly registered jobs (``index`` are their scheduler indices)."""
+
+    def on_start(self, jobs: I32, now: int) -> None:
+        """Jobs started at ``now``."""
+
+    def on_finish(self, jobs: I32, now: int) -> None:
+        """Jobs finished (or were stopped) at ``now``."""
+
+    def priorities(self, pending: I32, now: int) -> F64:
+        """Return priorities of the pending jobs at ``now``."""
+        ...
+
+
 class Scheduler:
     """Submit jobs, run scheduling cycles at given times, finish or requeue jobs.
 
@@ -171,6 +195,9 @@ class Scheduler:
         Seed of the engine's tie-breaking.
     workload
         Target workload for fragmentation-aware placement (needed by FGD profiles).
+    queue_sort
+        Optional queue-sort plugin setting priorities before each cycle (requires the
+        ``priority`` queue order).
     """
 
     def __init__(
@@ -180,13 +207,17 @@ class Scheduler:
         queue: QueuePolicy | None = None,
         seed: int = 0,
         workload: TargetWorkload | None = None,
+        queue_sort: QueueSort | None = None,
     ) -> None:
         self.nodes = nodes
+        self.queue_sort = queue_sort
         self.placement = placement or POLICIES["bestfit"]
         self.queue = queue or QueuePolicy()
         self.state = new_state(nodes)
         self.engine = new_engine(self.state, self.placement, seed, workload)
         q = self.queue
+        if queue_sort is not None and q.order != "priority":
+            raise InputError("a queue-sort plugin needs the 'priority' queue order", field="order")
         self._q = _core.QueueScheduler(
             self.engine,
             order=q.order,
@@ -209,9 +240,12 @@ class Scheduler:
             jobs.num_gpu,
             jobs.gpu_milli,
             jobs.models,
-            jobs.priority,
+            jobs.priority.astype(np.float64),
         )
-        return np.arange(first, first + len(jobs), dtype=np.int32)
+        index = np.arange(first, first + len(jobs), dtype=np.int32)
+        if self.queue_sort is not None:
+            self.queue_sort.add_jobs(jobs, index)
+        return index
 
     def submit(self, jobs: I32) -> int:
         """Make registered jobs pending; returns how many were accepted."""
@@ -219,15 +253,28 @@ class Scheduler:
 
     def cycle(self, now: int) -> I32:
         """Start what the policy allows at time ``now``; returns the started jobs in order."""
-        return np.asarray(self._q.cycle(now), dtype=np.int32)
+        if self.queue_sort is not None:
+            pending = np.asarray(self._q.pending_jobs(), dtype=np.int32)
+            if len(pending):
+                self._q.set_priorities(pending, self.queue_sort.priorities(pending, now))
+        started = np.asarray(self._q.cycle(now), dtype=np.int32)
+        if self.queue_sort is not None and len(started):
+            self.queue_sort.on_start(started, now)
+        return started
 
-    def finish(self, jobs: I32) -> int:
-        """Release finished jobs' resources; returns how many were running."""
-        return int(self._q.finish_many(jobs))
+    def finish(self, jobs: I32, now: int) -> int:
+        """Release finished jobs' resources at ``now``; returns how many were running."""
+        done = int(self._q.finish_many(jobs))
+        if self.queue_sort is not None:
+            self.queue_sort.on_finish(jobs, now)
+        return done
 
-    def requeue(self, job: int) -> bool:
+    def requeue(self, job: int, now: int) -> bool:
         """Stop a running job and put it back in the queue (preemption, node failure)."""
-        return bool(self._q.requeue(job).ok)
+        ok = bool(self._q.requeue(job).ok)
+        if ok and self.queue_sort is not None:
+            self.queue_sort.on_finish(np.asarray([job], dtype=np.int32), now)
+        return ok
 
     def cancel(self, job: int) -> bool:
         """Remove a pending job."""

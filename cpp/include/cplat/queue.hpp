@@ -47,7 +47,12 @@ class QueueScheduler {
   // Register a job (not yet pending). `requested` is the run-time estimate used for
   // reservations and backfilling (> 0). Returns the job's index.
   int32_t add_job(int64_t submit, int64_t requested, int32_t num_tasks, const Request& task,
-                  int32_t priority);
+                  double priority);
+  // Queue-sort plugins (fair share, DRF, multifactor) set priorities before a cycle; with the
+  // `priority` order, higher goes first.
+  void set_priority(int32_t job, double priority) { priority_[static_cast<size_t>(job)] = priority; }
+  // Pending jobs in submission order.
+  [[nodiscard]] std::vector<int32_t> pending_jobs();
   Status submit(int32_t job);
   Status cancel(int32_t job);
   // Start every job the policy allows at `now`; returns the jobs started, in order.
@@ -94,7 +99,8 @@ class QueueScheduler {
   QueueOptions opts_;
   // Per job.
   std::vector<int64_t> submit_, requested_, start_, reservation_;
-  std::vector<int32_t> num_tasks_, priority_;
+  std::vector<int32_t> num_tasks_;
+  std::vector<double> priority_;
   std::vector<Request> task_;
   std::vector<JobState> state_;
   std::vector<Code> reason_;

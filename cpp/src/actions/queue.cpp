@@ -28,7 +28,7 @@ QueueScheduler::QueueScheduler(Engine& engine, QueueOptions options)
     : engine_(&engine), opts_(options) {}
 
 int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_tasks,
-                                const Request& task, int32_t priority) {
+                                const Request& task, double priority) {
   const auto id = static_cast<int32_t>(submit_.size());
   submit_.push_back(submit);
   requested_.push_back(std::max<int64_t>(requested, 1));
@@ -65,6 +65,11 @@ bool QueueScheduler::submitted_before(int32_t a, int32_t b) const {
   return sa < sb || (sa == sb && a < b);
 }
 
+std::vector<int32_t> QueueScheduler::pending_jobs() {
+  compact_pending();
+  return pending_;
+}
+
 Status QueueScheduler::cancel(int32_t job) {
   if (job < 0 || job >= num_jobs() || state(job) != JobState::kPending) {
     return {Code::kInvalidArgument, "Queue"};
@@ -90,7 +95,7 @@ double QueueScheduler::key(int32_t job, int64_t now) const {
   switch (opts_.order) {
     case QueueOrder::kFcfs: return s;
     case QueueOrder::kSjf: return r;
-    case QueueOrder::kPriority: return -static_cast<double>(priority_[j]);
+    case QueueOrder::kPriority: return -priority_[j];
     case QueueOrder::kWfp3: return -std::pow(wait / r, 3.0) * n;
     // The tiny constants keep serial jobs (log2(1) = 0) well defined, as in the heuristic's
     // published form.

@@ -18,7 +18,7 @@ import pyarrow as pa
 from cplat.fragmentation import TargetWorkload, target_workload
 from cplat.model import NodeTable, TaskTable
 from cplat.profile import Profile
-from cplat.scheduler import JobColumns, QueuePolicy, Scheduler, job_columns
+from cplat.scheduler import JobColumns, QueuePolicy, QueueSort, Scheduler, job_columns
 
 # Event kinds, in processing order at equal times.
 _FINISH, _NODE_UP, _NODE_DOWN, _TICK = 0, 1, 2, 3
@@ -92,6 +92,7 @@ def simulate(
     queue: QueuePolicy | None = None,
     seed: int = 0,
     workload: TargetWorkload | None = None,
+    queue_sort: QueueSort | None = None,
     horizon: int | None = None,
     faults: FaultModel | None = None,
     tick: int | None = None,
@@ -112,6 +113,8 @@ def simulate(
         Seed for the engine's tie-breaking and the fault model's default stream.
     workload
         Target workload for fragmentation-aware placement.
+    queue_sort
+        Queue-sort plugin (fair share, DRF, ...) with the ``priority`` order.
     horizon
         Stop at this time; running jobs are reported unfinished, pending ones never started.
     faults
@@ -138,7 +141,7 @@ def simulate(
                 models=cols.models,
             )
         )
-    sched = Scheduler(nodes, placement, queue, seed, workload)
+    sched = Scheduler(nodes, placement, queue, seed, workload, queue_sort)
     idx = sched.add_jobs(cols)
     n = len(cols)
     order = np.lexsort((idx, cols.submit)).astype(np.int32)
@@ -196,7 +199,7 @@ def simulate(
                 for job in sorted(on_node[item]):
                     for other in placed_nodes.pop(job):
                         on_node[int(other)].discard(job)
-                    sched.requeue(job)
+                    sched.requeue(job, now)
                     generation[job] += 1
                     restarts[job] += 1
                     start[job] = -1
@@ -217,7 +220,7 @@ def simulate(
                     log.append(f"{now}\tnode_up\t{item}")
         if finished:
             arr = np.asarray(finished, dtype=np.int32)
-            sched.finish(arr)
+            sched.finish(arr, now)
             end[arr] = now
             done += len(finished)
             for job in finished:
