@@ -11,9 +11,20 @@ namespace {
 
 QueueOptions make_options(const std::string& order, const std::string& backfill, bool lock_head,
                           bool rlsched_wait, int64_t resolution, int64_t horizon,
-                          int32_t max_backfill_jobs) {
+                          int32_t max_backfill_jobs, const std::string& preemption,
+                          bool random_victims, uint64_t seed) {
   QueueOptions o;
+  o.random_victims = random_victims;
+  o.seed = seed;
   bool found = false;
+  for (int i = 0; i < kNumPreemptionModes; ++i) {
+    if (preemption_name(static_cast<Preemption>(i)) == preemption) {
+      o.preemption = static_cast<Preemption>(i);
+      found = true;
+    }
+  }
+  if (!found) throw std::invalid_argument("unknown preemption mode: " + preemption);
+  found = false;
   for (int i = 0; i < kNumQueueOrders; ++i) {
     if (queue_order_name(static_cast<QueueOrder>(i)) == order) {
       o.order = static_cast<QueueOrder>(i);
@@ -57,6 +68,11 @@ void bind_queue(py::module_& m) {
     for (int i = 0; i < kNumQueueOrders; ++i) out.emplace_back(queue_order_name(static_cast<QueueOrder>(i)));
     return out;
   });
+  m.def("preemption_names", [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < kNumPreemptionModes; ++i) out.emplace_back(preemption_name(static_cast<Preemption>(i)));
+    return out;
+  });
   m.def("backfill_names", [] {
     std::vector<std::string> out;
     for (int i = 0; i < kNumBackfillModes; ++i) out.emplace_back(backfill_name(static_cast<BackfillMode>(i)));
@@ -66,14 +82,83 @@ void bind_queue(py::module_& m) {
   py::class_<QueueScheduler>(m, "QueueScheduler")
       .def(py::init([](Engine& engine, const std::string& order, const std::string& backfill,
                        bool lock_head, bool rlsched_wait, int64_t resolution, int64_t horizon,
-                       int32_t max_backfill_jobs) {
+                       int32_t max_backfill_jobs, const std::string& preemption,
+                       bool random_victims, uint64_t seed) {
              return QueueScheduler(engine, make_options(order, backfill, lock_head, rlsched_wait,
-                                                        resolution, horizon, max_backfill_jobs));
+                                                        resolution, horizon, max_backfill_jobs,
+                                                        preemption, random_victims, seed));
            }),
            py::arg("engine"), py::arg("order") = "fcfs", py::arg("backfill") = "none",
            py::arg("lock_head") = false, py::arg("rlsched_wait") = false,
            py::arg("calendar_resolution") = 1, py::arg("calendar_horizon") = 0,
-           py::arg("max_backfill_jobs") = 0, py::keep_alive<1, 2>())
+           py::arg("max_backfill_jobs") = 0, py::arg("preemption") = "none",
+           py::arg("random_victims") = false, py::arg("seed") = 0, py::keep_alive<1, 2>())
+      .def(
+          "set_quotas",
+          [](QueueScheduler& q, const In<int32_t>& cohort, const In<int64_t>& nominal,
+             const In<int64_t>& borrowing, const In<int64_t>& lending) {
+            // nominal / borrowing / lending: projects x 3 (milli-CPU, MiB, milli-GPU), row-major.
+            const py::ssize_t p = cohort.size();
+            if (nominal.size() != 3 * p || borrowing.size() != 3 * p || lending.size() != 3 * p) {
+              throw std::invalid_argument("quota arrays must have 3 values per project");
+            }
+            std::vector<QuotaSpec> specs(static_cast<size_t>(p));
+            for (py::ssize_t i = 0; i < p; ++i) {
+              QuotaSpec& s = specs[static_cast<size_t>(i)];
+              s.cohort = cohort.at(i);
+              for (py::ssize_t d = 0; d < 3; ++d) {
+                s.nominal[static_cast<size_t>(d)] = nominal.at(3 * i + d);
+                s.borrowing_limit[static_cast<size_t>(d)] = borrowing.at(3 * i + d);
+                s.lending_limit[static_cast<size_t>(d)] = lending.at(3 * i + d);
+              }
+            }
+            q.set_quotas(std::move(specs));
+          },
+          py::arg("cohort"), py::arg("nominal"), py::arg("borrowing_limit"), py::arg("lending_limit"))
+      .def(
+          "set_job_meta",
+          [](QueueScheduler& q, const In<int32_t>& jobs, const In<int32_t>& project,
+             const In<int64_t>& interval, const In<int64_t>& cost) {
+            const py::ssize_t n = jobs.size();
+            if (project.size() != n || interval.size() != n || cost.size() != n) {
+              throw std::invalid_argument("job meta columns must all have the same length");
+            }
+            for (py::ssize_t i = 0; i < n; ++i) {
+              if (jobs.at(i) < 0 || jobs.at(i) >= q.num_jobs()) throw std::out_of_range("job index");
+              q.set_job_meta(jobs.at(i), project.at(i), interval.at(i), cost.at(i));
+            }
+          },
+          py::arg("jobs"), py::arg("project"), py::arg("checkpoint_interval"),
+          py::arg("checkpoint_cost"))
+      .def("preempted", [](const QueueScheduler& q) { return to_array(q.preempted()); })
+      .def(
+          "set_exclusive",
+          [](QueueScheduler& q, const In<int32_t>& jobs, const In<uint8_t>& exclusive) {
+            if (jobs.size() != exclusive.size()) {
+              throw std::invalid_argument("jobs and flags must have the same length");
+            }
+            for (py::ssize_t i = 0; i < jobs.size(); ++i) {
+              if (jobs.at(i) < 0 || jobs.at(i) >= q.num_jobs()) throw std::out_of_range("job index");
+              q.set_exclusive(jobs.at(i), exclusive.at(i) != 0);
+            }
+          },
+          py::arg("jobs"), py::arg("exclusive"))
+      .def(
+          "add_reservation",
+          [](QueueScheduler& q, int64_t start, int64_t end, const std::vector<int32_t>& nodes,
+             int32_t owner, int32_t num_nodes) {
+            if (end <= start) throw std::invalid_argument("a reservation must end after it starts");
+            for (const int32_t n : nodes) {
+              if (n < 0 || n >= num_nodes) throw std::out_of_range("reservation node index");
+            }
+            return q.add_reservation(Reservation{start, end, nodes, owner});
+          },
+          py::arg("start"), py::arg("end"), py::arg("nodes"), py::arg("owner"), py::arg("num_nodes"))
+      .def("lost_work", &QueueScheduler::lost_work, py::arg("job"), py::arg("now"))
+      .def("usage", [](const QueueScheduler& q, int32_t project) {
+        const auto& u = q.usage(project);
+        return std::vector<int64_t>(u.begin(), u.end());
+      }, py::arg("project"))
       .def(
           "add_jobs",
           [](QueueScheduler& q, const In<int64_t>& submit, const In<int64_t>& requested,

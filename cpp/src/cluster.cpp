@@ -16,6 +16,8 @@ std::string_view code_name(Code code) {
     case Code::kInvalidArgument: return "invalid_argument";
     case Code::kNoFeasibleNode: return "no_feasible_node";
     case Code::kGangIncomplete: return "gang_incomplete";
+    case Code::kTopologyLimit: return "topology_limit";
+    case Code::kQuotaExceeded: return "quota_exceeded";
   }
   return "unknown";
 }

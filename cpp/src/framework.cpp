@@ -351,6 +351,229 @@ Status Engine::place_gang(const Request& r, int32_t count, std::vector<int32_t>&
   return why.code == Code::kNoFeasibleNode ? Status{Code::kGangIncomplete, "Gang"} : why;
 }
 
+const TopologyIndex& Engine::topology() {
+  if (!topo_.matches(*state_)) topo_ = TopologyIndex::build(*state_);
+  return topo_;
+}
+
+bool Engine::pick_gang_gpus(int32_t n, const Request& r, std::vector<int32_t>& task_gpus) {
+  task_gpus.resize(static_cast<size_t>(std::max(r.num_gpu, 0)));
+  int32_t got = pick_gpus_island(*state_, n, r, task_gpus);
+  if (got < 0) got = pick_gpus(*state_, &frag_, n, r, profile_.gpu_pick, rng_, task_gpus);
+  if (got < 0) return false;
+  task_gpus.resize(static_cast<size_t>(got));
+  return true;
+}
+
+void Engine::rollback_gang(const Request& r, std::vector<int32_t>& nodes, std::vector<int32_t>& gpus) {
+  const auto per_task = static_cast<size_t>(r.wants_gpu() ? r.num_gpu : 0);
+  for (size_t i = nodes.size(); i-- > 0;) {
+    const std::span<const int32_t> g(gpus.data() + i * per_task, per_task);
+    const Status s = state_->release(nodes[i], r, g);
+    CPLAT_ASSERT(s.ok());
+    (void)s;
+    frag_.update(*state_, nodes[i]);
+  }
+  nodes.clear();
+  gpus.clear();
+}
+
+namespace {
+
+// The fewest domains (by capacity, largest first) whose capacity reaches `need`, with the last
+// one swapped for the smallest domain that still completes it (best fit). Ties by index.
+// `chosen` gets the domains; returns their total capacity (less than `need` when impossible).
+int64_t pick_domains(std::span<const int32_t> candidates, const std::vector<int64_t>& cap,
+                     int64_t need, std::vector<int32_t>& chosen) {
+  std::vector<int32_t> order;
+  order.reserve(candidates.size());
+  for (const int32_t d : candidates) {
+    if (cap[static_cast<size_t>(d)] > 0) order.push_back(d);
+  }
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    const int64_t ca = cap[static_cast<size_t>(a)];
+    const int64_t cb = cap[static_cast<size_t>(b)];
+    return ca > cb || (ca == cb && a < b);
+  });
+  chosen.clear();
+  int64_t sum = 0;
+  size_t k = 0;
+  while (k < order.size() && sum < need) sum += cap[static_cast<size_t>(order[k++])];
+  if (sum < need) {
+    chosen.assign(order.begin(), order.end());
+    return sum;
+  }
+  // order[0..k) suffice; the last one may be replaced by a smaller domain further down.
+  const int64_t before = sum - cap[static_cast<size_t>(order[k - 1])];
+  size_t last = k - 1;
+  for (size_t j = k; j < order.size(); ++j) {
+    if (before + cap[static_cast<size_t>(order[j])] >= need) last = j;  // sorted: smaller later
+  }
+  chosen.assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k - 1));
+  chosen.push_back(order[last]);
+  return before + cap[static_cast<size_t>(order[last])];
+}
+
+}  // namespace
+
+Status Engine::place_gang_topology(const Request& r, int32_t count, SpanLimit limit,
+                                   std::vector<int32_t>& nodes, std::vector<int32_t>& gpus) {
+  nodes.clear();
+  gpus.clear();
+  last_rejections_ = {};
+  if (!r.valid() || count < 1) return {Code::kInvalidArgument, "Engine"};
+  const ClusterState& st = *state_;
+  if (r.cpu_milli * count > st.cpu_free_total()) return {Code::kInsufficientCpu, "NodeResourcesFit"};
+  if (r.memory_mib * count > st.memory_free_total()) {
+    return {Code::kInsufficientMemory, "NodeResourcesFit"};
+  }
+  if (r.total_gpu_milli() * count > st.total_gpu_milli() - st.allocated_gpu_milli()) {
+    return {Code::kInsufficientGpu, "GpuShare"};
+  }
+  const size_t m = filter_feasible(r);
+  if (m == 0) return count_rejections(r);
+  const TopologyIndex& topo = topology();
+
+  // Capacity for this shape per feasible node, rack and spine.
+  std::vector<int64_t> rack_cap(static_cast<size_t>(topo.num_racks), 0);
+  std::vector<int64_t> spine_cap(static_cast<size_t>(topo.num_spines), 0);
+  std::vector<int32_t> node_cap(static_cast<size_t>(st.num_nodes()), 0);
+  int64_t total = 0;
+  for (size_t i = 0; i < m; ++i) {
+    const int32_t n = feasible_[i];
+    const int32_t c = tasks_fit(st, n, r, count);
+    node_cap[static_cast<size_t>(n)] = c;
+    const auto k = static_cast<size_t>(topo.node_rack[static_cast<size_t>(n)]);
+    rack_cap[k] += c;
+    spine_cap[static_cast<size_t>(topo.rack_spine[k])] += c;
+    total += c;
+  }
+  if (total < count) {
+    const Status why = count_rejections(r);
+    return why.code == Code::kNoFeasibleNode ? Status{Code::kGangIncomplete, "Gang"} : why;
+  }
+
+  // Domain choice: fewest spines, then fewest racks, then best fit by capacity.
+  std::vector<int32_t> racks;
+  std::vector<int32_t> scratch;
+  bool found = false;
+  int64_t best_sum = 0;
+  for (int32_t s = 0; s < topo.num_spines; ++s) {
+    if (spine_cap[static_cast<size_t>(s)] < count) continue;
+    const std::span<const int32_t> cand(
+        topo.spine_racks.data() + topo.spine_rack_begin[static_cast<size_t>(s)],
+        static_cast<size_t>(topo.spine_rack_begin[static_cast<size_t>(s) + 1] -
+                            topo.spine_rack_begin[static_cast<size_t>(s)]));
+    const int64_t sum = pick_domains(cand, rack_cap, count, scratch);
+    if (!found || scratch.size() < racks.size() || (scratch.size() == racks.size() && sum < best_sum)) {
+      racks.swap(scratch);
+      best_sum = sum;
+      found = true;
+    }
+  }
+  if (!found) {
+    if (limit != SpanLimit::kNone) return {Code::kTopologyLimit, "Topology"};
+    std::vector<int32_t> all_spines(static_cast<size_t>(topo.num_spines));
+    for (int32_t s = 0; s < topo.num_spines; ++s) all_spines[static_cast<size_t>(s)] = s;
+    std::vector<int32_t> spines;
+    pick_domains(all_spines, spine_cap, count, spines);
+    // The fewest spines are the largest ones plus one that completes them; choose that last
+    // spine for the fewest racks (then the tightest fit) rather than by its capacity alone.
+    auto add_racks = [&](int32_t s, std::vector<int32_t>& out) {
+      for (int32_t j = topo.spine_rack_begin[static_cast<size_t>(s)];
+           j < topo.spine_rack_begin[static_cast<size_t>(s) + 1]; ++j) {
+        out.push_back(topo.spine_racks[static_cast<size_t>(j)]);
+      }
+    };
+    std::vector<int32_t> base;
+    int64_t before = 0;
+    for (size_t i = 0; i + 1 < spines.size(); ++i) {
+      add_racks(spines[i], base);
+      before += spine_cap[static_cast<size_t>(spines[i])];
+    }
+    std::vector<int32_t> cand;
+    for (int32_t s = 0; s < topo.num_spines; ++s) {
+      if (before + spine_cap[static_cast<size_t>(s)] < count) continue;
+      if (std::find(spines.begin(), spines.end() - 1, s) != spines.end() - 1) continue;
+      cand = base;
+      add_racks(s, cand);
+      const int64_t sum = pick_domains(cand, rack_cap, count, scratch);
+      if (racks.empty() || scratch.size() < racks.size() ||
+          (scratch.size() == racks.size() && sum < best_sum)) {
+        racks.swap(scratch);
+        best_sum = sum;
+      }
+    }
+  }
+  if (limit == SpanLimit::kRack && racks.size() > 1) return {Code::kTopologyLimit, "Topology"};
+
+  // Fill the chosen racks' nodes best score first, re-scoring a node after each task it takes.
+  struct Entry {
+    int64_t score;
+    uint32_t rank;
+    int32_t node;
+  };
+  auto worse = [](const Entry& a, const Entry& b) {
+    return a.score < b.score || (a.score == b.score && a.rank > b.rank);
+  };
+  std::vector<Entry> heap;
+  for (const int32_t k : racks) {
+    for (int32_t j = topo.rack_node_begin[static_cast<size_t>(k)];
+         j < topo.rack_node_begin[static_cast<size_t>(k) + 1]; ++j) {
+      const int32_t n = topo.rack_nodes[static_cast<size_t>(j)];
+      if (node_cap[static_cast<size_t>(n)] > 0) {
+        heap.push_back({gang_score(n, r), rank_[static_cast<size_t>(n)], n});
+      }
+    }
+  }
+  std::make_heap(heap.begin(), heap.end(), worse);
+  std::vector<int32_t> task_gpus;
+  while (static_cast<int32_t>(nodes.size()) < count && !heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), worse);
+    const int32_t n = heap.back().node;
+    heap.pop_back();
+    if (!pick_gang_gpus(n, r, task_gpus)) continue;
+    if (!state_->allocate(n, r, task_gpus).ok()) continue;
+    frag_.update(*state_, n);
+    nodes.push_back(n);
+    gpus.insert(gpus.end(), task_gpus.begin(), task_gpus.end());
+    if (filter_node(*state_, n, r).ok()) {
+      heap.push_back({gang_score(n, r), rank_[static_cast<size_t>(n)], n});
+      std::push_heap(heap.begin(), heap.end(), worse);
+    }
+  }
+  if (static_cast<int32_t>(nodes.size()) == count) return Status::Ok();
+  rollback_gang(r, nodes, gpus);  // capacities are exact, so this is a safety net only
+  return {Code::kGangIncomplete, "Gang"};
+}
+
+Status Engine::place_gang_on(const Request& r, std::span<const int32_t> on,
+                             std::vector<int32_t>& gpus) {
+  gpus.clear();
+  last_rejections_ = {};
+  if (!r.valid() || on.empty()) return {Code::kInvalidArgument, "Engine"};
+  std::vector<int32_t> done;
+  done.reserve(on.size());
+  std::vector<int32_t> task_gpus;
+  for (const int32_t n : on) {
+    if (n < 0 || n >= state_->num_nodes()) {
+      rollback_gang(r, done, gpus);
+      return {Code::kInvalidArgument, "Engine"};
+    }
+    Status s = filter_node(*state_, n, r);
+    if (s.ok() && !pick_gang_gpus(n, r, task_gpus)) s = {Code::kInsufficientGpu, "GpuShare"};
+    if (s.ok()) s = state_->allocate(n, r, task_gpus);
+    if (!s.ok()) {
+      rollback_gang(r, done, gpus);
+      return s;
+    }
+    frag_.update(*state_, n);
+    done.push_back(n);
+    gpus.insert(gpus.end(), task_gpus.begin(), task_gpus.end());
+  }
+  return Status::Ok();
+}
+
 Status Engine::release(int32_t node, const Request& r, std::span<const int32_t> gpus) {
   const Status s = state_->release(node, r, gpus);
   if (s.ok()) frag_.update(*state_, node);

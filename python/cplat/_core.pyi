@@ -131,8 +131,37 @@ class Engine:
     @property
     def node_frag(self) -> _F64: ...
     def node_changed(self, node: int) -> None: ...
+    def place_gang(
+        self,
+        cpu_milli: int,
+        memory_mib: int,
+        num_gpu: int,
+        gpu_milli: int,
+        models: int,
+        count: int,
+    ) -> tuple[Status, _I32, _I32]: ...
+    def place_gang_topology(
+        self,
+        cpu_milli: int,
+        memory_mib: int,
+        num_gpu: int,
+        gpu_milli: int,
+        models: int,
+        count: int,
+        max_span: str = "none",
+    ) -> tuple[Status, _I32, _I32]: ...
+    def place_gang_on(
+        self,
+        cpu_milli: int,
+        memory_mib: int,
+        num_gpu: int,
+        gpu_milli: int,
+        models: int,
+        nodes: npt.ArrayLike,
+    ) -> tuple[Status, _I32]: ...
 
 def queue_order_names() -> list[str]: ...
+def preemption_names() -> list[str]: ...
 def backfill_names() -> list[str]: ...
 
 class QueueScheduler:
@@ -146,7 +175,31 @@ class QueueScheduler:
         calendar_resolution: int = 1,
         calendar_horizon: int = 0,
         max_backfill_jobs: int = 0,
+        preemption: str = "none",
+        random_victims: bool = False,
+        seed: int = 0,
     ) -> None: ...
+    def set_quotas(
+        self,
+        cohort: npt.ArrayLike,
+        nominal: npt.ArrayLike,
+        borrowing_limit: npt.ArrayLike,
+        lending_limit: npt.ArrayLike,
+    ) -> None: ...
+    def set_job_meta(
+        self,
+        jobs: npt.ArrayLike,
+        project: npt.ArrayLike,
+        checkpoint_interval: npt.ArrayLike,
+        checkpoint_cost: npt.ArrayLike,
+    ) -> None: ...
+    def preempted(self) -> _I32: ...
+    def set_exclusive(self, jobs: npt.ArrayLike, exclusive: npt.ArrayLike) -> None: ...
+    def add_reservation(
+        self, start: int, end: int, nodes: list[int], owner: int, num_nodes: int
+    ) -> int: ...
+    def lost_work(self, job: int, now: int) -> float: ...
+    def usage(self, project: int) -> list[int]: ...
     def add_jobs(
         self,
         submit: npt.ArrayLike,
@@ -181,3 +234,20 @@ class QueueScheduler:
     def num_pending(self) -> int: ...
     @property
     def num_running(self) -> int: ...
+
+# --- topology (bind_topology.cpp) ---
+def span_limit_names() -> list[str]: ...
+def set_gpu_topology(state: ClusterState, nvlink: npt.ArrayLike, numa: npt.ArrayLike) -> None: ...
+def gpu_nvlink(state: ClusterState) -> _I32: ...
+def gpu_numa(state: ClusterState) -> _I32: ...
+def gang_capacity(
+    state: ClusterState,
+    cpu_milli: int,
+    memory_mib: int,
+    num_gpu: int,
+    gpu_milli: int,
+    models: int,
+    cap: int,
+) -> _I32: ...
+def topology_index(state: ClusterState) -> tuple[_I32, _I32]: ...
+def gang_span(state: ClusterState, nodes: npt.ArrayLike) -> tuple[int, int, int]: ...

@@ -167,7 +167,15 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from cplat.sim.run import FaultModel, simulate
 
     console = _console()
-    placement = policy(args.placement)
+    cfg = None
+    if args.profile is not None:
+        from cplat.config import load_scheduler_config
+
+        cfg = load_scheduler_config(args.profile)
+    if args.placement is not None:
+        placement = policy(args.placement)
+    else:
+        placement = cfg.placement if cfg is not None else policy("bestfit")
     if args.trace is None:
         from cplat.workload import lublin_feitelson, synthetic_cluster_nodes
 
@@ -202,12 +210,46 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             if report.skipped
             else ""
         )
-    orders = [
-        o.strip() for o in (args.compare or args.policy or "fcfs,sjf,f1,wfp3,unicep").split(",")
-    ]
-    default_backfill = "none,easy" if (args.compare is None and args.policy is None) else "none"
+    base = cfg.queue if cfg is not None else QueuePolicy()
+    default_orders = base.order if cfg is not None else "fcfs,sjf,f1,wfp3,unicep"
+    orders = [o.strip() for o in (args.compare or args.policy or default_orders).split(",")]
+    if cfg is not None:
+        default_backfill = base.backfill
+    else:
+        default_backfill = "none,easy" if (args.compare is None and args.policy is None) else "none"
     backfills = [b.strip() for b in (args.backfill or default_backfill).split(",")]
-    queues = [QueuePolicy(o, b, lock_head=args.lock_head) for o in orders for b in backfills]
+    checkpoint = cfg.checkpoint if cfg is not None else None
+    if args.checkpoint_interval is not None:
+        from cplat.scheduler import Checkpointing
+
+        checkpoint = Checkpointing(args.checkpoint_interval, args.checkpoint_cost or 0)
+    quotas = cfg.quotas if cfg is not None else None
+    queue_sort_spec = None
+    if args.queue_sort is not None or (cfg is not None and cfg.queue_sort is not None):
+        from cplat.policy.fairshare import make_queue_sort, parse_queue_sort_spec
+
+        if args.queue_sort is not None:
+            queue_sort_spec = parse_queue_sort_spec(args.queue_sort)
+        else:
+            assert cfg is not None and cfg.queue_sort is not None
+            options = {k: v for k, v in cfg.queue_sort.items() if k != "name"}
+            queue_sort_spec = (str(cfg.queue_sort["name"]), options)
+        make_queue_sort(queue_sort_spec[0], nodes, jobs, queue_sort_spec[1])  # validate now
+        orders = ["priority"]  # the plugin sets the priorities
+    queues = [
+        QueuePolicy(
+            o,
+            b,
+            lock_head=args.lock_head or base.lock_head,
+            preemption=args.preemption or base.preemption,
+            max_backfill_jobs=base.max_backfill_jobs,
+            calendar_resolution=base.calendar_resolution,
+            calendar_horizon=base.calendar_horizon,
+            random_victims=base.random_victims,
+        )
+        for o in orders
+        for b in backfills
+    ]
     faults = None
     if args.mtbf is not None or args.mttr is not None:
         if args.mtbf is None or args.mttr is None or args.mtbf <= 0 or args.mttr <= 0:
@@ -221,6 +263,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         task = progress.add_task("simulating", total=len(queues) * jobs.num_rows)
         for q in queues:
             progress.update(task, description=q.name)
+            queue_sort = None
+            if queue_sort_spec is not None:  # a fresh plugin per run: it keeps usage state
+                queue_sort = make_queue_sort(queue_sort_spec[0], nodes, jobs, queue_sort_spec[1])
             t0 = time.perf_counter()
             result = simulate(
                 jobs,
@@ -232,8 +277,12 @@ def _cmd_sim(args: argparse.Namespace) -> int:
                 faults=faults,
                 tick=args.tick,
                 record_log=args.log,
+                queue_sort=queue_sort,
+                quotas=quotas,
+                checkpoint=checkpoint,
             )
-            runs.append(Run(q.name, result, time.perf_counter() - t0))
+            name = q.name if queue_sort_spec is None else f"{queue_sort_spec[0]}+{q.backfill}"
+            runs.append(Run(name, result, time.perf_counter() - t0))
             progress.advance(task, jobs.num_rows)
     summaries = [summarize(r) for r in runs]
     console.print(compare_table(summaries, title=f"cplat sim: {label}"))
@@ -264,7 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--compare", metavar="O1,O2", help="queue orders to compare in one table")
     sim.add_argument("--backfill", metavar="B[,B]", help="none, easy, conservative, rlsched")
-    sim.add_argument("--placement", default="bestfit", help="placement policy (cplat pack names)")
+    sim.add_argument(
+        "--queue-sort",
+        metavar="NAME[:K=V,...]",
+        help="queue-sort plugin setting priorities (multifactor, fairshare, drf; options like "
+        "fairshare:account=queue,half_life=3600,shares.A=2); implies --policy priority",
+    )
+    sim.add_argument("--placement", help="placement policy (cplat pack names; default bestfit)")
+    sim.add_argument("--profile", type=Path, metavar="FILE.toml", help="scheduler profile file")
+    sim.add_argument("--preemption", help="none, priority, reclaim or both")
+    sim.add_argument("--checkpoint-interval", type=int, metavar="SECONDS")
+    sim.add_argument("--checkpoint-cost", type=int, metavar="SECONDS")
     sim.add_argument("--lock-head", action="store_true", help="a blocked head keeps its place")
     sim.add_argument("--seed", type=int, default=0, help="seed (workload generator, ties, faults)")
     sim.add_argument("--horizon", type=int, metavar="SECONDS", help="stop the replay at this time")

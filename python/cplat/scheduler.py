@@ -49,6 +49,13 @@ class QueuePolicy:
         Backfill calendar resolution and look-ahead (seconds; horizon 0 = unbounded).
     max_backfill_jobs
         Jobs tested for backfilling per cycle (0 = all).
+    preemption
+        ``none``, ``priority`` (a higher-priority head may evict lower-priority jobs),
+        ``reclaim`` (a project within its guaranteed quota may evict other projects' borrowed
+        jobs) or ``both``. Victims are chosen to lose the least work since their last
+        checkpoint; a job is always evicted whole and goes back to the queue.
+    random_victims
+        Pick victims in random order instead (a baseline for comparison).
     """
 
     order: str = "fcfs"
@@ -58,9 +65,17 @@ class QueuePolicy:
     calendar_resolution: int = 1
     calendar_horizon: int = 0
     max_backfill_jobs: int = 0
+    preemption: str = "none"
+    random_victims: bool = False
 
     def __post_init__(self) -> None:
         orders, modes = _core.queue_order_names(), _core.backfill_names()
+        preemptions = _core.preemption_names()
+        if self.preemption not in preemptions:
+            raise InputError(
+                f"unknown preemption {self.preemption!r} (valid: {', '.join(preemptions)})",
+                field="preemption",
+            )
         if self.order not in orders:
             raise InputError(
                 f"unknown queue order {self.order!r} (valid: {', '.join(orders)})", field="order"
@@ -158,6 +173,87 @@ def job_columns(jobs: pa.Table, models: GpuModels) -> JobColumns:
     )
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Jobs write a checkpoint after every ``interval`` seconds of work, taking ``cost`` seconds.
+
+    A stopped job (preempted, or on a failed node) resumes from its last checkpoint; it loses
+    the work done since. ``interval`` 0 means jobs never checkpoint (they restart from zero).
+    """
+
+    interval: int
+    cost: int = 0
+
+    def __post_init__(self) -> None:
+        if self.interval < 0 or self.cost < 0:
+            raise InputError(
+                "checkpoint interval and cost must be non-negative", field="checkpoint"
+            )
+
+    def wall_time(self, work: int) -> int:
+        """Wall time to do ``work`` seconds of work, checkpoints included (none at the end)."""
+        if self.interval <= 0 or work <= 0:
+            return max(work, 0)
+        return work + self.cost * ((work - 1) // self.interval)
+
+    def saved_work(self, elapsed: int, work_left: int) -> int:
+        """Work secured by checkpoints after running ``elapsed`` seconds of a segment."""
+        if self.interval <= 0:
+            return 0
+        return min(work_left, (elapsed // (self.interval + self.cost)) * self.interval)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A project's quota (Kueue's vocabulary), per resource: milli-CPU, MiB, milli-GPU.
+
+    ``nominal`` is guaranteed; the project may use up to ``nominal + borrowing_limit`` by
+    borrowing unused quota of its ``cohort``; at most ``lending_limit`` of its own unused
+    nominal quota is lent. Missing limits: borrowing 0, lending everything.
+    """
+
+    project: str
+    nominal: tuple[int, int, int]
+    borrowing_limit: tuple[int, int, int] = (0, 0, 0)
+    lending_limit: tuple[int, int, int] | None = None
+    cohort: str = ""
+
+
+class Quotas:
+    """Quotas of several projects; a job's project is its ``group``."""
+
+    def __init__(self, quotas: list[Quota]) -> None:
+        names = [q.project for q in quotas]
+        if len(set(names)) != len(names):
+            raise InputError("a project has two quotas", field="quotas")
+        for q in quotas:
+            for label, vec in (("nominal", q.nominal), ("borrowing_limit", q.borrowing_limit)):
+                if len(vec) != 3 or any(v < 0 for v in vec):
+                    raise InputError(
+                        f"project {q.project!r}: {label} needs 3 non-negative values",
+                        field=label,
+                    )
+        self.quotas = list(quotas)
+        self._index = {q.project: i for i, q in enumerate(quotas)}
+        cohorts = sorted({q.cohort for q in quotas if q.cohort})
+        self._cohort = {c: i for i, c in enumerate(cohorts)}
+
+    def arrays(self) -> tuple[I32, I64, I64, I64]:
+        """Columns for the native queue: cohort ids and (project x 3) limits."""
+        cohort = np.asarray([self._cohort.get(q.cohort, -1) for q in self.quotas], dtype=np.int32)
+        nominal = np.asarray([q.nominal for q in self.quotas], dtype=np.int64).reshape(-1)
+        borrowing = np.asarray([q.borrowing_limit for q in self.quotas], dtype=np.int64).reshape(-1)
+        lending = np.asarray(
+            [q.lending_limit if q.lending_limit is not None else q.nominal for q in self.quotas],
+            dtype=np.int64,
+        ).reshape(-1)
+        return cohort, nominal, borrowing, lending
+
+    def projects_of(self, groups: tuple[str, ...]) -> I32:
+        """Project id of each job's group (-1 where the group has no quota)."""
+        return np.asarray([self._index.get(g, -1) for g in groups], dtype=np.int32)
+
+
 class QueueSort(Protocol):
     """A queue-sort plugin: sets job priorities before every cycle (higher starts first).
 
@@ -198,6 +294,11 @@ class Scheduler:
     queue_sort
         Optional queue-sort plugin setting priorities before each cycle (requires the
         ``priority`` queue order).
+    quotas
+        Per-project quotas (a job's project is its ``group``); jobs of groups without a quota
+        are not limited.
+    checkpoint
+        How jobs checkpoint (sets how much work preemption or a failure loses).
     """
 
     def __init__(
@@ -208,6 +309,8 @@ class Scheduler:
         seed: int = 0,
         workload: TargetWorkload | None = None,
         queue_sort: QueueSort | None = None,
+        quotas: Quotas | None = None,
+        checkpoint: Checkpointing | None = None,
     ) -> None:
         self.nodes = nodes
         self.queue_sort = queue_sort
@@ -227,7 +330,15 @@ class Scheduler:
             calendar_resolution=q.calendar_resolution,
             calendar_horizon=q.calendar_horizon,
             max_backfill_jobs=q.max_backfill_jobs,
+            preemption=q.preemption,
+            random_victims=q.random_victims,
+            seed=seed,
         )
+        self.quotas = quotas
+        if quotas is not None:
+            cohort, nominal, borrowing, lending = quotas.arrays()
+            self._q.set_quotas(cohort, nominal, borrowing, lending)
+        self.checkpoint = checkpoint
 
     def add_jobs(self, jobs: JobColumns) -> I32:
         """Register jobs (not yet submitted); returns their scheduler indices."""
@@ -243,6 +354,19 @@ class Scheduler:
             jobs.priority.astype(np.float64),
         )
         index = np.arange(first, first + len(jobs), dtype=np.int32)
+        if self.quotas is not None or self.checkpoint is not None:
+            project = (
+                self.quotas.projects_of(jobs.group)
+                if self.quotas is not None
+                else np.full(len(jobs), -1, dtype=np.int32)
+            )
+            ck = self.checkpoint or Checkpointing(0, 0)
+            self._q.set_job_meta(
+                index,
+                project,
+                np.full(len(jobs), ck.interval, dtype=np.int64),
+                np.full(len(jobs), ck.cost, dtype=np.int64),
+            )
         if self.queue_sort is not None:
             self.queue_sort.add_jobs(jobs, index)
         return index
@@ -261,6 +385,39 @@ class Scheduler:
         if self.queue_sort is not None and len(started):
             self.queue_sort.on_start(started, now)
         return started
+
+    def set_exclusive(self, jobs: I32) -> None:
+        """Make jobs exclusive: their nodes run nothing else while they run."""
+        self._q.set_exclusive(jobs, np.ones(len(jobs), dtype=np.uint8))
+
+    def add_reservation(self, start: int, end: int, nodes: list[int], owner: str = "") -> int:
+        """Keep ``nodes`` for project ``owner`` (a job ``group``) during ``[start, end)``.
+
+        Other jobs may use those nodes only if they end, by their estimate, before ``start``;
+        with no owner (or one without a quota entry) nobody may (a maintenance window).
+
+        Raises
+        ------
+        InputError
+            For an empty window or an unknown node.
+        """
+        project = -1
+        if owner and self.quotas is not None:
+            project = int(self.quotas.projects_of((owner,))[0])
+        if owner and project < 0:
+            raise InputError(f"reservation owner {owner!r} has no quota entry", field="owner")
+        try:
+            return int(self._q.add_reservation(start, end, nodes, project, len(self.nodes)))
+        except (ValueError, IndexError) as exc:
+            raise InputError(str(exc), field="reservation") from None
+
+    def preempted(self) -> I32:
+        """Jobs the last cycle evicted (already back in the queue)."""
+        return np.asarray(self._q.preempted(), dtype=np.int32)
+
+    def lost_work(self, job: int, now: int) -> float:
+        """Resource-seconds a running job would lose if stopped at ``now``."""
+        return float(self._q.lost_work(job, now))
 
     def finish(self, jobs: I32, now: int) -> int:
         """Release finished jobs' resources at ``now``; returns how many were running."""

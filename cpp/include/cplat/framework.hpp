@@ -17,6 +17,7 @@
 #include "cplat/fragmentation.hpp"
 #include "cplat/plugin.hpp"
 #include "cplat/rng.hpp"
+#include "cplat/topology.hpp"
 
 namespace cplat {
 
@@ -75,6 +76,21 @@ class Engine {
   // raw scores (no per-task normalisation) and a node is re-scored after each task it takes.
   Status place_gang(const Request& r, int32_t count, std::vector<int32_t>& nodes,
                     std::vector<int32_t>& gpus);
+  // Topology-aware gang: `count` identical tasks all or nothing, spanning as few spines as
+  // possible, then as few racks, then the engine's score/rank order. Per node the capacity for
+  // the shape is counted; the smallest sufficient set of racks (best fit by capacity) is
+  // chosen; its nodes are filled best score first. Multi-GPU tasks take the devices of one
+  // NVLink island when one has room. With a `limit`, a gang that fits the cluster but no single
+  // rack (spine) is rejected with kTopologyLimit. Same outputs as place_gang.
+  Status place_gang_topology(const Request& r, int32_t count, SpanLimit limit,
+                             std::vector<int32_t>& nodes, std::vector<int32_t>& gpus);
+  // Place one task of `r` on each of `nodes` (in order; repeats allowed) all or nothing, e.g.
+  // a plan computed outside the engine. `gpus` gets the devices of every task in order.
+  Status place_gang_on(const Request& r, std::span<const int32_t> nodes,
+                       std::vector<int32_t>& gpus);
+  // Dense rack/spine indices of the cluster (built on first use).
+  [[nodiscard]] const TopologyIndex& topology();
+
   // Release a placement made earlier (keeps the fragmentation index current).
   Status release(int32_t node, const Request& r, std::span<const int32_t> gpus);
   // Place tasks in order. With `track` the cluster's allocation and fragmentation after each
@@ -97,6 +113,9 @@ class Engine {
   int64_t gang_score(int32_t n, const Request& r);
   FgdChoice compute_score(ScorerKind kind, int32_t n, const Request& r);
   int32_t shape_slot(const Request& r);
+  // Devices for one task of a topology gang on node n (NVLink island first); false if none.
+  bool pick_gang_gpus(int32_t n, const Request& r, std::vector<int32_t>& task_gpus);
+  void rollback_gang(const Request& r, std::vector<int32_t>& nodes, std::vector<int32_t>& gpus);
 
   ClusterState* state_;
   Profile profile_;
@@ -105,6 +124,7 @@ class Engine {
   RejectionCounts last_rejections_;
   std::vector<uint32_t> rank_;  // node -> tie-break rank (a permutation of 0..N-1)
   bool uses_fgd_ = false;
+  TopologyIndex topo_;  // built by topology() on first use
 
   // Scratch reused across calls (no allocation in the steady state).
   std::vector<int32_t> feasible_;

@@ -14,6 +14,7 @@
 
 #include "cplat/calendar.hpp"
 #include "cplat/framework.hpp"
+#include "cplat/rng.hpp"
 
 namespace cplat {
 
@@ -21,9 +22,32 @@ enum class QueueOrder : uint8_t { kFcfs, kSjf, kPriority, kWfp3, kUnicep, kF1 };
 inline constexpr int kNumQueueOrders = 6;
 enum class BackfillMode : uint8_t { kNone, kEasy, kConservative, kRlsched };
 inline constexpr int kNumBackfillModes = 4;
+// Who may evict running jobs to start a blocked head: a higher-priority job, a project
+// reclaiming its guaranteed quota from borrowers, or both.
+enum class Preemption : uint8_t { kNone, kPriority, kReclaim, kBoth };
+inline constexpr int kNumPreemptionModes = 4;
 
 [[nodiscard]] std::string_view queue_order_name(QueueOrder o);
 [[nodiscard]] std::string_view backfill_name(BackfillMode b);
+[[nodiscard]] std::string_view preemption_name(Preemption p);
+
+// An advance reservation: `nodes` are kept for `owner`'s jobs during [start, end). Other
+// jobs may use them only if they end (by their estimate) before `start`.
+struct Reservation {
+  int64_t start = 0;
+  int64_t end = 0;
+  std::vector<int32_t> nodes;
+  int32_t owner = -1;  // project id; -1 = nobody (maintenance window)
+};
+
+// Quota of one project (names as Kueue users know them). Projects of one cohort lend their
+// unused nominal quota to each other; the hard limit is nominal + borrowing_limit.
+struct QuotaSpec {
+  int32_t cohort = -1;                 // -1: borrows from and lends to nobody
+  Calendar::Vec nominal{};             // guaranteed (milli-CPU, MiB, milli-GPU)
+  Calendar::Vec borrowing_limit{};     // most it may use above nominal
+  Calendar::Vec lending_limit{};       // most of its unused nominal others may borrow
+};
 
 struct QueueOptions {
   QueueOrder order = QueueOrder::kFcfs;
@@ -36,6 +60,10 @@ struct QueueOptions {
   int64_t calendar_resolution = 1;  // seconds
   int64_t calendar_horizon = 0;     // seconds, 0 = unbounded
   int32_t max_backfill_jobs = 0;    // jobs tested for backfilling per cycle, 0 = all
+  Preemption preemption = Preemption::kNone;
+  // Victims in random order instead of least lost work first (a baseline to compare with).
+  bool random_victims = false;
+  uint64_t seed = 0;
 };
 
 enum class JobState : uint8_t { kNew, kPending, kRunning, kDone, kCancelled };
@@ -53,6 +81,26 @@ class QueueScheduler {
   void set_priority(int32_t job, double priority) { priority_[static_cast<size_t>(job)] = priority; }
   // Pending jobs in submission order.
   [[nodiscard]] std::vector<int32_t> pending_jobs();
+  // Quotas per project (index = project id) and each job's project (-1 = no quota) and
+  // checkpoint rhythm (interval and cost in seconds; 0 = never checkpoints).
+  void set_quotas(std::vector<QuotaSpec> quotas);
+  void set_job_meta(int32_t job, int32_t project, int64_t checkpoint_interval,
+                    int64_t checkpoint_cost);
+  // Exclusive jobs get nodes nobody else uses while they run.
+  void set_exclusive(int32_t job, bool exclusive) {
+    exclusive_[static_cast<size_t>(job)] = exclusive ? 1 : 0;
+  }
+  // Returns the reservation's index; its nodes must exist.
+  int32_t add_reservation(Reservation r);
+  [[nodiscard]] const std::vector<Reservation>& reservations_list() const { return reservations_; }
+  [[nodiscard]] const Calendar::Vec& usage(int32_t project) const {
+    return usage_[static_cast<size_t>(project)];
+  }
+  // Jobs evicted by the last cycle (already back in the queue), and the work each lost
+  // (resource-seconds since its last checkpoint).
+  [[nodiscard]] const std::vector<int32_t>& preempted() const { return preempted_; }
+  // Work a running job would lose if stopped now: resource-seconds since its last checkpoint.
+  [[nodiscard]] double lost_work(int32_t job, int64_t now) const;
   Status submit(int32_t job);
   Status cancel(int32_t job);
   // Start every job the policy allows at `now`; returns the jobs started, in order.
@@ -85,7 +133,17 @@ class QueueScheduler {
   bool key_less(int32_t a, int32_t b, int64_t now) const;
   void compact_pending();
   [[nodiscard]] bool submitted_before(int32_t a, int32_t b) const;
-  int32_t select_head(int64_t now) const;
+  int32_t select_head(int64_t now);
+  [[nodiscard]] bool quota_admits(int32_t job) const;
+  bool preempt_for(int32_t head, int64_t now);
+  bool preempt_on_one_node(int32_t head, int64_t now);
+  [[nodiscard]] bool may_evict(int32_t victim, int32_t head, bool head_within_nominal) const;
+  [[nodiscard]] bool head_within_nominal(int32_t head) const;
+  [[nodiscard]] Vec available_free() const;
+  void charge(int32_t job, int64_t sign);
+  void mask_nodes(int32_t job, int64_t now);
+  void unmask_nodes();
+  void set_exclusive_flags(int32_t job, bool on);
   void sorted_pending(int64_t now, std::vector<int32_t>& out) const;
   bool try_start(int32_t job, int64_t now);
   Calendar running_calendar(int64_t now) const;
@@ -101,6 +159,15 @@ class QueueScheduler {
   std::vector<int64_t> submit_, requested_, start_, reservation_;
   std::vector<int32_t> num_tasks_;
   std::vector<double> priority_;
+  std::vector<int32_t> project_;
+  std::vector<int64_t> ckpt_interval_, ckpt_cost_;
+  std::vector<QuotaSpec> quotas_;
+  std::vector<Vec> usage_;  // per project
+  std::vector<int32_t> preempted_;
+  Rng victim_rng_;
+  std::vector<uint8_t> exclusive_;
+  std::vector<Reservation> reservations_;
+  std::vector<int32_t> masked_;  // nodes flagged for one placement
   std::vector<Request> task_;
   std::vector<JobState> state_;
   std::vector<Code> reason_;

@@ -27,6 +27,8 @@ enum NodeFlag : uint8_t {
   kNodeDown = 1U << 0,
   kNodeCordoned = 1U << 1,
   kNodeDraining = 1U << 2,
+  kNodeReserved = 1U << 3,   // held for another project's reservation (during one placement)
+  kNodeExclusive = 1U << 4,  // an exclusive job runs here: nothing else may join
 };
 
 // What one task asks for.
@@ -68,8 +70,10 @@ enum class Code : uint8_t {
   kInvalidArgument,
   kNoFeasibleNode,
   kGangIncomplete,    // some nodes fit single tasks, but not the whole gang at once
+  kQuotaExceeded,     // the job's project has no quota left (hard limit or nothing to borrow)
+  kTopologyLimit,     // the gang fits the cluster but not one rack/spine as its span limit asks
 };
-inline constexpr int kNumCodes = 10;
+inline constexpr int kNumCodes = 12;
 
 struct Status {
   Code code = Code::kOk;

@@ -12,6 +12,8 @@ constexpr std::array<std::string_view, kNumQueueOrders> kOrderNames = {"fcfs", "
                                                                        "wfp3", "unicep", "f1"};
 constexpr std::array<std::string_view, kNumBackfillModes> kBackfillNames = {"none", "easy",
                                                                             "conservative", "rlsched"};
+constexpr std::array<std::string_view, kNumPreemptionModes> kPreemptionNames = {
+    "none", "priority", "reclaim", "both"};
 
 bool covers(const Calendar::Vec& have, const Calendar::Vec& need) {
   for (size_t d = 0; d < have.size(); ++d) {
@@ -23,9 +25,10 @@ bool covers(const Calendar::Vec& have, const Calendar::Vec& need) {
 
 std::string_view queue_order_name(QueueOrder o) { return kOrderNames[static_cast<size_t>(o)]; }
 std::string_view backfill_name(BackfillMode b) { return kBackfillNames[static_cast<size_t>(b)]; }
+std::string_view preemption_name(Preemption p) { return kPreemptionNames[static_cast<size_t>(p)]; }
 
 QueueScheduler::QueueScheduler(Engine& engine, QueueOptions options)
-    : engine_(&engine), opts_(options) {}
+    : engine_(&engine), opts_(options), victim_rng_(options.seed) {}
 
 int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_tasks,
                                 const Request& task, double priority) {
@@ -42,7 +45,281 @@ int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_t
   nodes_.emplace_back();
   gpus_.emplace_back();
   running_pos_.push_back(-1);
+  project_.push_back(-1);
+  exclusive_.push_back(0);
+  ckpt_interval_.push_back(0);
+  ckpt_cost_.push_back(0);
   return id;
+}
+
+void QueueScheduler::set_quotas(std::vector<QuotaSpec> quotas) {
+  quotas_ = std::move(quotas);
+  usage_.assign(quotas_.size(), Vec{0, 0, 0});
+  for (const int32_t j : running_) charge(j, +1);
+}
+
+void QueueScheduler::set_job_meta(int32_t job, int32_t project, int64_t checkpoint_interval,
+                                  int64_t checkpoint_cost) {
+  const auto j = static_cast<size_t>(job);
+  if (state_[j] == JobState::kRunning) charge(job, -1);
+  project_[j] = (project >= 0 && project < static_cast<int32_t>(quotas_.size())) ? project : -1;
+  if (state_[j] == JobState::kRunning) charge(job, +1);
+  ckpt_interval_[j] = std::max<int64_t>(checkpoint_interval, 0);
+  ckpt_cost_[j] = std::max<int64_t>(checkpoint_cost, 0);
+}
+
+void QueueScheduler::charge(int32_t job, int64_t sign) {
+  const int32_t p = project_[static_cast<size_t>(job)];
+  if (p < 0) return;
+  const Vec need = need_of(job);
+  for (size_t d = 0; d < need.size(); ++d) usage_[static_cast<size_t>(p)][d] += sign * need[d];
+}
+
+bool QueueScheduler::quota_admits(int32_t job) const {
+  const int32_t p = project_[static_cast<size_t>(job)];
+  if (p < 0) return true;
+  const QuotaSpec& q = quotas_[static_cast<size_t>(p)];
+  const Vec& use = usage_[static_cast<size_t>(p)];
+  const Vec need = need_of(job);
+  for (size_t d = 0; d < need.size(); ++d) {
+    if (use[d] + need[d] > q.nominal[d] + q.borrowing_limit[d]) return false;  // hard limit
+    // All the project would borrow with this job, against what the rest of the cohort can
+    // lend (its members' unused nominal within their lending limits, less their own borrowing).
+    const int64_t borrow = std::max<int64_t>(0, use[d] + need[d] - q.nominal[d]);
+    if (borrow <= 0) continue;
+    if (q.cohort < 0) return false;
+    int64_t pool = 0;
+    for (size_t k = 0; k < quotas_.size(); ++k) {
+      if (static_cast<int32_t>(k) == p || quotas_[k].cohort != q.cohort) continue;
+      const int64_t unused = std::max<int64_t>(0, quotas_[k].nominal[d] - usage_[k][d]);
+      pool += std::min(quotas_[k].lending_limit[d], unused);
+      pool -= std::max<int64_t>(0, usage_[k][d] - quotas_[k].nominal[d]);
+    }
+    if (borrow > pool) return false;
+  }
+  return true;
+}
+
+double QueueScheduler::lost_work(int32_t job, int64_t now) const {
+  const auto j = static_cast<size_t>(job);
+  if (state_[j] != JobState::kRunning) return 0.0;
+  const int64_t elapsed = std::max<int64_t>(0, now - start_[j]);
+  const int64_t period = ckpt_interval_[j] > 0 ? ckpt_interval_[j] + ckpt_cost_[j] : 0;
+  const int64_t since = period > 0 ? elapsed % period : elapsed;
+  const Request& t = task_[j];
+  const int64_t size = t.wants_gpu() ? t.total_gpu_milli() : std::max<int64_t>(t.cpu_milli, 1);
+  return static_cast<double>(since) * static_cast<double>(size * num_tasks_[j]);
+}
+
+Calendar::Vec QueueScheduler::available_free() const {
+  const ClusterState& st = engine_->state();
+  Vec free{0, 0, 0};
+  for (int32_t n = 0; n < st.num_nodes(); ++n) {
+    if (st.flags(n) != 0) continue;
+    free[0] += st.cpu_free(n);
+    free[1] += st.memory_free(n);
+    free[2] += st.gpu_free_total(n);
+  }
+  return free;
+}
+
+bool QueueScheduler::may_evict(int32_t victim, int32_t head, bool head_within_nominal) const {
+  const auto v = static_cast<size_t>(victim);
+  const auto h = static_cast<size_t>(head);
+  const bool by_priority =
+      opts_.preemption == Preemption::kPriority || opts_.preemption == Preemption::kBoth;
+  if (by_priority && priority_[v] < priority_[h]) return true;
+  if (!head_within_nominal) return false;
+  const int32_t vp = project_[v];
+  const int32_t hp = project_[h];
+  if (vp < 0 || vp == hp) return false;
+  const QuotaSpec& vq = quotas_[static_cast<size_t>(vp)];
+  if (vq.cohort < 0 || vq.cohort != quotas_[static_cast<size_t>(hp)].cohort) return false;
+  for (size_t d = 0; d < vq.nominal.size(); ++d) {
+    if (usage_[static_cast<size_t>(vp)][d] > vq.nominal[d]) return true;  // it is borrowing
+  }
+  return false;
+}
+
+bool QueueScheduler::head_within_nominal(int32_t head) const {
+  const bool by_reclaim =
+      opts_.preemption == Preemption::kReclaim || opts_.preemption == Preemption::kBoth;
+  const int32_t hp = project_[static_cast<size_t>(head)];
+  if (!by_reclaim || hp < 0) return false;
+  const Vec need = need_of(head);
+  const QuotaSpec& q = quotas_[static_cast<size_t>(hp)];
+  for (size_t d = 0; d < need.size(); ++d) {
+    if (usage_[static_cast<size_t>(hp)][d] + need[d] > q.nominal[d]) return false;
+  }
+  return true;
+}
+
+bool QueueScheduler::preempt_on_one_node(int32_t head, int64_t now) {
+  // A one-task head: find the node where evicting eligible jobs frees room for it (devices
+  // included) at the least lost work, as a scheduler that preempts per node does.
+  const ClusterState& st = engine_->state();
+  const Request& r = task_[static_cast<size_t>(head)];
+  const bool within = head_within_nominal(head);
+  // Eligible running jobs per node.
+  std::vector<std::vector<int32_t>> on_node(static_cast<size_t>(st.num_nodes()));
+  for (const int32_t j : running_) {
+    if (!may_evict(j, head, within)) continue;
+    for (const int32_t n : nodes_[static_cast<size_t>(j)]) {
+      auto& list = on_node[static_cast<size_t>(n)];
+      if (list.empty() || list.back() != j) list.push_back(j);
+    }
+  }
+  double best_cost = std::numeric_limits<double>::infinity();
+  std::vector<int32_t> best;
+  std::vector<int32_t> dev;
+  // The random baseline takes nodes in random order and the first node that works.
+  std::vector<int32_t> order(static_cast<size_t>(st.num_nodes()));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  if (opts_.random_victims) {
+    for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[victim_rng_.below(i)]);
+  }
+  for (const int32_t n : order) {
+    if (opts_.random_victims && !best.empty()) break;
+    auto& cand = on_node[static_cast<size_t>(n)];
+    if (cand.empty() || st.flags(n) != 0) continue;
+    if (r.wants_gpu() && (st.gpu_count(n) == 0 ||
+                          (r.models != 0 && (st.gpu_model(n) < 0 ||
+                                             ((r.models >> st.gpu_model(n)) & 1U) == 0)))) {
+      continue;
+    }
+    if (opts_.random_victims) {
+      for (size_t i = cand.size(); i > 1; --i) std::swap(cand[i - 1], cand[victim_rng_.below(i)]);
+    } else {
+      std::sort(cand.begin(), cand.end(), [&](int32_t a, int32_t b) {
+        const double ca = lost_work(a, now);
+        const double cb = lost_work(b, now);
+        return ca < cb || (ca == cb && a < b);
+      });
+    }
+    int64_t cpu = st.cpu_free(n);
+    int64_t mem = st.memory_free(n);
+    const std::span<const int32_t> fr = st.gpu_free_of(n);
+    dev.assign(fr.begin(), fr.end());
+    auto give_back = [&](int32_t j, int sign) {
+      const auto jj = static_cast<size_t>(j);
+      const Request& t = task_[jj];
+      const auto per = static_cast<size_t>(t.wants_gpu() ? t.num_gpu : 0);
+      for (size_t i = 0; i < nodes_[jj].size(); ++i) {
+        if (nodes_[jj][i] != n) continue;
+        cpu += sign * t.cpu_milli;
+        mem += sign * t.memory_mib;
+        for (size_t g = 0; g < per; ++g) {
+          dev[static_cast<size_t>(gpus_[jj][i * per + g])] += sign * t.gpu_milli;
+        }
+      }
+    };
+    auto fits = [&] {
+      if (cpu < r.cpu_milli || mem < r.memory_mib) return false;
+      if (!r.wants_gpu()) return true;
+      int32_t ok = 0;
+      for (const int32_t f : dev) ok += (f >= r.gpu_milli) ? 1 : 0;
+      return ok >= r.num_gpu;
+    };
+    std::vector<int32_t> chosen;
+    double cost = 0.0;
+    for (const int32_t j : cand) {
+      if (fits() || cost >= best_cost) break;
+      give_back(j, +1);
+      chosen.push_back(j);
+      cost += lost_work(j, now);
+    }
+    if (!fits() || chosen.empty() || cost >= best_cost) continue;
+    for (size_t i = chosen.size(); i-- > 0;) {  // drop victims the head does not need
+      give_back(chosen[i], -1);
+      if (fits()) {
+        cost -= lost_work(chosen[i], now);
+        chosen.erase(chosen.begin() + static_cast<std::ptrdiff_t>(i));
+      } else {
+        give_back(chosen[i], +1);
+      }
+    }
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = chosen;
+    }
+  }
+  for (const int32_t j : best) {
+    if (requeue(j).ok()) preempted_.push_back(j);
+  }
+  return !best.empty();
+}
+
+bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
+  // Only when the head lacks capacity (not merely a good arrangement of it), evict the set of
+  // eligible running jobs that loses the least work, cheapest first, then drop any victim the
+  // head turns out not to need. A job (a whole gang) is always evicted as one unit.
+  if (num_tasks_[static_cast<size_t>(head)] == 1) return preempt_on_one_node(head, now);
+  const Vec need = need_of(head);
+  Vec free = available_free();
+  if (covers(free, need)) return false;
+  const auto h = static_cast<size_t>(head);
+  const bool by_priority =
+      opts_.preemption == Preemption::kPriority || opts_.preemption == Preemption::kBoth;
+  const bool by_reclaim =
+      opts_.preemption == Preemption::kReclaim || opts_.preemption == Preemption::kBoth;
+  bool head_within_nominal = false;
+  const int32_t hp = project_[h];
+  if (by_reclaim && hp >= 0) {
+    head_within_nominal = true;
+    const QuotaSpec& q = quotas_[static_cast<size_t>(hp)];
+    for (size_t d = 0; d < need.size(); ++d) {
+      head_within_nominal =
+          head_within_nominal && usage_[static_cast<size_t>(hp)][d] + need[d] <= q.nominal[d];
+    }
+  }
+  std::vector<std::pair<double, int32_t>> candidates;
+  for (const int32_t j : running_) {
+    const auto v = static_cast<size_t>(j);
+    bool eligible = by_priority && priority_[v] < priority_[h];
+    if (!eligible && head_within_nominal) {
+      const int32_t vp = project_[v];
+      if (vp >= 0 && vp != hp && quotas_[static_cast<size_t>(vp)].cohort >= 0 &&
+          quotas_[static_cast<size_t>(vp)].cohort == quotas_[static_cast<size_t>(hp)].cohort) {
+        for (size_t d = 0; d < need.size(); ++d) {
+          eligible = eligible ||
+                     usage_[static_cast<size_t>(vp)][d] > quotas_[static_cast<size_t>(vp)].nominal[d];
+        }
+      }
+    }
+    if (eligible) candidates.emplace_back(lost_work(j, now), j);
+  }
+  std::sort(candidates.begin(), candidates.end(), [&](const auto& a, const auto& b) {
+    if (a.first != b.first) return a.first < b.first;
+    return start_[static_cast<size_t>(a.second)] > start_[static_cast<size_t>(b.second)] ||
+           (start_[static_cast<size_t>(a.second)] == start_[static_cast<size_t>(b.second)] &&
+            a.second < b.second);
+  });
+  if (opts_.random_victims) {
+    for (size_t i = candidates.size(); i > 1; --i) {
+      std::swap(candidates[i - 1], candidates[victim_rng_.below(i)]);
+    }
+  }
+  std::vector<int32_t> victims;
+  for (const auto& [cost, j] : candidates) {
+    if (covers(free, need)) break;
+    const Vec got = need_of(j);
+    for (size_t d = 0; d < free.size(); ++d) free[d] += got[d];
+    victims.push_back(j);
+  }
+  if (!covers(free, need)) return false;
+  for (size_t i = victims.size(); i-- > 0;) {
+    const Vec got = need_of(victims[i]);
+    Vec without = free;
+    for (size_t d = 0; d < free.size(); ++d) without[d] -= got[d];
+    if (covers(without, need)) {
+      free = without;
+      victims.erase(victims.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+  }
+  for (const int32_t j : victims) {
+    if (requeue(j).ok()) preempted_.push_back(j);
+  }
+  return !victims.empty();
 }
 
 Status QueueScheduler::submit(int32_t job) {
@@ -126,16 +403,26 @@ void QueueScheduler::compact_pending() {
   }
 }
 
-int32_t QueueScheduler::select_head(int64_t now) const {
+int32_t QueueScheduler::select_head(int64_t now) {
+  // Jobs whose project has no quota left do not block the queue: they wait aside.
+  const bool quotas = !quotas_.empty();
+  auto eligible = [&](int32_t j) {
+    if (state(j) != JobState::kPending) return false;
+    if (quotas && !quota_admits(j)) {
+      reason_[static_cast<size_t>(j)] = Code::kQuotaExceeded;
+      return false;
+    }
+    return true;
+  };
   if (opts_.order == QueueOrder::kFcfs && fcfs_sorted_) {
     for (const int32_t j : pending_) {
-      if (state(j) == JobState::kPending) return j;
+      if (eligible(j)) return j;
     }
     return -1;
   }
   int32_t best = -1;
   for (const int32_t j : pending_) {
-    if (state(j) != JobState::kPending) continue;
+    if (!eligible(j)) continue;
     if (best < 0 || key_less(j, best, now)) best = j;
   }
   return best;
@@ -163,14 +450,76 @@ void QueueScheduler::sorted_pending(int64_t now, std::vector<int32_t>& out) cons
   for (size_t i = 0; i < keyed.size(); ++i) out[i] = keyed[i].second;
 }
 
+int32_t QueueScheduler::add_reservation(Reservation r) {
+  std::sort(r.nodes.begin(), r.nodes.end());
+  r.nodes.erase(std::unique(r.nodes.begin(), r.nodes.end()), r.nodes.end());
+  reservations_.push_back(std::move(r));
+  return static_cast<int32_t>(reservations_.size()) - 1;
+}
+
+void QueueScheduler::mask_nodes(int32_t job, int64_t now) {
+  // Hide the nodes this job may not use from the engine for one placement: other projects'
+  // reservations it would overlap (by its estimate), and for an exclusive job every node
+  // that is not idle.
+  ClusterState& st = engine_->state();
+  const auto j = static_cast<size_t>(job);
+  auto mask = [&](int32_t n) {
+    if ((st.flags(n) & kNodeReserved) == 0) {
+      st.set_flags(n, static_cast<uint8_t>(st.flags(n) | kNodeReserved));
+      masked_.push_back(n);
+    }
+  };
+  const int64_t end = now + requested_[j];
+  for (const Reservation& r : reservations_) {
+    if (r.owner >= 0 && r.owner == project_[j]) continue;
+    if (now < r.end && end > r.start) {
+      for (const int32_t n : r.nodes) mask(n);
+    }
+  }
+  if (exclusive_[j] != 0) {
+    for (int32_t n = 0; n < st.num_nodes(); ++n) {
+      const bool idle = st.cpu_free(n) == st.cpu_capacity(n) &&
+                        st.memory_free(n) == st.memory_capacity(n) &&
+                        st.gpu_free_total(n) == st.gpu_count(n) * kMilliGpu;
+      if (!idle) mask(n);
+    }
+  }
+}
+
+void QueueScheduler::unmask_nodes() {
+  ClusterState& st = engine_->state();
+  for (const int32_t n : masked_) {
+    st.set_flags(n, static_cast<uint8_t>(st.flags(n) & ~kNodeReserved));
+  }
+  masked_.clear();
+}
+
+void QueueScheduler::set_exclusive_flags(int32_t job, bool on) {
+  ClusterState& st = engine_->state();
+  for (const int32_t n : nodes_[static_cast<size_t>(job)]) {
+    const auto f = static_cast<uint8_t>(on ? (st.flags(n) | kNodeExclusive)
+                                           : (st.flags(n) & ~kNodeExclusive));
+    if (f != st.flags(n)) st.set_flags(n, f);
+  }
+}
+
 bool QueueScheduler::try_start(int32_t job, int64_t now) {
   const auto j = static_cast<size_t>(job);
   CPLAT_ASSERT(state_[j] == JobState::kPending);
+  if (!quotas_.empty() && !quota_admits(job)) {
+    reason_[j] = Code::kQuotaExceeded;
+    return false;
+  }
+  const bool restricted = !reservations_.empty() || exclusive_[j] != 0;
+  if (restricted) mask_nodes(job, now);
   const Status s = engine_->place_gang(task_[j], num_tasks_[j], nodes_[j], gpus_[j]);
+  if (restricted) unmask_nodes();
   reason_[j] = s.code;
   if (!s.ok()) return false;
+  if (exclusive_[j] != 0) set_exclusive_flags(job, true);
   state_[j] = JobState::kRunning;
   start_[j] = now;
+  charge(job, +1);
   --pending_count_;
   running_pos_[j] = static_cast<int32_t>(running_.size());
   running_.push_back(job);
@@ -192,6 +541,7 @@ Status QueueScheduler::finish(int32_t job) {
     return {Code::kInvalidArgument, "Queue"};
   }
   const auto j = static_cast<size_t>(job);
+  if (exclusive_[j] != 0) set_exclusive_flags(job, false);
   const Request& t = task_[j];
   const auto per_task = static_cast<size_t>(t.wants_gpu() ? t.num_gpu : 0);
   for (size_t i = 0; i < nodes_[j].size(); ++i) {
@@ -200,6 +550,7 @@ Status QueueScheduler::finish(int32_t job) {
     if (!s.ok()) return s;
   }
   remove_running(job);
+  charge(job, -1);
   state_[j] = JobState::kDone;
   nodes_[j] = {};
   gpus_[j] = {};
@@ -237,6 +588,18 @@ Calendar QueueScheduler::running_calendar(int64_t now) const {
   for (const int32_t j : running_) {
     const int64_t end = start_[static_cast<size_t>(j)] + requested_[static_cast<size_t>(j)];
     cal.add_release(std::max(end, now + 1), need_of(j));
+  }
+  // Reserved capacity is unavailable to the queue's plans during its window (conservative
+  // for the owner, whose jobs are still placed on it by try_start).
+  for (const Reservation& r : reservations_) {
+    if (r.end <= now) continue;
+    Vec cap{0, 0, 0};
+    for (const int32_t n : r.nodes) {
+      cap[0] += st.cpu_capacity(n);
+      cap[1] += st.memory_capacity(n);
+      cap[2] += static_cast<int64_t>(st.gpu_count(n)) * kMilliGpu;
+    }
+    cal.reserve(std::max(r.start, now), r.end, cap);
   }
   return cal;
 }
@@ -341,6 +704,7 @@ void QueueScheduler::backfill_conservative(int64_t now) {
 
 const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
   started_.clear();
+  preempted_.clear();
   compact_pending();
   while (pending_count_ > 0) {
     int32_t head = -1;
@@ -352,7 +716,8 @@ const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
       locked_head_ = opts_.lock_head ? head : -1;
     }
     if (head < 0) break;
-    if (try_start(head, now)) {
+    if (try_start(head, now) ||
+        (opts_.preemption != Preemption::kNone && preempt_for(head, now) && try_start(head, now))) {
       locked_head_ = -1;
       locked_reservation_ = -1;
       continue;

@@ -18,7 +18,15 @@ import pyarrow as pa
 from cplat.fragmentation import TargetWorkload, target_workload
 from cplat.model import NodeTable, TaskTable
 from cplat.profile import Profile
-from cplat.scheduler import JobColumns, QueuePolicy, QueueSort, Scheduler, job_columns
+from cplat.scheduler import (
+    Checkpointing,
+    JobColumns,
+    QueuePolicy,
+    QueueSort,
+    Quotas,
+    Scheduler,
+    job_columns,
+)
 
 # Event kinds, in processing order at equal times.
 _FINISH, _NODE_UP, _NODE_DOWN, _TICK = 0, 1, 2, 3
@@ -40,6 +48,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("restarts", pa.int32(), nullable=False),
         pa.field("nodes", pa.list_(pa.int32()), nullable=False),  # one node per task
         pa.field("gpus", pa.list_(pa.int32()), nullable=False),  # devices, num_gpu per task
+        pa.field("pending_reason", pa.string(), nullable=False),  # why a job never started
     ]
 )
 
@@ -78,6 +87,8 @@ class SimResult:
     events: int = 0
     cycles: int = 0
     node_failures: int = 0
+    preemptions: int = 0
+    lost_work: float = 0.0  # resource-seconds of work lost to preemption and failures
     capacity_cpu_milli: int = 0
     capacity_gpu_milli: int = 0
     # GPU clusters: after every scheduling cycle, (time, allocated milli-GPU, fragmented milli-GPU).
@@ -93,7 +104,11 @@ def simulate(
     seed: int = 0,
     workload: TargetWorkload | None = None,
     queue_sort: QueueSort | None = None,
+    quotas: Quotas | None = None,
+    checkpoint: Checkpointing | None = None,
     horizon: int | None = None,
+    exclusive: npt.NDArray[np.bool_] | None = None,
+    reservations: list[tuple[int, int, list[int], str]] | None = None,
     faults: FaultModel | None = None,
     tick: int | None = None,
     record_log: bool = False,
@@ -115,8 +130,17 @@ def simulate(
         Target workload for fragmentation-aware placement.
     queue_sort
         Queue-sort plugin (fair share, DRF, ...) with the ``priority`` order.
+    quotas
+        Per-project quotas (a job's project is its ``group``).
+    checkpoint
+        Checkpoint rhythm: a stopped job resumes from its last checkpoint (default: never
+        checkpoints, restarts from zero).
     horizon
         Stop at this time; running jobs are reported unfinished, pending ones never started.
+    exclusive
+        Per job: run alone on its nodes.
+    reservations
+        ``(start, end, nodes, owner group)`` advance reservations.
     faults
         Optional node failure model; jobs on a failed node go back to the queue.
     tick
@@ -141,8 +165,21 @@ def simulate(
                 models=cols.models,
             )
         )
-    sched = Scheduler(nodes, placement, queue, seed, workload, queue_sort)
+    sched = Scheduler(nodes, placement, queue, seed, workload, queue_sort, quotas, checkpoint)
+    ck = checkpoint or Checkpointing(0, 0)
+    work_left = cols.duration.copy()
+    weight = np.where(
+        cols.num_gpu > 0,
+        cols.num_tasks.astype(np.int64) * cols.num_gpu * cols.gpu_milli,
+        cols.num_tasks.astype(np.int64) * np.maximum(cols.cpu_milli, 1),
+    ).astype(np.float64)
+    lost = 0.0
+    preemptions = 0
     idx = sched.add_jobs(cols)
+    if exclusive is not None:
+        sched.set_exclusive(idx[np.asarray(exclusive, dtype=bool)])
+    for r_start, r_end, r_nodes, r_owner in reservations or []:
+        sched.add_reservation(r_start, r_end, r_nodes, r_owner)
     n = len(cols)
     order = np.lexsort((idx, cols.submit)).astype(np.int32)
     submit_sorted = cols.submit[order]
@@ -168,6 +205,25 @@ def simulate(
             seq += 1
     if tick is not None and tick <= 0:
         raise ValueError("tick must be positive")
+
+    def stopped(job: int, now: int, why: str) -> None:
+        # A running job was stopped (preempted or its node failed): it keeps the work its
+        # checkpoints secured and loses the rest.
+        nonlocal lost
+        elapsed = now - int(start[job])
+        saved = ck.saved_work(elapsed, int(work_left[job]))
+        periods = saved // ck.interval if ck.interval > 0 else 0
+        lost += (elapsed - periods * (ck.interval + ck.cost)) * weight[job]
+        work_left[job] -= saved
+        generation[job] += 1
+        restarts[job] += 1
+        start[job] = -1
+        if track_nodes:
+            for other in placed_nodes.pop(job, empty):
+                on_node[int(other)].discard(job)
+        if record_log:
+            log.append(f"{now}\trequeue\t{int(cols.job_id[job])}\t{why}")
+
     limit = horizon if horizon is not None else np.iinfo(np.int64).max
     track_gpu = nodes.total_gpu_milli > 0
     series: list[tuple[int, int, float]] = []
@@ -197,14 +253,8 @@ def simulate(
                 sched.state.set_flags(item, _NODE_DOWN_FLAG)
                 sched.engine.node_changed(item)
                 for job in sorted(on_node[item]):
-                    for other in placed_nodes.pop(job):
-                        on_node[int(other)].discard(job)
                     sched.requeue(job, now)
-                    generation[job] += 1
-                    restarts[job] += 1
-                    start[job] = -1
-                    if record_log:
-                        log.append(f"{now}\trequeue\t{int(cols.job_id[job])}\tnode {item} down")
+                    stopped(job, now, f"node {item} down")
                 repair = now + max(1, int(rng.exponential(faults.mttr if faults else 1.0)))
                 heapq.heappush(events, (repair, _NODE_UP, seq, item, 0))
                 seq += 1
@@ -247,11 +297,17 @@ def simulate(
             continue
         started = sched.cycle(now)
         cycles += 1
+        for job in sched.preempted().tolist():
+            preemptions += 1
+            stopped(job, now, "preempted")
         if track_gpu:
             series.append((now, sched.state.allocated_gpu_milli, sched.engine.frag_total))
         if len(started):
             start[started] = now
-            ends = now + cols.duration[started]
+            work = work_left[started]
+            if ck.interval > 0:
+                work = work + ck.cost * (np.maximum(work - 1, 0) // ck.interval)
+            ends = now + work
             for job, t_end in zip(started.tolist(), ends.tolist(), strict=True):
                 heapq.heappush(events, (t_end, _FINISH, seq, job, int(generation[job])))
                 seq += 1
@@ -270,6 +326,7 @@ def simulate(
         if faults is not None and i >= n and sched.num_pending == 0 and sched.num_running == 0:
             break  # only node events are left
     status = np.where(end >= 0, "completed", np.where(start >= 0, "unfinished", "never_started"))
+    reasons = [sched.pending_reason(j) if status[j] == "never_started" else "" for j in range(n)]
     table = pa.table(
         {
             "job_id": cols.job_id,
@@ -286,6 +343,7 @@ def simulate(
             "restarts": restarts,
             "nodes": _list_array(assigned),
             "gpus": _list_array(devices),
+            "pending_reason": reasons,
         },
         schema=RESULT_SCHEMA,
     )
@@ -299,6 +357,8 @@ def simulate(
         events=n_events,
         cycles=cycles,
         node_failures=node_failures,
+        preemptions=preemptions,
+        lost_work=lost,
         capacity_cpu_milli=int(nodes.cpu_milli.sum()),
         capacity_gpu_milli=nodes.total_gpu_milli,
         gpu_series=np.asarray(series, dtype=np.float64).reshape(-1, 3),
