@@ -73,7 +73,7 @@ enum class Code : uint8_t {
   kQuotaExceeded,     // the job's project has no quota left (hard limit or nothing to borrow)
   kTopologyLimit,     // the gang fits the cluster but not one rack/spine as its span limit asks
 };
-inline constexpr int kNumCodes = 12;
+inline constexpr int kNumCodes = 11;  // number of Code values
 
 struct Status {
   Code code = Code::kOk;
