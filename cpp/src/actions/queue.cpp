@@ -163,7 +163,8 @@ bool QueueScheduler::preempt_on_one_node(int32_t head, int64_t now) {
   // Eligible running jobs per node.
   std::vector<std::vector<int32_t>> on_node(static_cast<size_t>(st.num_nodes()));
   for (const int32_t j : running_) {
-    if (!may_evict(j, head, within)) continue;
+    // Jobs this cycle just started are not undone by the same cycle.
+    if (start_[static_cast<size_t>(j)] == now || !may_evict(j, head, within)) continue;
     for (const int32_t n : nodes_[static_cast<size_t>(j)]) {
       auto& list = on_node[static_cast<size_t>(n)];
       if (list.empty() || list.back() != j) list.push_back(j);
@@ -275,6 +276,7 @@ bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
   std::vector<std::pair<double, int32_t>> candidates;
   for (const int32_t j : running_) {
     const auto v = static_cast<size_t>(j);
+    if (start_[v] == now) continue;  // started by this very cycle
     bool eligible = by_priority && priority_[v] < priority_[h];
     if (!eligible && head_within_nominal) {
       const int32_t vp = project_[v];

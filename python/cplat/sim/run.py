@@ -297,9 +297,14 @@ def simulate(
             continue
         started = sched.cycle(now)
         cycles += 1
+        # One cycle may start a job and evict it again (or evict then restart it): stopped
+        # runs are those that began before this cycle; starts count if the job still runs.
         for job in sched.preempted().tolist():
             preemptions += 1
-            stopped(job, now, "preempted")
+            if start[job] >= 0:
+                stopped(job, now, "preempted")
+        if len(started):
+            started = started[[sched.job_state(int(j)) == "running" for j in started]]
         if track_gpu:
             series.append((now, sched.state.allocated_gpu_milli, sched.engine.frag_total))
         if len(started):
