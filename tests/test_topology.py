@@ -304,3 +304,43 @@ def test_racks_spanned_inputs() -> None:
     topo = topology.fat_tree(1, 2, 2, 8)
     assert topology.racks_spanned([[0, 1], [0, 2, 3], [1], [1, 1]], topo.nodes).tolist() == [1, 2]
     assert topology.racks_spanned([[1]], topo.nodes, min_nodes=1).tolist() == [1]
+
+
+def test_simulated_topology_aware_gangs_span_fewer_racks() -> None:
+    import pyarrow as pa
+
+    from cplat.scheduler import QueuePolicy
+    from cplat.sim.run import simulate
+    from cplat.topology import fat_tree, racks_spanned
+    from cplat.traces.schema import JOB_SCHEMA
+
+    topo = fat_tree(spines=2, racks_per_spine=4, nodes_per_rack=8, gpus_per_node=8)
+    rng = np.random.default_rng(3)
+    n = 200
+    width = rng.integers(2, 9, n)
+    jobs = pa.table(
+        {
+            "job_id": np.arange(n, dtype=np.int64),
+            "submit_time": np.sort(rng.integers(0, 20_000, n)).astype(np.int64),
+            "duration": rng.integers(300, 3000, n).astype(np.int64),
+            "requested_time": pa.nulls(n, pa.int64()),
+            "num_tasks": width.astype(np.int32),
+            "cpu_milli": np.full(n, 8000, dtype=np.int64),
+            "memory_mib": np.zeros(n, dtype=np.int64),
+            "num_gpu": np.full(n, 8, dtype=np.int32),
+            "gpu_milli": np.full(n, 1000, dtype=np.int32),
+            "gpu_models": [""] * n,
+            "user": ["u"] * n,
+            "group": ["g"] * n,
+            "priority": np.zeros(n, dtype=np.int32),
+            "queue": ["q"] * n,
+        },
+        schema=JOB_SCHEMA,
+    )
+    blind = simulate(jobs, topo.nodes, queue=QueuePolicy("fcfs", "easy"))
+    aware = simulate(jobs, topo.nodes, queue=QueuePolicy("fcfs", "easy", topology_aware=True))
+    r_blind = np.asarray(racks_spanned(blind.jobs, topo.nodes), dtype=float)
+    r_aware = np.asarray(racks_spanned(aware.jobs, topo.nodes), dtype=float)
+    assert r_aware.mean() < r_blind.mean()
+    rack = simulate(jobs, topo.nodes, queue=QueuePolicy("fcfs", "easy", max_span="rack"))
+    assert np.all(np.asarray(racks_spanned(rack.jobs, topo.nodes)) == 1)

@@ -12,8 +12,13 @@ namespace {
 QueueOptions make_options(const std::string& order, const std::string& backfill, bool lock_head,
                           bool rlsched_wait, int64_t resolution, int64_t horizon,
                           int32_t max_backfill_jobs, const std::string& preemption,
-                          bool random_victims, uint64_t seed) {
+                          bool random_victims, uint64_t seed, bool topology_aware,
+                          const std::string& max_span) {
   QueueOptions o;
+  o.topology_aware = topology_aware;
+  const auto span = span_limit_from_name(max_span);
+  if (!span) throw std::invalid_argument("unknown span limit: " + max_span);
+  o.max_span = *span;
   o.random_victims = random_victims;
   o.seed = seed;
   bool found = false;
@@ -83,16 +88,19 @@ void bind_queue(py::module_& m) {
       .def(py::init([](Engine& engine, const std::string& order, const std::string& backfill,
                        bool lock_head, bool rlsched_wait, int64_t resolution, int64_t horizon,
                        int32_t max_backfill_jobs, const std::string& preemption,
-                       bool random_victims, uint64_t seed) {
-             return QueueScheduler(engine, make_options(order, backfill, lock_head, rlsched_wait,
-                                                        resolution, horizon, max_backfill_jobs,
-                                                        preemption, random_victims, seed));
+                       bool random_victims, uint64_t seed, bool topology_aware,
+                       const std::string& max_span) {
+             return QueueScheduler(
+                 engine, make_options(order, backfill, lock_head, rlsched_wait, resolution,
+                                      horizon, max_backfill_jobs, preemption, random_victims,
+                                      seed, topology_aware, max_span));
            }),
            py::arg("engine"), py::arg("order") = "fcfs", py::arg("backfill") = "none",
            py::arg("lock_head") = false, py::arg("rlsched_wait") = false,
            py::arg("calendar_resolution") = 1, py::arg("calendar_horizon") = 0,
            py::arg("max_backfill_jobs") = 0, py::arg("preemption") = "none",
-           py::arg("random_victims") = false, py::arg("seed") = 0, py::keep_alive<1, 2>())
+           py::arg("random_victims") = false, py::arg("seed") = 0,
+           py::arg("topology_aware") = false, py::arg("max_span") = "none", py::keep_alive<1, 2>())
       .def(
           "set_quotas",
           [](QueueScheduler& q, const In<int32_t>& cohort, const In<int64_t>& nominal,

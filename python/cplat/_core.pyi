@@ -178,6 +178,8 @@ class QueueScheduler:
         preemption: str = "none",
         random_victims: bool = False,
         seed: int = 0,
+        topology_aware: bool = False,
+        max_span: str = "none",
     ) -> None: ...
     def set_quotas(
         self,

@@ -57,6 +57,8 @@ _QUEUE_KEYS = (
     "calendar_resolution",
     "calendar_horizon",
     "random_victims",
+    "topology_aware",
+    "max_span",
 )
 _QUOTA_KEYS = ("project", "cohort", "nominal", "borrowing_limit", "lending_limit")
 _RESOURCES = {"cpu": 1000, "memory": 1024, "gpu": 1000}  # unit -> engine units

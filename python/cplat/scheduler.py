@@ -56,6 +56,11 @@ class QueuePolicy:
         checkpoint; a job is always evicted whole and goes back to the queue.
     random_victims
         Pick victims in random order instead (a baseline for comparison).
+    topology_aware
+        Place multi-task jobs in as few spines, then racks, as possible.
+    max_span
+        Hard limit for multi-task jobs: ``none``, ``rack`` or ``spine`` (implies
+        topology-aware placement).
     """
 
     order: str = "fcfs"
@@ -67,10 +72,18 @@ class QueuePolicy:
     max_backfill_jobs: int = 0
     preemption: str = "none"
     random_victims: bool = False
+    topology_aware: bool = False
+    max_span: str = "none"
 
     def __post_init__(self) -> None:
         orders, modes = _core.queue_order_names(), _core.backfill_names()
         preemptions = _core.preemption_names()
+        spans = _core.span_limit_names()
+        if self.max_span not in spans:
+            raise InputError(
+                f"unknown span limit {self.max_span!r} (valid: {', '.join(spans)})",
+                field="max_span",
+            )
         if self.preemption not in preemptions:
             raise InputError(
                 f"unknown preemption {self.preemption!r} (valid: {', '.join(preemptions)})",
@@ -333,6 +346,8 @@ class Scheduler:
             preemption=q.preemption,
             random_victims=q.random_victims,
             seed=seed,
+            topology_aware=q.topology_aware,
+            max_span=q.max_span,
         )
         self.quotas = quotas
         if quotas is not None:

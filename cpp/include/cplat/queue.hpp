@@ -15,6 +15,7 @@
 #include "cplat/calendar.hpp"
 #include "cplat/framework.hpp"
 #include "cplat/rng.hpp"
+#include "cplat/topology.hpp"
 
 namespace cplat {
 
@@ -61,6 +62,9 @@ struct QueueOptions {
   int64_t calendar_horizon = 0;     // seconds, 0 = unbounded
   int32_t max_backfill_jobs = 0;    // jobs tested for backfilling per cycle, 0 = all
   Preemption preemption = Preemption::kNone;
+  // Gangs: fewest spines, then racks (topology-aware), optionally within one rack/spine.
+  bool topology_aware = false;
+  SpanLimit max_span = SpanLimit::kNone;
   // Victims in random order instead of least lost work first (a baseline to compare with).
   bool random_victims = false;
   uint64_t seed = 0;

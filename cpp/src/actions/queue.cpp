@@ -514,7 +514,11 @@ bool QueueScheduler::try_start(int32_t job, int64_t now) {
   }
   const bool restricted = !reservations_.empty() || exclusive_[j] != 0;
   if (restricted) mask_nodes(job, now);
-  const Status s = engine_->place_gang(task_[j], num_tasks_[j], nodes_[j], gpus_[j]);
+  const Status s =
+      opts_.topology_aware || opts_.max_span != SpanLimit::kNone
+          ? engine_->place_gang_topology(task_[j], num_tasks_[j], opts_.max_span, nodes_[j],
+                                         gpus_[j])
+          : engine_->place_gang(task_[j], num_tasks_[j], nodes_[j], gpus_[j]);
   if (restricted) unmask_nodes();
   reason_[j] = s.code;
   if (!s.ok()) return false;
