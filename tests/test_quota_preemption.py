@@ -316,3 +316,25 @@ def test_backfill_respects_reservations(backfill: str) -> None:
         end = res.end[j]
         if res.start[j] < 400 and end > 200:
             assert set(placed[j]).isdisjoint({0, 1}), (j, res.start[j], end, placed[j])
+
+
+def test_elastic_jobs_start_small_and_grow_into_idle_capacity() -> None:
+    t = jobs([(0, 100, 4, "x", 0), (1, 100, 8, "y", 0)])
+    rigid = simulate(t, cluster(8))
+    assert rigid.start.tolist() == [0, 100] and rigid.end[1] == 200
+    res = simulate(t, cluster(8), elastic_min=np.array([4, 2]), record_log=True)
+    assert res.start.tolist() == [0, 1]
+    # 4 of 8 tasks from 1 to 100 (49 full-size seconds done), then 8 tasks for the rest.
+    assert res.end[1] == 100 + (100 - 99 * 4 // 8)
+    assert any("\tresize\t1\t8 tasks" in line for line in res.log)
+
+
+def test_elastic_jobs_shrink_instead_of_being_evicted() -> None:
+    t = jobs([(0, 1000, 8, "low", 0), (10, 50, 4, "high", 5)])
+    q = QueuePolicy(order="priority", preemption="priority")
+    res = simulate(t, cluster(8), queue=q, elastic_min=np.array([2, 4]))
+    assert res.start[1] == 10
+    assert res.jobs.column("restarts").to_pylist() == [0, 0]
+    assert res.preemptions == 0
+    rigid = simulate(t, cluster(8), queue=q)
+    assert rigid.preemptions == 1 and rigid.start[1] == 10

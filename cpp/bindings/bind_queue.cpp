@@ -139,6 +139,20 @@ void bind_queue(py::module_& m) {
           py::arg("jobs"), py::arg("project"), py::arg("checkpoint_interval"),
           py::arg("checkpoint_cost"))
       .def("preempted", [](const QueueScheduler& q) { return to_array(q.preempted()); })
+      .def("resized", [](const QueueScheduler& q) { return to_array(q.resized()); })
+      .def("tasks_of", &QueueScheduler::tasks_of, py::arg("job"))
+      .def(
+          "set_min_tasks",
+          [](QueueScheduler& q, const In<int32_t>& jobs, const In<int32_t>& min_tasks) {
+            if (jobs.size() != min_tasks.size()) {
+              throw std::invalid_argument("jobs and minimums must have the same length");
+            }
+            for (py::ssize_t i = 0; i < jobs.size(); ++i) {
+              if (jobs.at(i) < 0 || jobs.at(i) >= q.num_jobs()) throw std::out_of_range("job index");
+              q.set_min_tasks(jobs.at(i), min_tasks.at(i));
+            }
+          },
+          py::arg("jobs"), py::arg("min_tasks"))
       .def(
           "set_exclusive",
           [](QueueScheduler& q, const In<int32_t>& jobs, const In<uint8_t>& exclusive) {

@@ -426,6 +426,22 @@ class Scheduler:
         except (ValueError, IndexError) as exc:
             raise InputError(str(exc), field="reservation") from None
 
+    def set_elastic(self, jobs: I32, min_tasks: I32) -> None:
+        """Make jobs elastic: they may run with ``min_tasks`` up to their ``num_tasks`` tasks.
+
+        They start as large as fits, grow into idle capacity when nobody waits, and shrink to
+        their minimum instead of being evicted when preemption needs room.
+        """
+        self._q.set_min_tasks(jobs, min_tasks)
+
+    def resized(self) -> I32:
+        """Return the running jobs whose task count the last cycle changed."""
+        return np.asarray(self._q.resized(), dtype=np.int32)
+
+    def tasks_of(self, job: int) -> int:
+        """Tasks a running job has now (its ``num_tasks`` otherwise)."""
+        return int(self._q.tasks_of(job))
+
     def preempted(self) -> I32:
         """Jobs the last cycle evicted (already back in the queue)."""
         return np.asarray(self._q.preempted(), dtype=np.int32)

@@ -90,6 +90,12 @@ class QueueScheduler {
   void set_quotas(std::vector<QuotaSpec> quotas);
   void set_job_meta(int32_t job, int32_t project, int64_t checkpoint_interval,
                     int64_t checkpoint_cost);
+  // Elastic jobs run with any task count in [min_tasks, num_tasks]: they start as large as
+  // fits, grow into idle capacity (when nobody waits) and shrink instead of being evicted.
+  void set_min_tasks(int32_t job, int32_t min_tasks);
+  [[nodiscard]] int32_t tasks_of(int32_t job) const;
+  // Running jobs whose task count changed in the last cycle.
+  [[nodiscard]] const std::vector<int32_t>& resized() const { return resized_; }
   // Exclusive jobs get nodes nobody else uses while they run.
   void set_exclusive(int32_t job, bool exclusive) {
     exclusive_[static_cast<size_t>(job)] = exclusive ? 1 : 0;
@@ -139,6 +145,13 @@ class QueueScheduler {
   [[nodiscard]] bool submitted_before(int32_t a, int32_t b) const;
   int32_t select_head(int64_t now);
   [[nodiscard]] bool quota_admits(int32_t job) const;
+  [[nodiscard]] bool quota_admits_need(int32_t job, const Vec& need) const;
+  bool start_elastic(int32_t job, int64_t now);
+  void grow(int64_t now);
+  Vec shrink(int32_t job, int32_t tasks);  // release `tasks` tasks from the end
+  [[nodiscard]] bool elastic(int32_t job) const {
+    return min_tasks_[static_cast<size_t>(job)] < num_tasks_[static_cast<size_t>(job)];
+  }
   bool preempt_for(int32_t head, int64_t now);
   bool preempt_on_one_node(int32_t head, int64_t now);
   [[nodiscard]] bool may_evict(int32_t victim, int32_t head, bool head_within_nominal) const;
@@ -170,6 +183,8 @@ class QueueScheduler {
   std::vector<int32_t> preempted_;
   Rng victim_rng_;
   std::vector<uint8_t> exclusive_;
+  std::vector<int32_t> min_tasks_;
+  std::vector<int32_t> resized_;
   std::vector<Reservation> reservations_;
   std::vector<int32_t> masked_;  // nodes flagged for one placement
   std::vector<Request> task_;

@@ -47,6 +47,7 @@ int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_t
   running_pos_.push_back(-1);
   project_.push_back(-1);
   exclusive_.push_back(0);
+  min_tasks_.push_back(num_tasks);
   ckpt_interval_.push_back(0);
   ckpt_cost_.push_back(0);
   return id;
@@ -76,11 +77,17 @@ void QueueScheduler::charge(int32_t job, int64_t sign) {
 }
 
 bool QueueScheduler::quota_admits(int32_t job) const {
+  const int32_t min = min_tasks_[static_cast<size_t>(job)];
+  const Request& t = task_[static_cast<size_t>(job)];
+  // An elastic job is admissible if its smallest size is.
+  return quota_admits_need(job, {t.cpu_milli * min, t.memory_mib * min, t.total_gpu_milli() * min});
+}
+
+bool QueueScheduler::quota_admits_need(int32_t job, const Vec& need) const {
   const int32_t p = project_[static_cast<size_t>(job)];
   if (p < 0) return true;
   const QuotaSpec& q = quotas_[static_cast<size_t>(p)];
   const Vec& use = usage_[static_cast<size_t>(p)];
-  const Vec need = need_of(job);
   for (size_t d = 0; d < need.size(); ++d) {
     if (use[d] + need[d] > q.nominal[d] + q.borrowing_limit[d]) return false;  // hard limit
     // All the project would borrow with this job, against what the rest of the cohort can
@@ -258,6 +265,26 @@ bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
   const Vec need = need_of(head);
   Vec free = available_free();
   if (covers(free, need)) return false;
+  // Elastic jobs that may be preempted shrink (to their minimum) before anyone is evicted.
+  const bool within_for_shrink = head_within_nominal(head);
+  for (const int32_t j : std::vector<int32_t>(running_.begin(), running_.end())) {
+    if (covers(free, need)) break;
+    if (!elastic(j) || start_[static_cast<size_t>(j)] == now ||
+        !may_evict(j, head, within_for_shrink)) {
+      continue;
+    }
+    const Request& t = task_[static_cast<size_t>(j)];
+    int32_t tasks = 0;
+    for (size_t d = 0; d < need.size(); ++d) {
+      const int64_t per = d == 0 ? t.cpu_milli : d == 1 ? t.memory_mib : t.total_gpu_milli();
+      if (per > 0 && need[d] > free[d]) {
+        tasks = std::max<int32_t>(tasks, static_cast<int32_t>((need[d] - free[d] + per - 1) / per));
+      }
+    }
+    const Vec got = shrink(j, tasks);
+    for (size_t d = 0; d < free.size(); ++d) free[d] += got[d];
+  }
+  if (covers(free, need)) return true;
   const auto h = static_cast<size_t>(head);
   const bool by_priority =
       opts_.preemption == Preemption::kPriority || opts_.preemption == Preemption::kBoth;
@@ -359,9 +386,19 @@ Status QueueScheduler::cancel(int32_t job) {
   return Status::Ok();
 }
 
+void QueueScheduler::set_min_tasks(int32_t job, int32_t min_tasks) {
+  const auto j = static_cast<size_t>(job);
+  min_tasks_[j] = std::clamp(min_tasks, 1, num_tasks_[j]);
+}
+
+int32_t QueueScheduler::tasks_of(int32_t job) const {
+  const auto j = static_cast<size_t>(job);
+  return state_[j] == JobState::kRunning ? static_cast<int32_t>(nodes_[j].size()) : num_tasks_[j];
+}
+
 Calendar::Vec QueueScheduler::need_of(int32_t job) const {
   const Request& t = task_[static_cast<size_t>(job)];
-  const int64_t n = num_tasks_[static_cast<size_t>(job)];
+  const int64_t n = tasks_of(job);
   return {t.cpu_milli * n, t.memory_mib * n, t.total_gpu_milli() * n};
 }
 
@@ -512,6 +549,7 @@ bool QueueScheduler::try_start(int32_t job, int64_t now) {
     reason_[j] = Code::kQuotaExceeded;
     return false;
   }
+  if (elastic(job)) return start_elastic(job, now);
   const bool restricted = !reservations_.empty() || exclusive_[j] != 0;
   if (restricted) mask_nodes(job, now);
   const Status s =
@@ -531,6 +569,94 @@ bool QueueScheduler::try_start(int32_t job, int64_t now) {
   running_.push_back(job);
   started_.push_back(job);
   return true;
+}
+
+bool QueueScheduler::start_elastic(int32_t job, int64_t now) {
+  // As large as fits: start from what the free capacity and the quota allow, step down to
+  // the minimum. Each try is an all-or-nothing gang placement.
+  const auto j = static_cast<size_t>(job);
+  const Request& t = task_[j];
+  const Vec free = available_free();
+  int32_t top = num_tasks_[j];
+  const Vec one{t.cpu_milli, t.memory_mib, t.total_gpu_milli()};
+  for (size_t d = 0; d < one.size(); ++d) {
+    if (one[d] > 0) top = static_cast<int32_t>(std::min<int64_t>(top, free[d] / one[d]));
+  }
+  const bool restricted = !reservations_.empty() || exclusive_[j] != 0;
+  for (int32_t count = top; count >= min_tasks_[j]; --count) {
+    if (!quotas_.empty() &&
+        !quota_admits_need(job, {one[0] * count, one[1] * count, one[2] * count})) {
+      reason_[j] = Code::kQuotaExceeded;
+      continue;
+    }
+    if (restricted) mask_nodes(job, now);
+    const Status s = engine_->place_gang(t, count, nodes_[j], gpus_[j]);
+    if (restricted) unmask_nodes();
+    reason_[j] = s.code;
+    if (!s.ok()) continue;
+    if (exclusive_[j] != 0) set_exclusive_flags(job, true);
+    state_[j] = JobState::kRunning;
+    start_[j] = now;
+    charge(job, +1);
+    --pending_count_;
+    running_pos_[j] = static_cast<int32_t>(running_.size());
+    running_.push_back(job);
+    started_.push_back(job);
+    return true;
+  }
+  if (top < min_tasks_[j]) reason_[j] = Code::kInsufficientCpu;
+  return false;
+}
+
+Calendar::Vec QueueScheduler::shrink(int32_t job, int32_t tasks) {
+  const auto j = static_cast<size_t>(job);
+  const Request& t = task_[j];
+  const auto per = static_cast<size_t>(t.wants_gpu() ? t.num_gpu : 0);
+  Vec freed{0, 0, 0};
+  for (int32_t k = 0; k < tasks && nodes_[j].size() > static_cast<size_t>(min_tasks_[j]); ++k) {
+    const size_t i = nodes_[j].size() - 1;
+    const std::span<const int32_t> g(gpus_[j].data() + i * per, per);
+    if (!engine_->release(nodes_[j][i], t, g).ok()) break;
+    charge(job, -1);  // usage follows the task count: take all, give back the rest
+    nodes_[j].pop_back();
+    gpus_[j].resize(gpus_[j].size() - per);
+    charge(job, +1);
+    freed[0] += t.cpu_milli;
+    freed[1] += t.memory_mib;
+    freed[2] += t.total_gpu_milli();
+  }
+  if (freed[0] + freed[1] + freed[2] > 0) resized_.push_back(job);
+  return freed;
+}
+
+void QueueScheduler::grow(int64_t now) {
+  // Nobody waits: elastic jobs take idle capacity, one task at a time, oldest first.
+  (void)now;
+  std::vector<int32_t> order(running_.begin(), running_.end());
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return start_[static_cast<size_t>(a)] < start_[static_cast<size_t>(b)] ||
+           (start_[static_cast<size_t>(a)] == start_[static_cast<size_t>(b)] && a < b);
+  });
+  std::vector<int32_t> gpus;
+  for (const int32_t job : order) {
+    const auto j = static_cast<size_t>(job);
+    if (!elastic(job) || exclusive_[j] != 0) continue;
+    const Request& t = task_[j];
+    bool grew = false;
+    while (static_cast<int32_t>(nodes_[j].size()) < num_tasks_[j]) {
+      if (!quotas_.empty() && !quota_admits_need(job, {t.cpu_milli, t.memory_mib, t.total_gpu_milli()})) {
+        break;
+      }
+      int32_t node = -1;
+      if (!engine_->place(t, node, gpus).ok()) break;
+      charge(job, -1);
+      nodes_[j].push_back(node);
+      gpus_[j].insert(gpus_[j].end(), gpus.begin(), gpus.end());
+      charge(job, +1);
+      grew = true;
+    }
+    if (grew) resized_.push_back(job);
+  }
 }
 
 void QueueScheduler::remove_running(int32_t job) {
@@ -711,6 +837,7 @@ void QueueScheduler::backfill_conservative(int64_t now) {
 const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
   started_.clear();
   preempted_.clear();
+  resized_.clear();
   compact_pending();
   while (pending_count_ > 0) {
     int32_t head = -1;
@@ -736,6 +863,7 @@ const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
     }
     break;
   }
+  if (pending_count_ == 0) grow(now);
   return started_;
 }
 

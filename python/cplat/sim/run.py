@@ -108,6 +108,7 @@ def simulate(
     checkpoint: Checkpointing | None = None,
     horizon: int | None = None,
     exclusive: npt.NDArray[np.bool_] | None = None,
+    elastic_min: npt.NDArray[np.int32] | None = None,
     reservations: list[tuple[int, int, list[int], str]] | None = None,
     faults: FaultModel | None = None,
     tick: int | None = None,
@@ -139,6 +140,9 @@ def simulate(
         Stop at this time; running jobs are reported unfinished, pending ones never started.
     exclusive
         Per job: run alone on its nodes.
+    elastic_min
+        Per job: the fewest tasks it can run with (elastic when below its ``num_tasks``); its
+        speed scales with the tasks it has.
     reservations
         ``(start, end, nodes, owner group)`` advance reservations.
     faults
@@ -178,6 +182,9 @@ def simulate(
     idx = sched.add_jobs(cols)
     if exclusive is not None:
         sched.set_exclusive(idx[np.asarray(exclusive, dtype=bool)])
+    elastic = elastic_min is not None
+    if elastic_min is not None:
+        sched.set_elastic(idx, np.minimum(np.asarray(elastic_min, dtype=np.int32), cols.num_tasks))
     for r_start, r_end, r_nodes, r_owner in reservations or []:
         sched.add_reservation(r_start, r_end, r_nodes, r_owner)
     n = len(cols)
@@ -206,15 +213,29 @@ def simulate(
     if tick is not None and tick <= 0:
         raise ValueError("tick must be positive")
 
+    # Work is counted in seconds at the job's full size; an elastic job with c of its N tasks
+    # progresses at c/N of that rate. Each run segment starts at seg_start with cur tasks.
+    full = cols.num_tasks.astype(np.int64)
+    cur = full.copy()
+    seg_start = np.full(n, -1, dtype=np.int64)
+
+    def segment_wall(job: int) -> int:
+        # Wall time to finish the remaining work with the current tasks, checkpoints included.
+        work = int(work_left[job])
+        scaled = -(-work * int(full[job]) // max(int(cur[job]), 1))
+        return ck.wall_time(scaled)
+
     def stopped(job: int, now: int, why: str) -> None:
         # A running job was stopped (preempted or its node failed): it keeps the work its
         # checkpoints secured and loses the rest.
         nonlocal lost
-        elapsed = now - int(start[job])
-        saved = ck.saved_work(elapsed, int(work_left[job]))
+        elapsed = now - int(seg_start[job])
+        rate = int(cur[job]) / int(full[job])
+        scaled_left = -(-int(work_left[job]) * int(full[job]) // max(int(cur[job]), 1))
+        saved = ck.saved_work(elapsed, scaled_left)
         periods = saved // ck.interval if ck.interval > 0 else 0
-        lost += (elapsed - periods * (ck.interval + ck.cost)) * weight[job]
-        work_left[job] -= saved
+        lost += (elapsed - periods * (ck.interval + ck.cost)) * weight[job] * rate
+        work_left[job] -= min(int(work_left[job]), int(saved * rate))
         generation[job] += 1
         restarts[job] += 1
         start[job] = -1
@@ -305,15 +326,40 @@ def simulate(
                 stopped(job, now, "preempted")
         if len(started):
             started = started[[sched.job_state(int(j)) == "running" for j in started]]
+        if elastic:
+            fresh = set(started.tolist())
+            for job in sched.resized().tolist():
+                if job in fresh or start[job] < 0:
+                    continue
+                # Bank the work done at the old size, continue at the new one.
+                done = (now - int(seg_start[job])) * int(cur[job]) // int(full[job])
+                work_left[job] = max(int(work_left[job]) - done, 0)
+                cur[job] = sched.tasks_of(job)
+                seg_start[job] = now
+                generation[job] += 1
+                heapq.heappush(
+                    events, (now + segment_wall(job), _FINISH, seq, job, int(generation[job]))
+                )
+                seq += 1
+                where, gpus = sched.placement_of(job)
+                assigned[job] = where
+                devices[job] = gpus
+                if track_nodes:
+                    for node in set(placed_nodes.get(job, empty).tolist()):
+                        on_node[node].discard(job)
+                    placed_nodes[job] = where
+                    for node in set(where.tolist()):
+                        on_node[node].add(job)
+                if record_log:
+                    log.append(f"{now}\tresize\t{int(cols.job_id[job])}\t{int(cur[job])} tasks")
         if track_gpu:
             series.append((now, sched.state.allocated_gpu_milli, sched.engine.frag_total))
         if len(started):
             start[started] = now
-            work = work_left[started]
-            if ck.interval > 0:
-                work = work + ck.cost * (np.maximum(work - 1, 0) // ck.interval)
-            ends = now + work
-            for job, t_end in zip(started.tolist(), ends.tolist(), strict=True):
+            for job in started.tolist():
+                cur[job] = sched.tasks_of(job) if elastic else full[job]
+                seg_start[job] = now
+                t_end = now + segment_wall(job)
                 heapq.heappush(events, (t_end, _FINISH, seq, job, int(generation[job])))
                 seq += 1
                 where, gpus = sched.placement_of(job)
