@@ -338,3 +338,33 @@ def test_elastic_jobs_shrink_instead_of_being_evicted() -> None:
     assert res.preemptions == 0
     rigid = simulate(t, cluster(8), queue=q)
     assert rigid.preemptions == 1 and rigid.start[1] == 10
+
+
+def test_grace_period_lets_the_victim_checkpoint_first() -> None:
+    t = jobs([(0, 1000, 8, "low", 0), (700, 50, 8, "high", 5)])
+    ck = Checkpointing(interval=600, cost=30)
+    now = simulate(
+        t, cluster(8), queue=QueuePolicy("priority", preemption="priority"), checkpoint=ck
+    )
+    assert now.start[1] == 700
+    assert now.lost_work == pytest.approx((700 - 630) * 8 * CPU)
+    graced = simulate(
+        t,
+        cluster(8),
+        queue=QueuePolicy("priority", preemption="priority", grace_period=60),
+        checkpoint=ck,
+        record_log=True,
+    )
+    assert graced.start[1] == 760  # waits for the victim's grace period
+    assert graced.lost_work == 0.0  # the final checkpoint secured everything
+    # Resumed at 810 with 1000 - 700 s of work left (plus no further checkpoint).
+    assert graced.start[0] == 810 and graced.end[0] == 810 + ck.wall_time(300)
+    assert any("\tevict\t0\tgrace 60 s" in line for line in graced.log)
+
+
+def test_overcommitted_pool_admits_more_than_its_nominal() -> None:
+    t = jobs([(0, 100, 2, "a", 0)] * 4)
+    q = Quotas([Quota("a", nominal=cpus(4), overcommit=1.5)])
+    assert usage_over_time(simulate(t, cluster(8), quotas=q), "a") == 6
+    with pytest.raises(InputError, match="overcommit"):
+        Quotas([Quota("a", nominal=cpus(4), overcommit=0.5)])

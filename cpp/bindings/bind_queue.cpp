@@ -13,8 +13,10 @@ QueueOptions make_options(const std::string& order, const std::string& backfill,
                           bool rlsched_wait, int64_t resolution, int64_t horizon,
                           int32_t max_backfill_jobs, const std::string& preemption,
                           bool random_victims, uint64_t seed, bool topology_aware,
-                          const std::string& max_span) {
+                          const std::string& max_span, int64_t grace_period) {
   QueueOptions o;
+  if (grace_period < 0) throw std::invalid_argument("the grace period must be >= 0");
+  o.grace_period = grace_period;
   o.topology_aware = topology_aware;
   const auto span = span_limit_from_name(max_span);
   if (!span) throw std::invalid_argument("unknown span limit: " + max_span);
@@ -89,18 +91,19 @@ void bind_queue(py::module_& m) {
                        bool lock_head, bool rlsched_wait, int64_t resolution, int64_t horizon,
                        int32_t max_backfill_jobs, const std::string& preemption,
                        bool random_victims, uint64_t seed, bool topology_aware,
-                       const std::string& max_span) {
+                       const std::string& max_span, int64_t grace_period) {
              return QueueScheduler(
                  engine, make_options(order, backfill, lock_head, rlsched_wait, resolution,
                                       horizon, max_backfill_jobs, preemption, random_victims,
-                                      seed, topology_aware, max_span));
+                                      seed, topology_aware, max_span, grace_period));
            }),
            py::arg("engine"), py::arg("order") = "fcfs", py::arg("backfill") = "none",
            py::arg("lock_head") = false, py::arg("rlsched_wait") = false,
            py::arg("calendar_resolution") = 1, py::arg("calendar_horizon") = 0,
            py::arg("max_backfill_jobs") = 0, py::arg("preemption") = "none",
            py::arg("random_victims") = false, py::arg("seed") = 0,
-           py::arg("topology_aware") = false, py::arg("max_span") = "none", py::keep_alive<1, 2>())
+           py::arg("topology_aware") = false, py::arg("max_span") = "none",
+           py::arg("grace_period") = 0, py::keep_alive<1, 2>())
       .def(
           "set_quotas",
           [](QueueScheduler& q, const In<int32_t>& cohort, const In<int64_t>& nominal,
@@ -140,6 +143,7 @@ void bind_queue(py::module_& m) {
           py::arg("checkpoint_cost"))
       .def("preempted", [](const QueueScheduler& q) { return to_array(q.preempted()); })
       .def("resized", [](const QueueScheduler& q) { return to_array(q.resized()); })
+      .def("terminating", &QueueScheduler::terminating, py::arg("job"))
       .def("tasks_of", &QueueScheduler::tasks_of, py::arg("job"))
       .def(
           "set_min_tasks",

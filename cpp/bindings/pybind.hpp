@@ -43,6 +43,7 @@ TargetWorkload make_workload(const In<int64_t>& cpu, const In<int32_t>& num_gpu,
 void bind_cluster(py::module_& m);
 void bind_engine(py::module_& m);
 void bind_queue(py::module_& m);
+void bind_calendar(py::module_& m);
 void bind_topology(py::module_& m);
 
 }  // namespace cplat::py_bind

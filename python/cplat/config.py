@@ -26,6 +26,7 @@ Example::
     nominal = { cpu = 64, memory = 256, gpu = 8 }
     borrowing_limit = { gpu = 8 }
     lending_limit = { gpu = 4 }
+    overcommit = 1.5            # the pool may promise 1.5x its nominal quota
 
 Unknown sections, keys or plugin names are errors that list the valid ones.
 """
@@ -59,8 +60,9 @@ _QUEUE_KEYS = (
     "random_victims",
     "topology_aware",
     "max_span",
+    "grace_period",
 )
-_QUOTA_KEYS = ("project", "cohort", "nominal", "borrowing_limit", "lending_limit")
+_QUOTA_KEYS = ("project", "cohort", "nominal", "borrowing_limit", "lending_limit", "overcommit")
 _RESOURCES = {"cpu": 1000, "memory": 1024, "gpu": 1000}  # unit -> engine units
 
 
@@ -176,6 +178,7 @@ def load_scheduler_config(path: str | Path) -> SchedulerConfig:
                     if lending is None
                     else _vector(lending, "lending_limit", source),
                     cohort=str(entry.get("cohort", "")),
+                    overcommit=float(entry.get("overcommit", 1.0)),
                 )
             )
         try:

@@ -61,6 +61,8 @@ class QueuePolicy:
     max_span
         Hard limit for multi-task jobs: ``none``, ``rack`` or ``spine`` (implies
         topology-aware placement).
+    grace_period
+        Seconds an evicted job keeps its resources to write a checkpoint before it stops.
     """
 
     order: str = "fcfs"
@@ -74,6 +76,7 @@ class QueuePolicy:
     random_victims: bool = False
     topology_aware: bool = False
     max_span: str = "none"
+    grace_period: int = 0
 
     def __post_init__(self) -> None:
         orders, modes = _core.queue_order_names(), _core.backfill_names()
@@ -222,7 +225,9 @@ class Quota:
 
     ``nominal`` is guaranteed; the project may use up to ``nominal + borrowing_limit`` by
     borrowing unused quota of its ``cohort``; at most ``lending_limit`` of its own unused
-    nominal quota is lent. Missing limits: borrowing 0, lending everything.
+    nominal quota is lent. Missing limits: borrowing 0, lending everything. ``overcommit``
+    (>= 1) scales the nominal quota: a pool may promise more than it owns, expecting jobs to
+    use less than they ask.
     """
 
     project: str
@@ -230,6 +235,7 @@ class Quota:
     borrowing_limit: tuple[int, int, int] = (0, 0, 0)
     lending_limit: tuple[int, int, int] | None = None
     cohort: str = ""
+    overcommit: float = 1.0
 
 
 class Quotas:
@@ -240,6 +246,10 @@ class Quotas:
         if len(set(names)) != len(names):
             raise InputError("a project has two quotas", field="quotas")
         for q in quotas:
+            if not q.overcommit >= 1.0:
+                raise InputError(
+                    f"project {q.project!r}: overcommit must be >= 1", field="overcommit"
+                )
             for label, vec in (("nominal", q.nominal), ("borrowing_limit", q.borrowing_limit)):
                 if len(vec) != 3 or any(v < 0 for v in vec):
                     raise InputError(
@@ -254,7 +264,9 @@ class Quotas:
     def arrays(self) -> tuple[I32, I64, I64, I64]:
         """Columns for the native queue: cohort ids and (project x 3) limits."""
         cohort = np.asarray([self._cohort.get(q.cohort, -1) for q in self.quotas], dtype=np.int32)
-        nominal = np.asarray([q.nominal for q in self.quotas], dtype=np.int64).reshape(-1)
+        nominal = np.asarray(
+            [[round(v * q.overcommit) for v in q.nominal] for q in self.quotas], dtype=np.int64
+        ).reshape(-1)
         borrowing = np.asarray([q.borrowing_limit for q in self.quotas], dtype=np.int64).reshape(-1)
         lending = np.asarray(
             [q.lending_limit if q.lending_limit is not None else q.nominal for q in self.quotas],
@@ -348,6 +360,7 @@ class Scheduler:
             seed=seed,
             topology_aware=q.topology_aware,
             max_span=q.max_span,
+            grace_period=q.grace_period,
         )
         self.quotas = quotas
         if quotas is not None:
@@ -441,6 +454,10 @@ class Scheduler:
     def tasks_of(self, job: int) -> int:
         """Tasks a running job has now (its ``num_tasks`` otherwise)."""
         return int(self._q.tasks_of(job))
+
+    def terminating(self, job: int) -> bool:
+        """Whether an evicted job is still within its grace period."""
+        return bool(self._q.terminating(job))
 
     def preempted(self) -> I32:
         """Jobs the last cycle evicted (already back in the queue)."""

@@ -65,6 +65,9 @@ struct QueueOptions {
   // Gangs: fewest spines, then racks (topology-aware), optionally within one rack/spine.
   bool topology_aware = false;
   SpanLimit max_span = SpanLimit::kNone;
+  // Seconds a victim keeps its resources to checkpoint before it is stopped (0 = at once).
+  // The caller requeues it when the grace period ends.
+  int64_t grace_period = 0;
   // Victims in random order instead of least lost work first (a baseline to compare with).
   bool random_victims = false;
   uint64_t seed = 0;
@@ -106,9 +109,12 @@ class QueueScheduler {
   [[nodiscard]] const Calendar::Vec& usage(int32_t project) const {
     return usage_[static_cast<size_t>(project)];
   }
-  // Jobs evicted by the last cycle (already back in the queue), and the work each lost
-  // (resource-seconds since its last checkpoint).
+  // Jobs evicted by the last cycle: already back in the queue, or with a grace period still
+  // running (terminating) until the caller requeues them.
   [[nodiscard]] const std::vector<int32_t>& preempted() const { return preempted_; }
+  [[nodiscard]] bool terminating(int32_t job) const {
+    return terminating_[static_cast<size_t>(job)] != 0;
+  }
   // Work a running job would lose if stopped now: resource-seconds since its last checkpoint.
   [[nodiscard]] double lost_work(int32_t job, int64_t now) const;
   Status submit(int32_t job);
@@ -149,6 +155,8 @@ class QueueScheduler {
   bool start_elastic(int32_t job, int64_t now);
   void grow(int64_t now);
   Vec shrink(int32_t job, int32_t tasks);  // release `tasks` tasks from the end
+  void evict(int32_t job);
+  [[nodiscard]] Vec terminating_free() const;
   [[nodiscard]] bool elastic(int32_t job) const {
     return min_tasks_[static_cast<size_t>(job)] < num_tasks_[static_cast<size_t>(job)];
   }
@@ -184,6 +192,7 @@ class QueueScheduler {
   Rng victim_rng_;
   std::vector<uint8_t> exclusive_;
   std::vector<int32_t> min_tasks_;
+  std::vector<uint8_t> terminating_;  // evicted, still checkpointing within its grace period
   std::vector<int32_t> resized_;
   std::vector<Reservation> reservations_;
   std::vector<int32_t> masked_;  // nodes flagged for one placement

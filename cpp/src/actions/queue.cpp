@@ -48,6 +48,7 @@ int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_t
   project_.push_back(-1);
   exclusive_.push_back(0);
   min_tasks_.push_back(num_tasks);
+  terminating_.push_back(0);
   ckpt_interval_.push_back(0);
   ckpt_cost_.push_back(0);
   return id;
@@ -133,6 +134,7 @@ Calendar::Vec QueueScheduler::available_free() const {
 bool QueueScheduler::may_evict(int32_t victim, int32_t head, bool head_within_nominal) const {
   const auto v = static_cast<size_t>(victim);
   const auto h = static_cast<size_t>(head);
+  if (terminating_[v] != 0) return false;
   const bool by_priority =
       opts_.preemption == Preemption::kPriority || opts_.preemption == Preemption::kBoth;
   if (by_priority && priority_[v] < priority_[h]) return true;
@@ -252,12 +254,22 @@ bool QueueScheduler::preempt_on_one_node(int32_t head, int64_t now) {
     }
   }
   for (const int32_t j : best) {
-    if (requeue(j).ok()) preempted_.push_back(j);
+    evict(j);
   }
   return !best.empty();
 }
 
 bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
+  if (opts_.grace_period > 0) {
+    // Victims already checkpointing will free enough: wait for them, evict no one else.
+    Vec soon = available_free();
+    const Vec t = terminating_free();
+    for (size_t d = 0; d < soon.size(); ++d) soon[d] += t[d];
+    const Vec need_now = need_of(head);
+    bool any = false;
+    for (const int64_t v : t) any = any || v > 0;
+    if (any && covers(soon, need_now)) return false;
+  }
   // Only when the head lacks capacity (not merely a good arrangement of it), evict the set of
   // eligible running jobs that loses the least work, cheapest first, then drop any victim the
   // head turns out not to need. A job (a whole gang) is always evicted as one unit.
@@ -303,7 +315,7 @@ bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
   std::vector<std::pair<double, int32_t>> candidates;
   for (const int32_t j : running_) {
     const auto v = static_cast<size_t>(j);
-    if (start_[v] == now) continue;  // started by this very cycle
+    if (start_[v] == now || terminating_[v] != 0) continue;  // just started, or leaving
     bool eligible = by_priority && priority_[v] < priority_[h];
     if (!eligible && head_within_nominal) {
       const int32_t vp = project_[v];
@@ -346,7 +358,7 @@ bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
     }
   }
   for (const int32_t j : victims) {
-    if (requeue(j).ok()) preempted_.push_back(j);
+    evict(j);
   }
   return !victims.empty();
 }
@@ -683,10 +695,30 @@ Status QueueScheduler::finish(int32_t job) {
   }
   remove_running(job);
   charge(job, -1);
+  terminating_[j] = 0;
   state_[j] = JobState::kDone;
   nodes_[j] = {};
   gpus_[j] = {};
   return Status::Ok();
+}
+
+void QueueScheduler::evict(int32_t job) {
+  if (opts_.grace_period > 0) {
+    terminating_[static_cast<size_t>(job)] = 1;  // keeps its resources while it checkpoints
+    preempted_.push_back(job);
+  } else if (requeue(job).ok()) {
+    preempted_.push_back(job);
+  }
+}
+
+Calendar::Vec QueueScheduler::terminating_free() const {
+  Vec soon{0, 0, 0};
+  for (const int32_t j : running_) {
+    if (terminating_[static_cast<size_t>(j)] == 0) continue;
+    const Vec got = need_of(j);
+    for (size_t d = 0; d < soon.size(); ++d) soon[d] += got[d];
+  }
+  return soon;
 }
 
 Status QueueScheduler::requeue(int32_t job) {
@@ -696,6 +728,7 @@ Status QueueScheduler::requeue(int32_t job) {
   const Status s = finish(job);
   if (!s.ok()) return s;
   const auto j = static_cast<size_t>(job);
+  terminating_[j] = 0;
   state_[j] = JobState::kPending;
   start_[j] = -1;
   reservation_[j] = -1;

@@ -29,7 +29,7 @@ from cplat.scheduler import (
 )
 
 # Event kinds, in processing order at equal times.
-_FINISH, _NODE_UP, _NODE_DOWN, _TICK = 0, 1, 2, 3
+_FINISH, _GRACE_END, _NODE_UP, _NODE_DOWN, _TICK = 0, 1, 2, 3, 4
 _NODE_DOWN_FLAG = 1
 
 RESULT_SCHEMA = pa.schema(
@@ -225,16 +225,23 @@ def simulate(
         scaled = -(-work * int(full[job]) // max(int(cur[job]), 1))
         return ck.wall_time(scaled)
 
-    def stopped(job: int, now: int, why: str) -> None:
+    def stopped(job: int, now: int, why: str, final_checkpoint: bool = False) -> None:
         # A running job was stopped (preempted or its node failed): it keeps the work its
-        # checkpoints secured and loses the rest.
+        # checkpoints secured and loses the rest. With a grace period it has just written a
+        # final checkpoint (the last `cost` seconds), securing everything before it.
         nonlocal lost
         elapsed = now - int(seg_start[job])
         rate = int(cur[job]) / int(full[job])
         scaled_left = -(-int(work_left[job]) * int(full[job]) // max(int(cur[job]), 1))
-        saved = ck.saved_work(elapsed, scaled_left)
-        periods = saved // ck.interval if ck.interval > 0 else 0
-        lost += (elapsed - periods * (ck.interval + ck.cost)) * weight[job] * rate
+        if final_checkpoint and ck.interval > 0 and elapsed >= ck.cost:
+            periods = (elapsed - ck.cost) // (ck.interval + ck.cost)
+            saved = min(scaled_left, elapsed - ck.cost - periods * ck.cost)
+            wasted = 0
+        else:
+            saved = ck.saved_work(elapsed, scaled_left)
+            periods = saved // ck.interval if ck.interval > 0 else 0
+            wasted = elapsed - periods * (ck.interval + ck.cost)
+        lost += wasted * weight[job] * rate
         work_left[job] -= min(int(work_left[job]), int(saved * rate))
         generation[job] += 1
         restarts[job] += 1
@@ -269,6 +276,10 @@ def simulate(
                 finished.append(item)
             elif kind == _TICK:
                 continue
+            elif kind == _GRACE_END:
+                if gen == generation[item] and sched.terminating(item):
+                    sched.requeue(item, now)
+                    stopped(item, now, "preempted after its grace period", final_checkpoint=True)
             elif kind == _NODE_DOWN:
                 node_failures += 1
                 sched.state.set_flags(item, _NODE_DOWN_FLAG)
@@ -320,9 +331,15 @@ def simulate(
         cycles += 1
         # One cycle may start a job and evict it again (or evict then restart it): stopped
         # runs are those that began before this cycle; starts count if the job still runs.
+        grace = queue.grace_period if queue is not None else 0
         for job in sched.preempted().tolist():
             preemptions += 1
-            if start[job] >= 0:
+            if grace > 0 and sched.terminating(job):
+                heapq.heappush(events, (now + grace, _GRACE_END, seq, job, int(generation[job])))
+                seq += 1
+                if record_log:
+                    log.append(f"{now}\tevict\t{int(cols.job_id[job])}\tgrace {grace} s")
+            elif start[job] >= 0:
                 stopped(job, now, "preempted")
         if len(started):
             started = started[[sched.job_state(int(j)) == "running" for j in started]]
