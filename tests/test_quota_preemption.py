@@ -368,3 +368,82 @@ def test_overcommitted_pool_admits_more_than_its_nominal() -> None:
     assert usage_over_time(simulate(t, cluster(8), quotas=q), "a") == 6
     with pytest.raises(InputError, match="overcommit"):
         Quotas([Quota("a", nominal=cpus(4), overcommit=0.5)])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 150),
+            st.integers(1, 60),
+            st.integers(1, 4),
+            st.sampled_from("ab"),
+            st.integers(0, 3),
+        ),
+        min_size=2,
+        max_size=20,
+    ),
+    st.sampled_from(["priority", "reclaim", "both"]),
+)
+def test_evictions_are_justified(rows, preemption: str) -> None:
+    """A job is only evicted for a higher-priority job or by a lender reclaiming its quota."""
+    q = Quotas(
+        [
+            Quota("a", nominal=cpus(3), borrowing_limit=cpus(3), cohort="c"),
+            Quota("b", nominal=cpus(3), borrowing_limit=cpus(3), cohort="c"),
+        ]
+    )
+    t = jobs(sorted(rows))
+    res = simulate(
+        t,
+        cluster(6),
+        quotas=q,
+        queue=QueuePolicy("priority", preemption=preemption),
+        record_log=True,
+    )
+    started_at: dict[int, list[int]] = {}
+    for line in res.log:
+        time_, kind, job, *_ = line.split("\t")
+        if kind == "start":
+            started_at.setdefault(int(time_), []).append(int(job))
+    prio, group = res.columns.priority, res.columns.group
+    for line in res.log:
+        time_, kind, job, *rest = line.split("\t")
+        if kind != "requeue" or "preempted" not in rest[0]:
+            continue
+        victim = int(job)
+        winners = started_at.get(int(time_), [])
+        ok = any(prio[w] > prio[victim] for w in winners) if preemption != "reclaim" else False
+        ok = ok or (preemption != "priority" and any(group[w] != group[victim] for w in winners))
+        assert ok, (line, winners)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 200), st.integers(1, 80), st.integers(1, 6)),
+        min_size=1,
+        max_size=20,
+    ),
+    st.sampled_from(["easy", "conservative"]),
+    st.integers(0, 300),
+    st.integers(20, 200),
+)
+def test_backfill_guarantees_hold_with_reservations(
+    rows, backfill: str, r_start: int, r_len: int
+) -> None:
+    t = jobs(sorted((s, d, w, "g", 0) for s, d, w in rows))
+    res = simulate(
+        t,
+        cluster(8),
+        queue=QueuePolicy("fcfs", backfill),
+        reservations=[(r_start, r_start + r_len, [0, 1], "")],
+    )
+    placed = res.jobs.column("nodes").to_pylist()
+    for j in range(t.num_rows):
+        if res.start[j] < 0:
+            continue
+        if res.start[j] < r_start + r_len and res.end[j] > r_start:
+            assert set(placed[j]).isdisjoint({0, 1})
+    reserved = res.reservation >= 0
+    assert np.all(res.start[reserved] <= res.reservation[reserved])

@@ -754,8 +754,9 @@ Calendar QueueScheduler::running_calendar(int64_t now) const {
     const int64_t end = start_[static_cast<size_t>(j)] + requested_[static_cast<size_t>(j)];
     cal.add_release(std::max(end, now + 1), need_of(j));
   }
-  // Reserved capacity is unavailable to the queue's plans during its window (conservative
-  // for the owner, whose jobs are still placed on it by try_start).
+  // Reserved nodes are out of the queue's plans from now until their window ends: a job that
+  // would overlap the window may not use them at all (try_start masks them). Conservative for
+  // jobs that end before the window and for the owner, both of which may still be placed there.
   for (const Reservation& r : reservations_) {
     if (r.end <= now) continue;
     Vec cap{0, 0, 0};
@@ -764,7 +765,7 @@ Calendar QueueScheduler::running_calendar(int64_t now) const {
       cap[1] += st.memory_capacity(n);
       cap[2] += static_cast<int64_t>(st.gpu_count(n)) * kMilliGpu;
     }
-    cal.reserve(std::max(r.start, now), r.end, cap);
+    cal.reserve(now, r.end, cap);
   }
   return cal;
 }

@@ -180,6 +180,7 @@ def simulate(
     lost = 0.0
     preemptions = 0
     idx = sched.add_jobs(cols)
+    boundary_ticks: list[int] = []
     if exclusive is not None:
         sched.set_exclusive(idx[np.asarray(exclusive, dtype=bool)])
     elastic = elastic_min is not None
@@ -187,6 +188,8 @@ def simulate(
         sched.set_elastic(idx, np.minimum(np.asarray(elastic_min, dtype=np.int32), cols.num_tasks))
     for r_start, r_end, r_nodes, r_owner in reservations or []:
         sched.add_reservation(r_start, r_end, r_nodes, r_owner)
+        # A window's end frees its nodes for everyone: schedule then too.
+        boundary_ticks.append(r_end)
     n = len(cols)
     order = np.lexsort((idx, cols.submit)).astype(np.int32)
     submit_sorted = cols.submit[order]
@@ -212,6 +215,9 @@ def simulate(
             seq += 1
     if tick is not None and tick <= 0:
         raise ValueError("tick must be positive")
+    for t_b in boundary_ticks:
+        heapq.heappush(events, (t_b, _TICK, seq, 0, 0))
+        seq += 1
 
     # Work is counted in seconds at the job's full size; an elastic job with c of its N tasks
     # progresses at c/N of that rate. Each run segment starts at seg_start with cur tasks.
