@@ -883,8 +883,11 @@ const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
       locked_head_ = opts_.lock_head ? head : -1;
     }
     if (head < 0) break;
-    if (try_start(head, now) ||
-        (opts_.preemption != Preemption::kNone && preempt_for(head, now) && try_start(head, now))) {
+    // A job this cycle evicted does not evict others to come back in the same cycle.
+    const bool may_preempt =
+        opts_.preemption != Preemption::kNone &&
+        std::find(preempted_.begin(), preempted_.end(), head) == preempted_.end();
+    if (try_start(head, now) || (may_preempt && preempt_for(head, now) && try_start(head, now))) {
       locked_head_ = -1;
       locked_reservation_ = -1;
       continue;

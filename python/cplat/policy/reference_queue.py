@@ -490,6 +490,7 @@ def choose_victims_aggregate(
     until the head fits; then, from the last taken back, any victim the head does not need is
     dropped. Nothing is evicted when the head already fits or when all eligible jobs together
     do not make room, nor, with a grace period, when jobs already terminating will make room.
+    Elastic jobs (which the native queue shrinks before evicting anyone) are not modelled.
 
     Parameters
     ----------
