@@ -344,3 +344,23 @@ def test_simulated_topology_aware_gangs_span_fewer_racks() -> None:
     assert r_aware.mean() < r_blind.mean()
     rack = simulate(jobs, topo.nodes, queue=QueuePolicy("fcfs", "easy", max_span="rack"))
     assert np.all(np.asarray(racks_spanned(rack.jobs, topo.nodes)) == 1)
+
+
+def test_multi_gpu_tasks_stay_in_one_numa_domain_when_no_island_fits() -> None:
+    from cplat import _core
+    from cplat.cluster import new_engine, new_state
+    from cplat.profile import POLICIES
+    from cplat.synthetic import synthetic_cluster
+
+    nodes = synthetic_cluster(1, seed=0, gpus_per_node=8)
+    state = new_state(nodes)
+    # Islands of two devices, NUMA domains of four: a 4-GPU task fits no island.
+    _core.set_gpu_topology(
+        state,
+        np.asarray([0, 0, 1, 1, 2, 2, 3, 3], dtype=np.int32),
+        np.asarray([0, 0, 0, 0, 1, 1, 1, 1], dtype=np.int32),
+    )
+    engine = new_engine(state, POLICIES["bestfit"], 0)
+    status, nodes_, gpus = engine.place_gang_topology(8000, 0, 4, 1000, 0, 1, "none")
+    assert status.ok
+    assert sorted(gpus) in ([0, 1, 2, 3], [4, 5, 6, 7])

@@ -99,20 +99,19 @@ GangSpan gang_span(const TopologyIndex& index, std::span<const int32_t> nodes) {
           static_cast<int32_t>(n.size())};
 }
 
-int32_t pick_gpus_island(const ClusterState& state, int32_t n, const Request& r,
-                         std::span<int32_t> out) {
-  if (!r.wants_gpu() || r.is_share() || r.num_gpu < 2) return -1;
-  if (out.size() < static_cast<size_t>(r.num_gpu)) return -1;
-  const std::span<const int32_t> free = state.gpu_free_of(n);
-  const int32_t* island = state.nvlink_array().data() + state.gpu_begin(n);
-  // (island, free whole devices) for the islands present; nodes have few islands.
-  std::vector<std::pair<int32_t, int32_t>> counts;
+namespace {
+
+// Whole free devices of one domain (the fullest-fitting domain: fewest free devices that
+// still hold the task, lowest id on ties); -1 when no single domain holds the task.
+int32_t pick_in_domain(std::span<const int32_t> free, const int32_t* domain, const Request& r,
+                       std::span<int32_t> out) {
+  std::vector<std::pair<int32_t, int32_t>> counts;  // (domain, free whole devices)
   for (size_t g = 0; g < free.size(); ++g) {
     if (free[g] != kMilliGpu) continue;
     auto it = std::find_if(counts.begin(), counts.end(),
-                           [&](const auto& c) { return c.first == island[g]; });
+                           [&](const auto& c) { return c.first == domain[g]; });
     if (it == counts.end()) {
-      counts.emplace_back(island[g], 1);
+      counts.emplace_back(domain[g], 1);
     } else {
       ++it->second;
     }
@@ -129,9 +128,24 @@ int32_t pick_gpus_island(const ClusterState& state, int32_t n, const Request& r,
   if (best < 0) return -1;
   int32_t got = 0;
   for (size_t g = 0; g < free.size() && got < r.num_gpu; ++g) {
-    if (free[g] == kMilliGpu && island[g] == best) out[static_cast<size_t>(got++)] = static_cast<int32_t>(g);
+    if (free[g] == kMilliGpu && domain[g] == best) out[static_cast<size_t>(got++)] = static_cast<int32_t>(g);
   }
   return got;
+}
+
+}  // namespace
+
+int32_t pick_gpus_island(const ClusterState& state, int32_t n, const Request& r,
+                         std::span<int32_t> out) {
+  if (!r.wants_gpu() || r.is_share() || r.num_gpu < 2) return -1;
+  if (out.size() < static_cast<size_t>(r.num_gpu)) return -1;
+  const std::span<const int32_t> free = state.gpu_free_of(n);
+  // One NVLink island if possible; else one NUMA domain, so the task's CPUs can be pinned to
+  // the domain its GPUs hang off.
+  const int32_t got =
+      pick_in_domain(free, state.nvlink_array().data() + state.gpu_begin(n), r, out);
+  if (got >= 0) return got;
+  return pick_in_domain(free, state.numa_array().data() + state.gpu_begin(n), r, out);
 }
 
 }  // namespace cplat

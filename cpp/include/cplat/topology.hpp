@@ -59,7 +59,8 @@ struct GangSpan {
 
 // Whole-device requests of two or more GPUs: write the devices of the NVLink island that holds
 // the request most tightly (fewest free devices that still suffice, then the lowest island id;
-// lowest device indices inside it) and return r.num_gpu; -1 when no single island has room.
+// lowest device indices inside it) and return r.num_gpu; failing that, the same within one
+// NUMA domain; -1 when no single island or domain has room.
 int32_t pick_gpus_island(const ClusterState& state, int32_t n, const Request& r,
                          std::span<int32_t> out);
 
