@@ -91,6 +91,9 @@ void test_island_pick() {
   std::vector<int32_t> out(4);
   CHECK(pick_gpus_island(st, 0, Request{0, 0, 3, 1000, 0}, out) == 3);
   CHECK(out[0] == 1 && out[1] == 2 && out[2] == 3);
+  // No island holds 4: all devices share NUMA domain 0 (the default), so that domain does.
+  CHECK(pick_gpus_island(st, 0, Request{0, 0, 4, 1000, 0}, out) == 4);
+  for (int32_t g = 0; g < 8; ++g) st.numa_array()[static_cast<size_t>(g)] = g / 4;
   CHECK(pick_gpus_island(st, 0, Request{0, 0, 4, 1000, 0}, out) == -1);
   // Engine: a 2-GPU task on a node with islands {0:1 free, 1:3 free} after more allocations.
   const std::vector<int32_t> two{1, 2};
