@@ -185,6 +185,8 @@ def test_quota_admission_matches_native(projects, probe_project, probe_need) -> 
         np.asarray([s.nominal for s in specs], dtype=np.int64).reshape(-1),
         np.asarray([s.borrowing_limit for s in specs], dtype=np.int64).reshape(-1),
         np.asarray([s.lending_limit for s in specs], dtype=np.int64).reshape(-1),
+        np.full(max([s.cohort for s in specs] + [-1]) + 1, -1, dtype=np.int32),  # flat cohorts
+        np.full(3 * (max([s.cohort for s in specs] + [-1]) + 1), -1, dtype=np.int64),
     )
     usage = [scale(u) for *_, u in projects]
     assert [tuple(sched._q.usage(i)) for i in range(p)] == usage

@@ -447,3 +447,19 @@ def test_backfill_guarantees_hold_with_reservations(
             assert set(placed[j]).isdisjoint({0, 1})
     reserved = res.reservation >= 0
     assert np.all(res.start[reserved] <= res.reservation[reserved])
+
+
+def test_nested_cohorts_borrow_across_the_tree_within_subtree_caps() -> None:
+    quotas = [
+        Quota("a", nominal=cpus(2), borrowing_limit=cpus(6), cohort="org/research"),
+        Quota("b", nominal=cpus(2), cohort="org/research"),
+        Quota("c", nominal=cpus(4), cohort="org/prod"),
+    ]
+    t = jobs([(0, 100, 1, "a", 0)] * 8)
+    # a borrows from b (same cohort) and from c (another branch of the same tree).
+    assert usage_over_time(simulate(t, cluster(8), quotas=Quotas(quotas)), "a") == 8
+    # research may use at most 2 CPUs beyond its own nominal quotas (2 + 2): a gets 6.
+    capped = Quotas(quotas, cohort_limits={"org/research": cpus(2)})
+    assert usage_over_time(simulate(t, cluster(8), quotas=capped), "a") == 6
+    with pytest.raises(InputError, match="cohort"):
+        Quotas(quotas, cohort_limits={"org/research": (1, 2)})  # type: ignore[dict-item]

@@ -107,7 +107,8 @@ void bind_queue(py::module_& m) {
       .def(
           "set_quotas",
           [](QueueScheduler& q, const In<int32_t>& cohort, const In<int64_t>& nominal,
-             const In<int64_t>& borrowing, const In<int64_t>& lending) {
+             const In<int64_t>& borrowing, const In<int64_t>& lending,
+             const In<int32_t>& cohort_parent, const In<int64_t>& cohort_borrowing) {
             // nominal / borrowing / lending: projects x 3 (milli-CPU, MiB, milli-GPU), row-major.
             const py::ssize_t p = cohort.size();
             if (nominal.size() != 3 * p || borrowing.size() != 3 * p || lending.size() != 3 * p) {
@@ -123,9 +124,28 @@ void bind_queue(py::module_& m) {
                 s.lending_limit[static_cast<size_t>(d)] = lending.at(3 * i + d);
               }
             }
-            q.set_quotas(std::move(specs));
+            const py::ssize_t c = cohort_parent.size();
+            if (cohort_borrowing.size() != 3 * c) {
+              throw std::invalid_argument("cohort limits must have 3 values per cohort");
+            }
+            std::vector<CohortSpec> cohorts(static_cast<size_t>(c));
+            for (py::ssize_t i = 0; i < c; ++i) {
+              if (cohort_parent.at(i) >= c || cohort_parent.at(i) == i) {
+                throw std::invalid_argument("bad cohort parent");
+              }
+              cohorts[static_cast<size_t>(i)].parent = cohort_parent.at(i);
+              for (py::ssize_t d = 0; d < 3; ++d) {
+                cohorts[static_cast<size_t>(i)].borrowing_limit[static_cast<size_t>(d)] =
+                    cohort_borrowing.at(3 * i + d);
+              }
+            }
+            for (const QuotaSpec& s : specs) {
+              if (s.cohort >= c) throw std::invalid_argument("project cohort out of range");
+            }
+            q.set_quotas(std::move(specs), std::move(cohorts));
           },
-          py::arg("cohort"), py::arg("nominal"), py::arg("borrowing_limit"), py::arg("lending_limit"))
+          py::arg("cohort"), py::arg("nominal"), py::arg("borrowing_limit"), py::arg("lending_limit"),
+          py::arg("cohort_parent"), py::arg("cohort_borrowing_limit"))
       .def(
           "set_job_meta",
           [](QueueScheduler& q, const In<int32_t>& jobs, const In<int32_t>& project,

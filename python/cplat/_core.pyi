@@ -188,6 +188,8 @@ class QueueScheduler:
         nominal: npt.ArrayLike,
         borrowing_limit: npt.ArrayLike,
         lending_limit: npt.ArrayLike,
+        cohort_parent: npt.ArrayLike,
+        cohort_borrowing_limit: npt.ArrayLike,
     ) -> None: ...
     def set_job_meta(
         self,

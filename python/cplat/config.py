@@ -28,6 +28,10 @@ Example::
     lending_limit = { gpu = 4 }
     overcommit = 1.5            # the pool may promise 1.5x its nominal quota
 
+    [[cohort]]                  # cohorts nest by path: "org/research" is under "org"
+    name = "org/research"
+    borrowing_limit = { gpu = 16 }  # the subtree may use 16 GPUs beyond its nominal quotas
+
 Unknown sections, keys or plugin names are errors that list the valid ones.
 """
 
@@ -47,7 +51,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-_SECTIONS = ("placement", "queue", "queue_sort", "checkpoint", "quota")
+_SECTIONS = ("placement", "queue", "queue_sort", "checkpoint", "quota", "cohort")
 _PLACEMENT_KEYS = ("scorers", "gpu_pick", "tie_break")
 _QUEUE_KEYS = (
     "order",
@@ -181,8 +185,16 @@ def load_scheduler_config(path: str | Path) -> SchedulerConfig:
                     overcommit=float(entry.get("overcommit", 1.0)),
                 )
             )
+        limits: dict[str, tuple[int, int, int]] = {}
+        for entry in data.get("cohort", []):
+            _check_keys(entry, ("name", "borrowing_limit"), "cohort", source)
+            if "name" not in entry:
+                raise InputError("a [[cohort]] needs a name", source=source, field="cohort")
+            limits[str(entry["name"])] = _vector(
+                entry.get("borrowing_limit", {}), "borrowing_limit", source
+            )
         try:
-            quotas = Quotas(items)
+            quotas = Quotas(items, limits)
         except InputError as exc:
             raise InputError(exc.message, source=source, field=exc.field) from None
     return SchedulerConfig(placement, queue, queue_sort, checkpoint, quotas, source)

@@ -239,9 +239,18 @@ class Quota:
 
 
 class Quotas:
-    """Quotas of several projects; a job's project is its ``group``."""
+    """Quotas of several projects; a job's project is its ``group``.
 
-    def __init__(self, quotas: list[Quota]) -> None:
+    Cohort names are paths (``"org/research"``): cohorts form a tree, projects borrow from any
+    project under the same root cohort, and ``cohort_limits`` may cap how much a cohort's
+    whole subtree uses beyond the sum of its projects' nominal quotas.
+    """
+
+    def __init__(
+        self,
+        quotas: list[Quota],
+        cohort_limits: dict[str, tuple[int, int, int]] | None = None,
+    ) -> None:
         names = [q.project for q in quotas]
         if len(set(names)) != len(names):
             raise InputError("a project has two quotas", field="quotas")
@@ -258,12 +267,31 @@ class Quotas:
                     )
         self.quotas = list(quotas)
         self._index = {q.project: i for i, q in enumerate(quotas)}
-        cohorts = sorted({q.cohort for q in quotas if q.cohort})
-        self._cohort = {c: i for i, c in enumerate(cohorts)}
+        limits = dict(cohort_limits or {})
+        for name, vec in limits.items():
+            if len(vec) != 3 or any(v < 0 for v in vec):
+                raise InputError(
+                    f"cohort {name!r}: borrowing limit needs 3 non-negative values",
+                    field="cohort_limits",
+                )
+        cohorts: set[str] = set()
+        for path in [q.cohort for q in quotas if q.cohort] + list(limits):
+            parts = [p for p in path.split("/") if p]
+            if not parts:
+                raise InputError(f"empty cohort name {path!r}", field="cohort")
+            cohorts.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        self._cohort = {c: i for i, c in enumerate(sorted(cohorts))}
+        self._limits = {"/".join(p for p in k.split("/") if p): v for k, v in limits.items()}
 
     def arrays(self) -> tuple[I32, I64, I64, I64]:
         """Columns for the native queue: cohort ids and (project x 3) limits."""
-        cohort = np.asarray([self._cohort.get(q.cohort, -1) for q in self.quotas], dtype=np.int32)
+        cohort = np.asarray(
+            [
+                self._cohort.get("/".join(p for p in q.cohort.split("/") if p), -1)
+                for q in self.quotas
+            ],
+            dtype=np.int32,
+        )
         nominal = np.asarray(
             [[round(v * q.overcommit) for v in q.nominal] for q in self.quotas], dtype=np.int64
         ).reshape(-1)
@@ -273,6 +301,17 @@ class Quotas:
             dtype=np.int64,
         ).reshape(-1)
         return cohort, nominal, borrowing, lending
+
+    def cohort_arrays(self) -> tuple[I32, I64]:
+        """Parent of each cohort (-1 for roots) and (cohort x 3) subtree caps (-1 = none)."""
+        parent = np.full(len(self._cohort), -1, dtype=np.int32)
+        caps = np.full((len(self._cohort), 3), -1, dtype=np.int64)
+        for name, i in self._cohort.items():
+            if "/" in name:
+                parent[i] = self._cohort[name.rsplit("/", 1)[0]]
+            if name in self._limits:
+                caps[i] = self._limits[name]
+        return parent, caps.reshape(-1)
 
     def projects_of(self, groups: tuple[str, ...]) -> I32:
         """Project id of each job's group (-1 where the group has no quota)."""
@@ -365,7 +404,8 @@ class Scheduler:
         self.quotas = quotas
         if quotas is not None:
             cohort, nominal, borrowing, lending = quotas.arrays()
-            self._q.set_quotas(cohort, nominal, borrowing, lending)
+            parent, caps = quotas.cohort_arrays()
+            self._q.set_quotas(cohort, nominal, borrowing, lending, parent, caps)
         self.checkpoint = checkpoint
 
     def add_jobs(self, jobs: JobColumns) -> I32:

@@ -41,10 +41,18 @@ struct Reservation {
   int32_t owner = -1;  // project id; -1 = nobody (maintenance window)
 };
 
-// Quota of one project (names as Kueue users know them). Projects of one cohort lend their
-// unused nominal quota to each other; the hard limit is nominal + borrowing_limit.
+// Cohorts form a tree (a hierarchy of resource pools): projects borrow from any project under
+// the same root, and a cohort may cap how much its whole subtree uses beyond the sum of its
+// projects' nominal quotas (borrowing_limit < 0: no cap).
+struct CohortSpec {
+  int32_t parent = -1;
+  Calendar::Vec borrowing_limit{-1, -1, -1};
+};
+
+// Quota of one project (names as Kueue users know them). Projects of one cohort tree lend
+// their unused nominal quota to each other; the hard limit is nominal + borrowing_limit.
 struct QuotaSpec {
-  int32_t cohort = -1;                 // -1: borrows from and lends to nobody
+  int32_t cohort = -1;                 // its cohort (a tree node); -1: borrows from nobody
   Calendar::Vec nominal{};             // guaranteed (milli-CPU, MiB, milli-GPU)
   Calendar::Vec borrowing_limit{};     // most it may use above nominal
   Calendar::Vec lending_limit{};       // most of its unused nominal others may borrow
@@ -90,7 +98,7 @@ class QueueScheduler {
   [[nodiscard]] std::vector<int32_t> pending_jobs();
   // Quotas per project (index = project id) and each job's project (-1 = no quota) and
   // checkpoint rhythm (interval and cost in seconds; 0 = never checkpoints).
-  void set_quotas(std::vector<QuotaSpec> quotas);
+  void set_quotas(std::vector<QuotaSpec> quotas, std::vector<CohortSpec> cohorts = {});
   void set_job_meta(int32_t job, int32_t project, int64_t checkpoint_interval,
                     int64_t checkpoint_cost);
   // Elastic jobs run with any task count in [min_tasks, num_tasks]: they start as large as
@@ -187,6 +195,9 @@ class QueueScheduler {
   std::vector<int32_t> project_;
   std::vector<int64_t> ckpt_interval_, ckpt_cost_;
   std::vector<QuotaSpec> quotas_;
+  std::vector<CohortSpec> cohorts_;
+  [[nodiscard]] int32_t cohort_root(int32_t c) const;
+  [[nodiscard]] bool in_subtree(int32_t project, int32_t cohort) const;
   std::vector<Vec> usage_;  // per project
   std::vector<int32_t> preempted_;
   Rng victim_rng_;

@@ -54,8 +54,13 @@ int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_t
   return id;
 }
 
-void QueueScheduler::set_quotas(std::vector<QuotaSpec> quotas) {
+void QueueScheduler::set_quotas(std::vector<QuotaSpec> quotas, std::vector<CohortSpec> cohorts) {
   quotas_ = std::move(quotas);
+  cohorts_ = std::move(cohorts);
+  // A project naming a cohort the table lacks gets a root cohort of its own id space.
+  for (const QuotaSpec& q : quotas_) {
+    while (q.cohort >= static_cast<int32_t>(cohorts_.size())) cohorts_.push_back(CohortSpec{});
+  }
   usage_.assign(quotas_.size(), Vec{0, 0, 0});
   for (const int32_t j : running_) charge(j, +1);
 }
@@ -96,14 +101,40 @@ bool QueueScheduler::quota_admits_need(int32_t job, const Vec& need) const {
     const int64_t borrow = std::max<int64_t>(0, use[d] + need[d] - q.nominal[d]);
     if (borrow <= 0) continue;
     if (q.cohort < 0) return false;
+    const int32_t root = cohort_root(q.cohort);
     int64_t pool = 0;
     for (size_t k = 0; k < quotas_.size(); ++k) {
-      if (static_cast<int32_t>(k) == p || quotas_[k].cohort != q.cohort) continue;
+      if (static_cast<int32_t>(k) == p || quotas_[k].cohort < 0 ||
+          cohort_root(quotas_[k].cohort) != root) {
+        continue;
+      }
       const int64_t unused = std::max<int64_t>(0, quotas_[k].nominal[d] - usage_[k][d]);
       pool += std::min(quotas_[k].lending_limit[d], unused);
       pool -= std::max<int64_t>(0, usage_[k][d] - quotas_[k].nominal[d]);
     }
     if (borrow > pool) return false;
+  }
+  // Each cohort on the way up may cap what its subtree takes beyond its own nominal quota.
+  for (int32_t c = q.cohort, hops = 0; c >= 0 && hops < 64;
+       c = cohorts_[static_cast<size_t>(c)].parent, ++hops) {
+    const CohortSpec& cs = cohorts_[static_cast<size_t>(c)];
+    Vec used{0, 0, 0};
+    Vec nominal{0, 0, 0};
+    bool capped = false;
+    for (size_t d = 0; d < need.size(); ++d) capped = capped || cs.borrowing_limit[d] >= 0;
+    if (!capped) continue;
+    for (size_t k = 0; k < quotas_.size(); ++k) {
+      if (!in_subtree(static_cast<int32_t>(k), c)) continue;
+      for (size_t d = 0; d < need.size(); ++d) {
+        used[d] += usage_[k][d];
+        nominal[d] += quotas_[k].nominal[d];
+      }
+    }
+    for (size_t d = 0; d < need.size(); ++d) {
+      if (cs.borrowing_limit[d] >= 0 && used[d] + need[d] > nominal[d] + cs.borrowing_limit[d]) {
+        return false;
+      }
+    }
   }
   return true;
 }
@@ -117,6 +148,23 @@ double QueueScheduler::lost_work(int32_t job, int64_t now) const {
   const Request& t = task_[j];
   const int64_t size = t.wants_gpu() ? t.total_gpu_milli() : std::max<int64_t>(t.cpu_milli, 1);
   return static_cast<double>(since) * static_cast<double>(size * num_tasks_[j]);
+}
+
+int32_t QueueScheduler::cohort_root(int32_t c) const {
+  int32_t hops = 0;
+  while (c >= 0 && cohorts_[static_cast<size_t>(c)].parent >= 0 && hops++ < 64) {
+    c = cohorts_[static_cast<size_t>(c)].parent;
+  }
+  return c;
+}
+
+bool QueueScheduler::in_subtree(int32_t project, int32_t cohort) const {
+  int32_t c = quotas_[static_cast<size_t>(project)].cohort;
+  for (int32_t hops = 0; c >= 0 && hops < 64; ++hops) {
+    if (c == cohort) return true;
+    c = cohorts_[static_cast<size_t>(c)].parent;
+  }
+  return false;
 }
 
 Calendar::Vec QueueScheduler::available_free() const {
@@ -143,7 +191,8 @@ bool QueueScheduler::may_evict(int32_t victim, int32_t head, bool head_within_no
   const int32_t hp = project_[h];
   if (vp < 0 || vp == hp) return false;
   const QuotaSpec& vq = quotas_[static_cast<size_t>(vp)];
-  if (vq.cohort < 0 || vq.cohort != quotas_[static_cast<size_t>(hp)].cohort) return false;
+  const int32_t hc = quotas_[static_cast<size_t>(hp)].cohort;
+  if (vq.cohort < 0 || hc < 0 || cohort_root(vq.cohort) != cohort_root(hc)) return false;
   for (size_t d = 0; d < vq.nominal.size(); ++d) {
     if (usage_[static_cast<size_t>(vp)][d] > vq.nominal[d]) return true;  // it is borrowing
   }
@@ -320,7 +369,9 @@ bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
     if (!eligible && head_within_nominal) {
       const int32_t vp = project_[v];
       if (vp >= 0 && vp != hp && quotas_[static_cast<size_t>(vp)].cohort >= 0 &&
-          quotas_[static_cast<size_t>(vp)].cohort == quotas_[static_cast<size_t>(hp)].cohort) {
+          quotas_[static_cast<size_t>(hp)].cohort >= 0 &&
+          cohort_root(quotas_[static_cast<size_t>(vp)].cohort) ==
+              cohort_root(quotas_[static_cast<size_t>(hp)].cohort)) {
         for (size_t d = 0; d < need.size(); ++d) {
           eligible = eligible ||
                      usage_[static_cast<size_t>(vp)][d] > quotas_[static_cast<size_t>(vp)].nominal[d];
