@@ -278,6 +278,23 @@ int64_t Engine::gang_score(int32_t n, const Request& r) {
   return total;
 }
 
+namespace {
+
+// Necessary condition for a gang: the cluster's free totals cover count copies of r. A blocked
+// gang is usually rejected here in O(1), before any per-node filtering.
+Status aggregate_fits(const ClusterState& st, const Request& r, int32_t count) {
+  if (r.cpu_milli * count > st.cpu_free_total()) return {Code::kInsufficientCpu, "NodeResourcesFit"};
+  if (r.memory_mib * count > st.memory_free_total()) {
+    return {Code::kInsufficientMemory, "NodeResourcesFit"};
+  }
+  if (r.total_gpu_milli() * count > st.total_gpu_milli() - st.allocated_gpu_milli()) {
+    return {Code::kInsufficientGpu, "GpuShare"};
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status Engine::place_gang(const Request& r, int32_t count, std::vector<int32_t>& nodes,
                           std::vector<int32_t>& gpus) {
   nodes.clear();
@@ -290,15 +307,8 @@ Status Engine::place_gang(const Request& r, int32_t count, std::vector<int32_t>&
     if (s.ok()) nodes.push_back(node);
     return s;
   }
-  // Necessary condition first: a blocked gang is usually rejected here in O(1).
   const ClusterState& st = *state_;
-  if (r.cpu_milli * count > st.cpu_free_total()) return {Code::kInsufficientCpu, "NodeResourcesFit"};
-  if (r.memory_mib * count > st.memory_free_total()) {
-    return {Code::kInsufficientMemory, "NodeResourcesFit"};
-  }
-  if (r.total_gpu_milli() * count > st.total_gpu_milli() - st.allocated_gpu_milli()) {
-    return {Code::kInsufficientGpu, "GpuShare"};
-  }
+  if (const Status s = aggregate_fits(st, r, count); !s.ok()) return s;
   const size_t m = filter_feasible(r);
   if (m == 0) return count_rejections(r);
   // Best node first: highest total, then lowest tie-break rank.
@@ -423,13 +433,7 @@ Status Engine::place_gang_topology(const Request& r, int32_t count, SpanLimit li
   last_rejections_ = {};
   if (!r.valid() || count < 1) return {Code::kInvalidArgument, "Engine"};
   const ClusterState& st = *state_;
-  if (r.cpu_milli * count > st.cpu_free_total()) return {Code::kInsufficientCpu, "NodeResourcesFit"};
-  if (r.memory_mib * count > st.memory_free_total()) {
-    return {Code::kInsufficientMemory, "NodeResourcesFit"};
-  }
-  if (r.total_gpu_milli() * count > st.total_gpu_milli() - st.allocated_gpu_milli()) {
-    return {Code::kInsufficientGpu, "GpuShare"};
-  }
+  if (const Status s = aggregate_fits(st, r, count); !s.ok()) return s;
   const size_t m = filter_feasible(r);
   if (m == 0) return count_rejections(r);
   const TopologyIndex& topo = topology();

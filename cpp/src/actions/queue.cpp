@@ -793,13 +793,7 @@ Calendar QueueScheduler::running_calendar(int64_t now) const {
   // Free capacity of the nodes that can take work, plus every running job's resources at its
   // expected end (jobs past their estimate are expected to end any moment: now + 1).
   const ClusterState& st = engine_->state();
-  Vec free{0, 0, 0};
-  for (int32_t n = 0; n < st.num_nodes(); ++n) {
-    if (st.flags(n) != 0) continue;
-    free[0] += st.cpu_free(n);
-    free[1] += st.memory_free(n);
-    free[2] += st.gpu_free_total(n);
-  }
+  const Vec free = available_free();
   Calendar cal(now, free, opts_.calendar_resolution, opts_.calendar_horizon);
   for (const int32_t j : running_) {
     const int64_t end = start_[static_cast<size_t>(j)] + requested_[static_cast<size_t>(j)];
@@ -846,14 +840,7 @@ void QueueScheduler::backfill_easy(int32_t head, int64_t now) {
 int64_t QueueScheduler::rlsched_reservation(int32_t head) const {
   // Running jobs by expected end; the head's reservation is the end at which enough has been
   // freed (computed once per blocked head, as the published evaluation does).
-  const ClusterState& st = engine_->state();
-  Vec free{0, 0, 0};
-  for (int32_t n = 0; n < st.num_nodes(); ++n) {
-    if (st.flags(n) != 0) continue;
-    free[0] += st.cpu_free(n);
-    free[1] += st.memory_free(n);
-    free[2] += st.gpu_free_total(n);
-  }
+  Vec free = available_free();
   scratch_.assign(running_.begin(), running_.end());
   std::stable_sort(scratch_.begin(), scratch_.end(), [&](int32_t a, int32_t b) {
     return start_[static_cast<size_t>(a)] + requested_[static_cast<size_t>(a)] <
