@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cplat.errors import InputError
@@ -428,6 +428,11 @@ def test_evictions_are_justified(rows, preemption: str) -> None:
     st.sampled_from(["easy", "conservative"]),
     st.integers(0, 300),
     st.integers(20, 200),
+)
+# A head that could start early on reserved nodes (it ends before the window) once took the
+# nodes the plan had promised the next job.
+@example(
+    rows=[(0, 2, 1), (0, 4, 2), (1, 1, 6), (1, 2, 4)], backfill="conservative", r_start=3, r_len=20
 )
 def test_backfill_guarantees_hold_with_reservations(
     rows, backfill: str, r_start: int, r_len: int

@@ -179,6 +179,8 @@ class QueueScheduler {
   void set_exclusive_flags(int32_t job, bool on);
   void sorted_pending(int64_t now, std::vector<int32_t>& out) const;
   bool try_start(int32_t job, int64_t now);
+  [[nodiscard]] Vec reserved_capacity(const Reservation& r) const;
+  [[nodiscard]] Vec planned_free(int64_t now) const;  // free now, as running_calendar sees it
   Calendar running_calendar(int64_t now) const;
   void backfill_easy(int32_t head, int64_t now);
   void backfill_rlsched(int32_t head, int64_t now);

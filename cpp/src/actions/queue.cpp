@@ -789,12 +789,33 @@ Status QueueScheduler::requeue(int32_t job) {
   return Status::Ok();
 }
 
+Calendar::Vec QueueScheduler::reserved_capacity(const Reservation& r) const {
+  const ClusterState& st = engine_->state();
+  Vec cap{0, 0, 0};
+  for (const int32_t n : r.nodes) {
+    cap[0] += st.cpu_capacity(n);
+    cap[1] += st.memory_capacity(n);
+    cap[2] += static_cast<int64_t>(st.gpu_count(n)) * kMilliGpu;
+  }
+  return cap;
+}
+
+Calendar::Vec QueueScheduler::planned_free(int64_t now) const {
+  // What the plans below see as free now: reserved capacity is out of them until its window
+  // ends, whether or not the reserved nodes are busy.
+  Vec free = available_free();
+  for (const Reservation& r : reservations_) {
+    if (r.end <= now) continue;
+    const Vec cap = reserved_capacity(r);
+    for (size_t d = 0; d < free.size(); ++d) free[d] -= cap[d];
+  }
+  return free;
+}
+
 Calendar QueueScheduler::running_calendar(int64_t now) const {
   // Free capacity of the nodes that can take work, plus every running job's resources at its
   // expected end (jobs past their estimate are expected to end any moment: now + 1).
-  const ClusterState& st = engine_->state();
-  const Vec free = available_free();
-  Calendar cal(now, free, opts_.calendar_resolution, opts_.calendar_horizon);
+  Calendar cal(now, available_free(), opts_.calendar_resolution, opts_.calendar_horizon);
   for (const int32_t j : running_) {
     const int64_t end = start_[static_cast<size_t>(j)] + requested_[static_cast<size_t>(j)];
     cal.add_release(std::max(end, now + 1), need_of(j));
@@ -803,14 +824,7 @@ Calendar QueueScheduler::running_calendar(int64_t now) const {
   // would overlap the window may not use them at all (try_start masks them). Conservative for
   // jobs that end before the window and for the owner, both of which may still be placed there.
   for (const Reservation& r : reservations_) {
-    if (r.end <= now) continue;
-    Vec cap{0, 0, 0};
-    for (const int32_t n : r.nodes) {
-      cap[0] += st.cpu_capacity(n);
-      cap[1] += st.memory_capacity(n);
-      cap[2] += static_cast<int64_t>(st.gpu_count(n)) * kMilliGpu;
-    }
-    cal.reserve(now, r.end, cap);
+    if (r.end > now) cal.reserve(now, r.end, reserved_capacity(r));
   }
   return cal;
 }
@@ -925,7 +939,13 @@ const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
     const bool may_preempt =
         opts_.preemption != Preemption::kNone &&
         std::find(preempted_.begin(), preempted_.end(), head) == preempted_.end();
-    if (try_start(head, now) || (may_preempt && preempt_for(head, now) && try_start(head, now))) {
+    // Conservative backfill promises every pending job its planned start, so the head may start
+    // greedily only where the plan agrees: placed on reserved nodes it may use before their
+    // window, it could take capacity the plan promised a later job.
+    const bool head_in_plan = opts_.backfill != BackfillMode::kConservative ||
+                              covers(planned_free(now), need_of(head));
+    if (head_in_plan &&
+        (try_start(head, now) || (may_preempt && preempt_for(head, now) && try_start(head, now)))) {
       locked_head_ = -1;
       locked_reservation_ = -1;
       continue;
