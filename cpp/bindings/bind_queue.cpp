@@ -1,4 +1,5 @@
 // QueueScheduler: job registration, submit/finish/requeue and cycles.
+#include <span>
 #include <stdexcept>
 #include <string>
 
@@ -261,6 +262,16 @@ void bind_queue(py::module_& m) {
           },
           py::arg("jobs"))
       .def("requeue", &QueueScheduler::requeue, py::arg("job"))
+      .def(
+          "restore",
+          [](QueueScheduler& q, int32_t job, int64_t start, const In<int32_t>& nodes,
+             const In<int32_t>& gpus) {
+            // C order: a (tasks x num_gpu) device array reads as the flat per-task layout.
+            return q.restore(job, start,
+                             std::span<const int32_t>(nodes.data(), static_cast<size_t>(nodes.size())),
+                             std::span<const int32_t>(gpus.data(), static_cast<size_t>(gpus.size())));
+          },
+          py::arg("job"), py::arg("start"), py::arg("nodes"), py::arg("gpus"))
       .def(
           "cycle",
           [](QueueScheduler& q, int64_t now) {

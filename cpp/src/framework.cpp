@@ -584,6 +584,14 @@ Status Engine::release(int32_t node, const Request& r, std::span<const int32_t> 
   return s;
 }
 
+Status Engine::allocate_on(int32_t node, const Request& r, std::span<const int32_t> gpus) {
+  // ClusterState::allocate validates the node, the request and the devices and changes nothing
+  // on failure; it bumps the node's version, which invalidates the node's cached scores.
+  const Status s = state_->allocate(node, r, gpus);
+  if (s.ok()) frag_.update(*state_, node);
+  return s;
+}
+
 BatchResult Engine::place_batch(std::span<const Request> requests, bool track) {
   BatchResult out;
   const size_t count = requests.size();

@@ -1,5 +1,5 @@
 // Unit tests for cplat_core: cluster state, filters, scorers, fragmentation, GPU selection,
-// the placement engine and the random number generator.
+// the placement engine, restoring running jobs into the queue and the random number generator.
 //
 // Self-contained on purpose (no test framework): CHECK records a failure and carries on, main()
 // runs every test function and exits non-zero if any check failed. The last line printed is
@@ -27,6 +27,7 @@
 #include "cplat/fragmentation.hpp"
 #include "cplat/framework.hpp"
 #include "cplat/plugin.hpp"
+#include "cplat/queue.hpp"
 #include "cplat/rng.hpp"
 #include "cplat/types.hpp"
 
@@ -141,6 +142,11 @@ Snapshot snapshot(const ClusterState& s, bool with_versions = true) {
   }
   out.allocated = s.allocated_gpu_milli();
   return out;
+}
+
+Snapshot snapshot_without_versions(Snapshot s) {
+  s.versions.clear();
+  return s;
 }
 
 std::vector<int32_t> free_of(const ClusterState& s, int32_t n) {
@@ -1576,6 +1582,278 @@ void test_engine_score_and_filter_all() {
   CHECK(scores == (std::vector<int64_t>{0, -1, 0}));
 }
 
+void test_engine_allocate_on() {
+  const Profile p = profile_of({{ScorerKind::kFgd, 1}, {ScorerKind::kGpuClustering, 1}},
+                               GpuPick::kFgd, TieBreak::kRank);
+  // Engine A places a random stream; engine B, built fresh, gets the same allocations.
+  ClusterState sa = mixed_cluster(2);
+  Engine a(sa, p, engine_workload(), 5);
+  ClusterState sb = mixed_cluster(2);
+  Engine b(sb, p, engine_workload(), 5);
+  // Warm B's score cache first, so a commit that did not invalidate it would show later.
+  {
+    int32_t node = -1;
+    std::vector<int32_t> g;
+    for (const Request& r : random_requests(17, 6)) {
+      if (b.place(r, node, g).ok()) CHECK(b.release(node, r, g).ok());
+    }
+  }
+  struct Placed {
+    Request r;
+    int32_t node;
+    std::vector<int32_t> gpus;
+  };
+  std::vector<Placed> placed;
+  std::vector<int32_t> gpus;
+  for (const Request& r : random_requests(3, 30)) {
+    int32_t node = -1;
+    if (a.place(r, node, gpus).ok()) placed.push_back({r, node, gpus});
+  }
+  CHECK(placed.size() > 10);
+  // Restored in reverse order: the end state does not depend on the order.
+  for (auto it = placed.rbegin(); it != placed.rend(); ++it) {
+    CHECK(b.allocate_on(it->node, it->r, it->gpus).ok());
+  }
+  CHECK(snapshot(sa, false) == snapshot(sb, false));
+  CHECK(a.frag().node_array() == b.frag().node_array());
+  CHECK_NEAR(a.frag().total(), b.frag().total(), 1e-9);
+  CHECK_NEAR(b.frag().total(), sum_of(b.frag().node_array()), 1e-9);
+  CHECK(sb.check_invariants());
+  // Both engines decide the same from here on (caches follow the node versions).
+  for (const Request& r : random_requests(99, 20)) {
+    int32_t na = -1;
+    int32_t nb = -1;
+    std::vector<int32_t> ga;
+    std::vector<int32_t> gb;
+    const Status x = a.place(r, na, ga);
+    const Status y = b.place(r, nb, gb);
+    CHECK_EQ(x.code, y.code);
+    CHECK_EQ(na, nb);
+    CHECK(ga == gb);
+  }
+
+  // Rejections change nothing.
+  ClusterState s = three_nodes();
+  Engine e(s, p, engine_workload(), 1);
+  CHECK(e.allocate_on(0, req(1000, 1024, 1, 1000), std::vector<int32_t>{2}).ok());
+  const Snapshot before = snapshot(s);
+  const double frag_before = e.frag().total();
+  auto rejected = [&](int32_t node, const Request& r, std::vector<int32_t> g, Code code) {
+    CHECK_EQ(e.allocate_on(node, r, g).code, code);
+    CHECK(snapshot(s) == before);
+    CHECK_EQ(e.frag().total(), frag_before);
+  };
+  rejected(-1, req(1000, 0, 0, 0), {}, Code::kInvalidArgument);
+  rejected(3, req(1000, 0, 0, 0), {}, Code::kInvalidArgument);
+  rejected(0, req(1000, 0, 1, 1000), {4}, Code::kInvalidArgument);      // device out of range
+  rejected(0, req(1000, 0, 1, 1000), {-1}, Code::kInvalidArgument);
+  rejected(0, req(1000, 0, 2, 1000), {1, 1}, Code::kInvalidArgument);   // named twice
+  rejected(0, req(1000, 0, 2, 1000), {1}, Code::kInvalidArgument);      // wrong count
+  rejected(1, req(1000, 0, 0, 0), {0}, Code::kInvalidArgument);         // CPU-only with a device
+  rejected(0, req(1000, 0, 1, 1000), {2}, Code::kInsufficientGpu);      // taken
+  rejected(0, req(1000, 0, 1, 500), {2}, Code::kInsufficientGpu);       // no share left either
+  rejected(0, req(1000, 0, 2, 1000), {1, 2}, Code::kInsufficientGpu);
+  rejected(0, req(40000, 0, 0, 0), {}, Code::kInsufficientCpu);
+  rejected(0, req(0, 70000, 0, 0), {}, Code::kInsufficientMemory);
+  rejected(0, req(1000, 0, 2, 500), {0, 1}, Code::kInvalidArgument);    // invalid shape
+  // Node flags do not matter: the task already runs there.
+  s.set_flags(0, kNodeCordoned | kNodeDraining);
+  CHECK(e.allocate_on(0, req(1000, 0, 1, 300), std::vector<int32_t>{2}).ok() == false);
+  CHECK(e.allocate_on(0, req(1000, 0, 1, 300), std::vector<int32_t>{3}).ok());
+  CHECK(e.allocate_on(0, req(1000, 0, 1, 700), std::vector<int32_t>{3}).ok());
+  CHECK_EQ(s.gpu_free_of(0)[3], 0);
+  CHECK_NEAR(e.frag().total(), sum_of(e.frag().node_array()), 1e-9);
+  CHECK(s.check_invariants());
+}
+
+// --- QueueScheduler::restore ------------------------------------------------------------------
+
+struct QueueRig {
+  ClusterState state;
+  Engine engine;
+  QueueScheduler queue;
+  explicit QueueRig(QueueOptions o = {})
+      : state(mixed_cluster(2)),
+        engine(state, profile_of({{ScorerKind::kBestFit, 1}}, GpuPick::kBest, TieBreak::kRank),
+               TargetWorkload{}, 7),
+        queue(engine, o) {}
+  QueueRig(const QueueRig&) = delete;
+  QueueRig& operator=(const QueueRig&) = delete;
+};
+
+void add_jobs(QueueScheduler& q) {
+  const Request shapes[] = {req(4000, 8192, 1, 1000), req(2000, 4096, 1, 250),
+                            req(8000, 16384, 2, 1000), req(1000, 2048, 0, 0)};
+  for (int32_t i = 0; i < 12; ++i) {
+    q.add_job(i, 100 + i, 1 + i % 3, shapes[static_cast<size_t>(i) % 4], 0.0);
+  }
+}
+
+void test_queue_restore() {
+  QueueRig live;
+  add_jobs(live.queue);
+  live.queue.set_quotas({QuotaSpec{-1, {1 << 20, 1 << 22, 100000}, {0, 0, 0}, {0, 0, 0}}});
+  for (int32_t j = 0; j < live.queue.num_jobs(); ++j) {
+    live.queue.set_job_meta(j, j % 2 == 0 ? 0 : -1, 0, 0);
+    CHECK(live.queue.submit(j).ok());
+  }
+  CHECK(!live.queue.cycle(10).empty());
+
+  QueueRig back;
+  add_jobs(back.queue);
+  back.queue.set_quotas({QuotaSpec{-1, {1 << 20, 1 << 22, 100000}, {0, 0, 0}, {0, 0, 0}}});
+  for (int32_t j = 0; j < back.queue.num_jobs(); ++j) {
+    back.queue.set_job_meta(j, j % 2 == 0 ? 0 : -1, 0, 0);
+    if (j % 3 != 0) CHECK(back.queue.submit(j).ok());  // some pending, some still new
+  }
+  const int32_t pending_before = back.queue.num_pending();
+  int32_t left_queue = 0;
+  for (int32_t j = 0; j < live.queue.num_jobs(); ++j) {
+    if (live.queue.state(j) != JobState::kRunning) continue;
+    left_queue += back.queue.state(j) == JobState::kPending ? 1 : 0;
+    CHECK(back.queue.restore(j, live.queue.start_time(j), live.queue.nodes_of(j),
+                             live.queue.gpus_of(j)).ok());
+    CHECK(back.queue.state(j) == JobState::kRunning);
+    CHECK_EQ(back.queue.start_time(j), 10);
+    // A running job cannot be restored again.
+    const Snapshot snap = snapshot(back.state);
+    CHECK_EQ(back.queue.restore(j, 10, live.queue.nodes_of(j), live.queue.gpus_of(j)).code,
+             Code::kInvalidArgument);
+    CHECK(snapshot(back.state) == snap);
+  }
+  CHECK_EQ(back.queue.num_pending(), pending_before - left_queue);
+  CHECK_EQ(back.queue.num_running(), live.queue.num_running());
+  CHECK(snapshot(live.state, false) == snapshot(back.state, false));
+  CHECK(live.queue.usage(0) == back.queue.usage(0));
+  for (const int32_t j : back.queue.pending_jobs()) CHECK(back.queue.state(j) == JobState::kPending);
+  // The same later submissions start the same way.
+  for (int32_t j = 0; j < back.queue.num_jobs(); ++j) {
+    if (back.queue.state(j) == JobState::kNew) CHECK(back.queue.submit(j).ok());
+  }
+  for (int32_t j = 0; j < 2; ++j) {
+    const int32_t a = live.queue.add_job(20, 50, 2, req(2000, 4096, 1, 500), 0.0);
+    const int32_t b = back.queue.add_job(20, 50, 2, req(2000, 4096, 1, 500), 0.0);
+    CHECK(live.queue.submit(a).ok());
+    CHECK(back.queue.submit(b).ok());
+  }
+  for (const int64_t t : {20, 30}) {
+    const std::vector<int32_t> x = live.queue.cycle(t);
+    const std::vector<int32_t> y = back.queue.cycle(t);
+    CHECK(x == y);
+    for (const int32_t j : x) {
+      CHECK(std::ranges::equal(live.queue.nodes_of(j), back.queue.nodes_of(j)));
+      CHECK(std::ranges::equal(live.queue.gpus_of(j), back.queue.gpus_of(j)));
+    }
+    CHECK(snapshot(live.state, false) == snapshot(back.state, false));
+  }
+  // finish() after restore releases everything.
+  for (int32_t j = 0; j < back.queue.num_jobs(); ++j) {
+    if (back.queue.state(j) == JobState::kRunning) CHECK(back.queue.finish(j).ok());
+  }
+  QueueRig fresh;
+  CHECK(snapshot(back.state, false) == snapshot(fresh.state, false));
+  CHECK(back.queue.usage(0) == (Calendar::Vec{0, 0, 0}));
+  CHECK(back.state.check_invariants());
+}
+
+void test_queue_restore_failures() {
+  QueueOptions o;
+  o.lock_head = true;
+  QueueRig rig(o);
+  QueueScheduler& q = rig.queue;
+  // A gang of two one-GPU tasks, an exclusive CPU job, an elastic 2..3 job, and a job that
+  // fits no node (the blocked, locked head: submitted first).
+  const int32_t gang = q.add_job(1, 100, 2, req(1000, 1024, 1, 1000), 0.0);
+  const int32_t excl = q.add_job(0, 100, 1, req(1000, 1024, 0, 0), 0.0);
+  const int32_t elas = q.add_job(0, 100, 3, req(1000, 1024, 0, 0), 0.0);
+  const int32_t huge = q.add_job(0, 100, 1, req(1000, 1024, 16, 1000), 0.0);
+  const int32_t tail = q.add_job(2, 100, 1, req(1000, 1024, 0, 0), 0.0);
+  q.set_exclusive(excl, true);
+  q.set_min_tasks(elas, 2);
+  CHECK(q.submit(huge).ok());
+  CHECK(q.submit(gang).ok());
+  CHECK(q.cycle(0).empty());  // the huge head blocks (no backfill) and is locked
+  CHECK_EQ(q.num_pending(), 2);
+  // Occupy GPU 1 of node 0.
+  CHECK(rig.engine.allocate_on(0, req(0, 0, 1, 1000), std::vector<int32_t>{1}).ok());
+  // Rejected before anything is allocated: nothing changes, node versions included.
+  const Snapshot before = snapshot(rig.state);
+  auto unchanged = [&](int32_t job, JobState st, bool versions) {
+    CHECK(versions ? snapshot(rig.state) == before
+                   : snapshot(rig.state, false) == snapshot_without_versions(before));
+    CHECK(q.state(job) == st);
+    CHECK_EQ(q.num_running(), 0);
+    CHECK_EQ(q.num_pending(), 2);
+  };
+  const std::vector<int32_t> two_nodes{0, 0};
+  CHECK_EQ(q.restore(gang, 5, std::vector<int32_t>{0}, std::vector<int32_t>{0}).code,
+           Code::kInvalidArgument);  // not elastic: exactly num_tasks
+  CHECK_EQ(q.restore(gang, 5, two_nodes, std::vector<int32_t>{0}).code, Code::kInvalidArgument);
+  CHECK_EQ(q.restore(gang, 5, two_nodes, std::vector<int32_t>{0, 1, 2}).code,
+           Code::kInvalidArgument);
+  CHECK_EQ(q.restore(gang, 5, std::vector<int32_t>{0, 8}, std::vector<int32_t>{0, 0}).code,
+           Code::kInvalidArgument);
+  CHECK_EQ(q.restore(gang, -1, two_nodes, std::vector<int32_t>{0, 2}).code, Code::kInvalidArgument);
+  CHECK_EQ(q.restore(-1, 5, two_nodes, std::vector<int32_t>{0, 2}).code, Code::kInvalidArgument);
+  CHECK_EQ(q.restore(99, 5, two_nodes, std::vector<int32_t>{0, 2}).code, Code::kInvalidArgument);
+  unchanged(gang, JobState::kPending, true);
+  // The second task fails: the first is given back (node versions move on, nothing else).
+  CHECK_EQ(q.restore(gang, 5, two_nodes, std::vector<int32_t>{0, 1}).code, Code::kInsufficientGpu);
+  unchanged(gang, JobState::kPending, false);
+  CHECK_EQ(q.restore(gang, 5, two_nodes, std::vector<int32_t>{0, 0}).code, Code::kInsufficientGpu);
+  unchanged(gang, JobState::kPending, false);
+  CHECK_EQ(q.restore(gang, 5, std::vector<int32_t>{4, 0}, std::vector<int32_t>{0, 4}).code,
+           Code::kInvalidArgument);  // node 0 has 4 devices
+  unchanged(gang, JobState::kPending, false);
+  CHECK_EQ(rig.state.gpu_free_of(4)[0], 1000);
+  // Two tasks on one node with devices 0 and 2; the node may even be cordoned.
+  rig.state.set_flags(0, kNodeCordoned);
+  CHECK(q.restore(gang, 5, two_nodes, std::vector<int32_t>{0, 2}).ok());
+  CHECK_EQ(q.num_pending(), 1);
+  CHECK_EQ(q.num_running(), 1);
+  CHECK(q.pending_jobs() == std::vector<int32_t>{huge});
+  CHECK_EQ(rig.state.gpu_free_of(0)[0], 0);
+  CHECK_EQ(rig.state.gpu_free_of(0)[2], 0);
+  rig.state.set_flags(0, 0);
+  // Restoring the locked head unlocks the queue.
+  CHECK(q.submit(tail).ok());
+  CHECK(q.restore(huge, 5, std::vector<int32_t>{1},
+                  std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7})
+            .code == Code::kInvalidArgument);  // node 1 has 8 devices
+  CHECK(q.cycle(6).empty());  // huge still blocks tail (FCFS, no backfill)
+  CHECK(q.cancel(huge).ok());
+  CHECK(q.cycle(7) == std::vector<int32_t>{tail});
+  CHECK(q.finish(tail).ok());
+  // Exclusive: idle nodes only; it flags them; nobody joins; finish clears.
+  CHECK_EQ(q.restore(excl, 5, std::vector<int32_t>{0}, std::vector<int32_t>{}).code,
+           Code::kNodeUnavailable);  // node 0 is busy
+  CHECK(q.state(excl) == JobState::kNew);
+  CHECK(q.restore(excl, 5, std::vector<int32_t>{2}, std::vector<int32_t>{}).ok());
+  CHECK((rig.state.flags(2) & kNodeExclusive) != 0);
+  CHECK_EQ(q.restore(elas, 5, std::vector<int32_t>{2, 6}, std::vector<int32_t>{}).code,
+           Code::kNodeUnavailable);
+  // Elastic: any count in [min, num].
+  CHECK_EQ(q.restore(elas, 5, std::vector<int32_t>{6}, std::vector<int32_t>{}).code,
+           Code::kInvalidArgument);
+  CHECK_EQ(q.restore(elas, 5, std::vector<int32_t>{6, 6, 6, 6}, std::vector<int32_t>{}).code,
+           Code::kInvalidArgument);
+  CHECK(q.restore(elas, 5, std::vector<int32_t>{6, 6}, std::vector<int32_t>{}).ok());
+  CHECK_EQ(q.tasks_of(elas), 2);
+  CHECK(q.finish(excl).ok());
+  CHECK_EQ(rig.state.flags(2) & kNodeExclusive, 0);
+  CHECK(q.finish(elas).ok());
+  // Requeue after restore: back in the queue exactly once.
+  CHECK(q.requeue(gang).ok());
+  CHECK(q.pending_jobs() == std::vector<int32_t>{gang});
+  CHECK(q.restore(gang, 9, two_nodes, std::vector<int32_t>{0, 2}).ok());
+  CHECK(q.pending_jobs().empty());
+  CHECK(q.finish(gang).ok());
+  CHECK(rig.engine.release(0, req(0, 0, 1, 1000), std::vector<int32_t>{1}).ok());
+  QueueRig fresh;
+  CHECK(snapshot(rig.state, false) == snapshot(fresh.state, false));
+  CHECK(rig.state.check_invariants());
+}
+
 // --- Rng --------------------------------------------------------------------------------------
 
 void test_rng() {
@@ -1668,6 +1946,9 @@ int main() {
       {"engine_matches_reference", test_engine_matches_reference},
       {"engine_score_cache_slot_reuse", test_engine_score_cache_slot_reuse},
       {"engine_score_and_filter_all", test_engine_score_and_filter_all},
+      {"engine_allocate_on", test_engine_allocate_on},
+      {"queue_restore", test_queue_restore},
+      {"queue_restore_failures", test_queue_restore_failures},
       {"rng", test_rng},
   };
   int failed_tests = 0;

@@ -7,6 +7,7 @@ the native ``Engine``. It never reads a clock: every call that depends on time t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -520,6 +521,67 @@ class Scheduler:
         if ok and self.queue_sort is not None:
             self.queue_sort.on_finish(np.asarray([job], dtype=np.int32), now)
         return ok
+
+    def restore(
+        self, job: int, start: int, nodes: Sequence[int] | I32, gpus: Sequence[int] | I32
+    ) -> str:
+        """Put a job that already runs back on exactly its nodes and devices.
+
+        For crash recovery and for rebuilding the scheduler when the set of nodes changes: the
+        placement policy is not run, node flags (down, cordoned, draining) are ignored and quota
+        usage is charged without an admission check. Exclusivity is kept: an exclusive job
+        needs idle nodes and no job joins the nodes of a running exclusive job. The job must be
+        new or pending (a pending job leaves the queue); it runs from ``start`` on, and a
+        queue-sort plugin is told it started at ``start``. On failure nothing changes.
+
+        Parameters
+        ----------
+        job
+            Scheduler index of the job.
+        start
+            When the job started (seconds, >= 0; the clock of ``cycle``).
+        nodes
+            One node per task, as the first array of :meth:`placement_of` returns. An elastic
+            job may have any count from its minimum to its ``num_tasks``; other jobs exactly
+            ``num_tasks``.
+        gpus
+            Local device indices of every task in task order (``num_gpu`` per task for GPU
+            jobs, one device for a shared ``gpu_milli < 1000`` task, empty for CPU-only jobs),
+            as the second array of :meth:`placement_of` returns.
+
+        Returns
+        -------
+        str
+            ``"ok"``, or the failing status code: ``invalid_argument`` (unknown job, a job
+            not new or pending, a bad task count, device layout, node or device index),
+            ``insufficient_cpu``, ``insufficient_memory`` or ``insufficient_gpu`` (the
+            resources are taken), ``node_unavailable`` (exclusivity would be broken).
+
+        Raises
+        ------
+        InputError
+            When ``nodes`` or ``gpus`` are not integers.
+        """
+        limit = np.iinfo(np.int32)
+        columns: list[I32] = []
+        for name, values in (("nodes", nodes), ("gpus", gpus)):
+            raw = np.asarray(values).reshape(-1)
+            if raw.size == 0:
+                columns.append(np.zeros(0, dtype=np.int32))
+                continue
+            if raw.dtype.kind not in "iu":
+                raise InputError(f"{name} must be integer indices", field=name)
+            if int(raw.min()) < limit.min or int(raw.max()) > limit.max:
+                return "invalid_argument"  # no node or device has such an index
+            columns.append(raw.astype(np.int32))
+        if not (0 <= job <= limit.max and 0 <= start <= np.iinfo(np.int64).max):
+            return "invalid_argument"
+        status = self._q.restore(job, start, columns[0], columns[1])
+        if not status.ok:
+            return str(status.code)
+        if self.queue_sort is not None:
+            self.queue_sort.on_start(np.asarray([job], dtype=np.int32), start)
+        return "ok"
 
     def cancel(self, job: int) -> bool:
         """Remove a pending job."""

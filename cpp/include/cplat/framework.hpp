@@ -93,6 +93,12 @@ class Engine {
 
   // Release a placement made earlier (keeps the fragmentation index current).
   Status release(int32_t node, const Request& r, std::span<const int32_t> gpus);
+  // The mirror of release: commit exactly this allocation (one task of `r` on `node` with the
+  // given local devices), bypassing filters, scorers and node flags, e.g. to restore a task
+  // that already runs there. Keeps the fragmentation index and score cache current. Fails with
+  // kInvalidArgument (node or device out of range, a device named twice, wrong device count,
+  // invalid request) or kInsufficient* (not free), and then changes nothing.
+  Status allocate_on(int32_t node, const Request& r, std::span<const int32_t> gpus);
   // Place tasks in order. With `track` the cluster's allocation and fragmentation after each
   // task are recorded.
   BatchResult place_batch(std::span<const Request> requests, bool track);

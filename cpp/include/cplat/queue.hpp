@@ -133,6 +133,17 @@ class QueueScheduler {
   Status finish(int32_t job);
   // A running job goes back to pending (preemption, node failure): resources released.
   Status requeue(int32_t job);
+  // Crash recovery / rebuild: a new or pending job becomes running since `start` exactly where
+  // it already runs, without the placement policy. `nodes` has one node per task (elastic
+  // jobs: min_tasks..num_tasks entries, others exactly num_tasks) and `gpus` the local devices
+  // of every task in order (num_gpu each for GPU jobs, none otherwise), as nodes_of/gpus_of
+  // return them. Node flags (down, cordoned, draining) are ignored, quota usage is charged but
+  // not checked; exclusivity is kept: an exclusive job needs idle nodes and flags them, no job
+  // joins a node flagged exclusive (kNodeUnavailable, "Exclusive"). On any failure every task
+  // allocated so far is released and nothing changes (kInvalidArgument for a bad job, state,
+  // start < 0, count or layout; the engine's status when resources are not free).
+  Status restore(int32_t job, int64_t start, std::span<const int32_t> nodes,
+                 std::span<const int32_t> gpus);
 
   [[nodiscard]] const std::vector<int64_t>& reservations() const { return reservation_; }
   [[nodiscard]] int32_t num_jobs() const { return static_cast<int32_t>(submit_.size()); }

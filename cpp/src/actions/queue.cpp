@@ -778,6 +778,9 @@ Status QueueScheduler::requeue(int32_t job) {
   }
   const Status s = finish(job);
   if (!s.ok()) return s;
+  // A job started by the last cycle may still have its stale entry in pending_; drop it now,
+  // while the job is not pending, or the queue would hold the job twice.
+  compact_pending();
   const auto j = static_cast<size_t>(job);
   terminating_[j] = 0;
   state_[j] = JobState::kPending;
@@ -786,6 +789,71 @@ Status QueueScheduler::requeue(int32_t job) {
   fcfs_sorted_ = false;
   pending_.push_back(job);
   ++pending_count_;
+  return Status::Ok();
+}
+
+Status QueueScheduler::restore(int32_t job, int64_t start, std::span<const int32_t> nodes,
+                               std::span<const int32_t> gpus) {
+  constexpr Status kInvalid{Code::kInvalidArgument, "Queue"};
+  if (job < 0 || job >= num_jobs()) return kInvalid;
+  const auto j = static_cast<size_t>(job);
+  const JobState was = state_[j];
+  if (was != JobState::kNew && was != JobState::kPending) return kInvalid;
+  const Request& t = task_[j];
+  const auto count = static_cast<int64_t>(nodes.size());
+  if (!t.valid() || start < 0 || count < 1 || count < min_tasks_[j] || count > num_tasks_[j]) {
+    return kInvalid;
+  }
+  const auto per = static_cast<size_t>(t.wants_gpu() ? t.num_gpu : 0);
+  if (gpus.size() != nodes.size() * per) return kInvalid;
+  const ClusterState& st = engine_->state();
+  for (const int32_t n : nodes) {
+    if (n < 0 || n >= st.num_nodes()) return kInvalid;
+  }
+  // Exclusivity as a normal start keeps it: an exclusive job only takes idle nodes (checked
+  // before its own tasks land, so it may put several on one node), nobody joins its nodes.
+  for (const int32_t n : nodes) {
+    const bool idle = st.cpu_free(n) == st.cpu_capacity(n) &&
+                      st.memory_free(n) == st.memory_capacity(n) &&
+                      st.gpu_free_total(n) == st.gpu_count(n) * kMilliGpu;
+    if ((st.flags(n) & kNodeExclusive) != 0 || (exclusive_[j] != 0 && !idle)) {
+      return {Code::kNodeUnavailable, "Exclusive"};
+    }
+  }
+  // Commit task by task; give everything back on the first failure.
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Status s = engine_->allocate_on(nodes[i], t, gpus.subspan(i * per, per));
+    if (s.ok()) continue;
+    for (size_t k = i; k-- > 0;) {
+      const Status back = engine_->release(nodes[k], t, gpus.subspan(k * per, per));
+      CPLAT_ASSERT(back.ok());
+      (void)back;
+    }
+    return s;
+  }
+  if (was == JobState::kPending) {
+    // Leave the queue for good (not just a stale entry): a later requeue appends it again.
+    --pending_count_;
+    std::erase(pending_, job);
+    if (locked_head_ == job) {
+      locked_head_ = -1;
+      locked_reservation_ = -1;
+    }
+  }
+  nodes_[j].assign(nodes.begin(), nodes.end());
+  gpus_[j].assign(gpus.begin(), gpus.end());
+  state_[j] = JobState::kRunning;
+  reason_[j] = Code::kOk;
+  start_[j] = start;
+  terminating_[j] = 0;
+  charge(job, +1);  // after nodes_: an elastic job is charged for the tasks it runs
+  if (exclusive_[j] != 0) set_exclusive_flags(job, true);
+  running_pos_[j] = static_cast<int32_t>(running_.size());
+  running_.push_back(job);
+  CPLAT_ASSERT(pending_count_ >= 0);
+  CPLAT_ASSERT(running_[static_cast<size_t>(running_pos_[j])] == job);
+  CPLAT_ASSERT(std::find(pending_.begin(), pending_.end(), job) == pending_.end());
+  CPLAT_ASSERT(tasks_of(job) == static_cast<int32_t>(count));
   return Status::Ok();
 }
 
