@@ -388,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     from cplat.traces.cli import add_trace_parser
 
     add_trace_parser(sub)
+    from cplat.job_cli import add_job_commands
+    from cplat.service_cli import add_service_commands
+
+    add_service_commands(sub)
+    add_job_commands(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Live runtime: node discovery, task processes, the node agent and the live cluster."""

@@ -1,0 +1,653 @@
+"""Task processes: their environment, their output, their end, and the record that outlives us.
+
+A task runs as a real subprocess in a session (and so a process group) of its own, so that
+stopping it reaches everything it started. Output is read in chunks and handed on as whole
+lines. The :class:`Launcher` writes every task it starts to a JSON state file in the agent's
+work directory; an agent restarted after a crash reads it back, kills the process groups its
+previous life left behind (they are not its children, so it can neither wait for nor adopt
+them) and reports those tasks exited with :data:`RESTART_EXIT_CODE`. Exit codes follow
+Python's convention: a task killed by signal N exits with ``-N``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+__all__ = [
+    "MANAGED_ENV",
+    "RESTART_EXIT_CODE",
+    "RESTART_REASON",
+    "LaunchError",
+    "Launcher",
+    "OutputCallback",
+    "TaskKey",
+    "TaskProcess",
+    "TaskRecord",
+    "kill_leftover",
+    "task_argv",
+    "task_env",
+    "write_hostfile",
+]
+
+log = logging.getLogger("cplat.launch")
+
+#: Variables cplat sets for every task. A job's ``env`` cannot override them: one that set
+#: CUDA_VISIBLE_DEVICES would escape its GPUs, one that set RANK or MASTER_PORT would break
+#: the rendezvous of its other ranks, one that set CPLAT_TOKEN would act as someone else.
+MANAGED_ENV = frozenset(
+    {
+        "CUDA_VISIBLE_DEVICES",
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "CPLAT_HOSTFILE",
+        "CPLAT_JOB_ID",
+        "CPLAT_ATTEMPT",
+        "CPLAT_SERVER",
+        "CPLAT_TOKEN",
+        "CPLAT_RESUME_FROM",
+    }
+)
+RESTART_EXIT_CODE = -9
+RESTART_REASON = "agent restarted"
+#: Output is read in pieces this large; a line longer than this is handed on in pieces.
+MAX_LINE = 64 * 1024
+STATE_FILE = "tasks.json"
+
+#: ``on_output(key, stream, text)``: ``text`` is one or more whole lines of ``stream``
+#: ("stdout" or "stderr"); only the last piece of a stream may lack its newline.
+OutputCallback = Callable[["TaskKey", str, str], None]
+
+
+class TaskKey(NamedTuple):
+    """A task's identity: one rank of one attempt of one job."""
+
+    job_id: int
+    attempt: int
+    rank: int
+
+    @classmethod
+    def of(cls, item: Mapping[str, Any]) -> TaskKey:
+        """Read the key of an assignment or a task report (``KeyError``/``ValueError``)."""
+        return cls(int(item["job_id"]), int(item["attempt"]), int(item["rank"]))
+
+    def __str__(self) -> str:
+        return f"{self.job_id}.{self.attempt}.{self.rank}"
+
+
+class LaunchError(Exception):
+    """A task that could not be started; it counts as exited with ``exit_code``.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong, for the job's log and the exit report.
+    exit_code : int
+        127 when the program does not exist, 126 when it cannot be run (the shell's codes).
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def task_argv(command: Any) -> list[str]:
+    """Return the argv of a job ``command``: a list as is, a string through ``/bin/sh -c``.
+
+    Raises
+    ------
+    LaunchError
+        When the command is empty or neither a string nor a list of strings.
+    """
+    if isinstance(command, str) and command.strip():
+        return ["/bin/sh", "-c", command]
+    if (
+        isinstance(command, list)
+        and command
+        and all(isinstance(a, str) for a in command)
+        and command[0]
+    ):
+        return list(command)
+    raise LaunchError(f"bad command {command!r}: a non-empty string or list of strings", 126)
+
+
+def write_hostfile(hosts: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Write an MPI hostfile, one ``host slots=N`` line per host, and return its path.
+
+    A host is named by its ``address`` (what peers connect to), else by its ``node`` name.
+    """
+    lines = []
+    for h in hosts:
+        host = h.get("address") or h.get("node")
+        if not host:
+            raise ValueError(f"host entry without address or node: {dict(h)!r}")
+        lines.append(f"{host} slots={int(h.get('slots', 1))}\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def task_env(
+    assignment: Mapping[str, Any],
+    base_env: Mapping[str, str],
+    server: str,
+    token: str | None,
+    task_dir: Path,
+) -> dict[str, str]:
+    """Build a task's environment as docs/service.md describes it.
+
+    Layers, later ones winning: ``base_env`` without the names cplat manages and without
+    any ``CPLAT_*`` name (the agent's own token must not reach user code); then the job's
+    ``env`` without the names in :data:`MANAGED_ENV`, which are silently dropped; then the
+    variables cplat manages. So a job can set ``NCCL_*``, ``PATH`` or its own ``CPLAT_X``,
+    but never its rank, GPUs, rendezvous or identity.
+
+    Parameters
+    ----------
+    assignment : Mapping
+        One entry of ``assignments`` from ``GET /v1/nodes/{name}/assignments``. Required:
+        ``job_id``, ``attempt``, ``rank``, ``world_size``. Defaults: ``local_rank`` 0,
+        ``local_world_size`` 1, ``master_addr`` 127.0.0.1, ``master_port`` 29500, ``gpus``,
+        ``hosts`` and ``env`` empty, ``resume_from`` none.
+    base_env : Mapping
+        The environment to start from (the agent passes its own).
+    server : str
+        The API's base URL, for ``CPLAT_SERVER``.
+    token : str or None
+        The job's own token for ``CPLAT_TOKEN`` (left unset when None). Never the agent's
+        cluster-admin token: user code would hold every right over the cluster.
+    task_dir : Path
+        The task's private directory; the hostfile is written there.
+
+    Returns
+    -------
+    dict
+        The complete environment.
+    """
+    rank = int(assignment["rank"])
+    world = int(assignment["world_size"])
+    local_rank = int(assignment.get("local_rank") or 0)
+    local_world = int(assignment.get("local_world_size") or 1)
+    gpus = [int(g) for g in assignment.get("gpus") or []]
+    hostfile = write_hostfile(assignment.get("hosts") or [], task_dir / "hostfile")
+    env = {k: v for k, v in base_env.items() if k not in MANAGED_ENV and not k.startswith("CPLAT_")}
+    job_env = assignment.get("env") or {}
+    env.update({str(k): str(v) for k, v in job_env.items() if str(k) not in MANAGED_ENV})
+    env.update(
+        {
+            # For a MIG-enabled GPU this is still the parent's index, as the contract says.
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(local_world),
+            "MASTER_ADDR": str(assignment.get("master_addr") or "127.0.0.1"),
+            "MASTER_PORT": str(int(assignment.get("master_port") or 29500)),
+            "OMPI_COMM_WORLD_RANK": str(rank),
+            "OMPI_COMM_WORLD_SIZE": str(world),
+            "OMPI_COMM_WORLD_LOCAL_RANK": str(local_rank),
+            "OMPI_COMM_WORLD_LOCAL_SIZE": str(local_world),
+            "CPLAT_HOSTFILE": str(hostfile),
+            "CPLAT_JOB_ID": str(int(assignment["job_id"])),
+            "CPLAT_ATTEMPT": str(int(assignment["attempt"])),
+            "CPLAT_SERVER": server,
+        }
+    )
+    if token:
+        env["CPLAT_TOKEN"] = token
+    if assignment.get("resume_from"):
+        env["CPLAT_RESUME_FROM"] = str(assignment["resume_from"])
+    return env
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.warning("not allowed to signal process group %d", pgid)
+        return False
+    return True
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (``[0]`` is the state)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may itself hold spaces and parentheses.
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return int(stat[19]) if stat is not None and len(stat) > 19 else None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process group still has a member that is not a zombie."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    # killpg(0) also succeeds for zombies, which nobody may ever reap in a container
+    # without an init; only a running member keeps the group alive.
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and len(stat) > 2 and int(stat[2]) == pgid and stat[0] != "Z":
+                return True
+    return False
+
+
+class TaskProcess:
+    """One running task: a subprocess leading its own process group, its output pumped.
+
+    Use :meth:`spawn` to create one. :meth:`wait` returns once the task has ended *and* its
+    output is drained, so the last lines are handed on before the exit is known.
+
+    Parameters
+    ----------
+    key : TaskKey
+        Which task this is.
+    proc : asyncio.subprocess.Process
+        The started process (a session leader, so its pid is its process group id).
+    on_output : OutputCallback
+        Receives the output.
+    straggler_grace : float
+        Seconds processes left in the group after the leader exits get between SIGTERM and
+        SIGKILL.
+    """
+
+    def __init__(
+        self,
+        key: TaskKey,
+        proc: asyncio.subprocess.Process,
+        on_output: OutputCallback,
+        *,
+        straggler_grace: float = 2.0,
+    ) -> None:
+        self.key = key
+        self.pid = proc.pid
+        self.pgid = proc.pid
+        self.stop_requested = False
+        self._proc = proc
+        self._on_output = on_output
+        self._straggler_grace = straggler_grace
+        self._readers = [
+            asyncio.ensure_future(self._pump(stream, name))
+            for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
+            if stream is not None
+        ]
+        self._done: asyncio.Future[int] = asyncio.ensure_future(self._supervise())
+
+    @classmethod
+    async def spawn(
+        cls,
+        key: TaskKey,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        on_output: OutputCallback,
+        *,
+        straggler_grace: float = 2.0,
+    ) -> TaskProcess:
+        """Start ``argv`` in a new session with ``env`` in ``cwd``.
+
+        Raises
+        ------
+        LaunchError
+            When the working directory is missing or the program cannot be started.
+        """
+        if not cwd.is_dir():
+            raise LaunchError(f"working directory {cwd} does not exist", 126)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=str(cwd),
+                env=dict(env),
+                start_new_session=True,
+            )
+        except FileNotFoundError as err:
+            raise LaunchError(f"cannot start {argv[0]!r}: {err.strerror}", 127) from err
+        except OSError as err:
+            raise LaunchError(f"cannot start {argv[0]!r}: {err.strerror or err}", 126) from err
+        return cls(key, proc, on_output, straggler_grace=straggler_grace)
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once :meth:`wait` would return without waiting, else None."""
+        return self._done.result() if self._done.done() else None
+
+    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = b""
+        while True:
+            data = await stream.read(MAX_LINE)
+            if not data:
+                break
+            pending += data
+            cut = pending.rfind(b"\n") + 1
+            if cut == 0 and len(pending) >= MAX_LINE:
+                cut = len(pending)
+            if cut:
+                self._emit(name, decoder.decode(pending[:cut]))
+                pending = pending[cut:]
+        tail = decoder.decode(pending, final=True)
+        if tail:
+            self._emit(name, tail)
+
+    def _emit(self, name: str, text: str) -> None:
+        if not text:
+            return
+        try:
+            self._on_output(self.key, name, text)
+        except Exception:
+            # A failing consumer must not stop the pump: the task would block on a full pipe.
+            log.exception("output callback failed for task %s", self.key)
+
+    async def _supervise(self) -> int:
+        # Before Python 3.12 Process.wait() returns only once the pipes close too, which a
+        # straggler holding stdout delays forever; returncode is set at the exit itself.
+        waiter = asyncio.ensure_future(self._proc.wait())
+        while self._proc.returncode is None:
+            await asyncio.wait({waiter}, timeout=0.1)
+        code = self._proc.returncode
+        # The task is over once its leader exits; anything left in its group would keep its
+        # GPUs busy and its pipes open, so it gets the same SIGTERM-then-SIGKILL as a stop.
+        if _group_alive(self.pgid):
+            _signal_group(self.pgid, signal.SIGTERM)
+            deadline = time.monotonic() + self._straggler_grace
+            while _group_alive(self.pgid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if _group_alive(self.pgid):
+                _signal_group(self.pgid, signal.SIGKILL)
+        # Something outside the group (a daemon that called setsid) may still hold the
+        # pipes; its output is not the task's, so stop reading after a moment.
+        _, pending = await asyncio.wait([*self._readers, waiter], timeout=1.0)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        return code
+
+    async def wait(self) -> int:
+        """Wait for the task to end and its output to drain; return its exit code."""
+        return await asyncio.shield(self._done)
+
+    async def stop(self, grace: float) -> int:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; return the exit code.
+
+        Parameters
+        ----------
+        grace : float
+            Seconds the task has to exit after SIGTERM.
+        """
+        self.stop_requested = True
+        if not self._done.done():
+            _signal_group(self.pgid, signal.SIGTERM)
+            try:
+                return await asyncio.wait_for(asyncio.shield(self._done), grace)
+            except asyncio.TimeoutError:
+                _signal_group(self.pgid, signal.SIGKILL)
+        return await self.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the process group now (an impatient stop)."""
+        self.stop_requested = True
+        if not self._done.done():
+            _signal_group(self.pgid, signal.SIGKILL)
+
+
+@dataclass
+class TaskRecord:
+    """What the state file keeps of a task, and what the agent reports of it."""
+
+    job_id: int
+    attempt: int
+    rank: int
+    state: str = "running"
+    exit_code: int | None = None
+    reason: str | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    #: The leader's start time (clock ticks after boot) and the boot it ran in: together
+    #: they tell our process group from one that reused its id.
+    start_time: int | None = None
+    boot_id: str | None = None
+
+    @property
+    def key(self) -> TaskKey:
+        """The task's key."""
+        return TaskKey(self.job_id, self.attempt, self.rank)
+
+    def report(self) -> dict[str, Any]:
+        """Return the task as ``POST /v1/nodes/{name}/tasks`` and heartbeats carry it."""
+        out: dict[str, Any] = {
+            "job_id": self.job_id,
+            "attempt": self.attempt,
+            "rank": self.rank,
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "pid": self.pid,
+        }
+        if self.state == "exited" and self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def kill_leftover(record: TaskRecord) -> bool:
+    """SIGKILL the process group of a task a previous agent started, if it is still ours.
+
+    The group is left alone when the machine rebooted since (the boot id changed) or when a
+    process with the group's id runs but started at another time (the id was reused). A
+    group whose leader is gone can still have members: while they live the kernel does not
+    hand out its id again, so they are ours.
+
+    Returns
+    -------
+    bool
+        Whether a signal was sent.
+    """
+    if record.pgid is None:
+        return False
+    boot = _boot_id()
+    if record.boot_id is not None and boot is not None and record.boot_id != boot:
+        return False
+    started = _start_time(record.pgid)
+    if started is not None and record.start_time is not None and started != record.start_time:
+        log.info("task %s: process group %d was reused; not killing", record.key, record.pgid)
+        return False
+    return _signal_group(record.pgid, signal.SIGKILL)
+
+
+class Launcher:
+    """Starts tasks and keeps the state file of every task not yet acknowledged.
+
+    Parameters
+    ----------
+    work_dir : Path
+        The agent's work directory: ``tasks.json`` and per-task directories
+        (``tasks/<job>.<attempt>.<rank>/``, which also hold the hostfiles) live there.
+    server : str
+        The API's base URL, for ``CPLAT_SERVER``.
+    on_output : OutputCallback
+        Receives every task's output.
+    base_env : Mapping, optional
+        Environment tasks start from (default: the agent's own).
+    straggler_grace : float
+        See :class:`TaskProcess`.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        server: str,
+        on_output: OutputCallback,
+        *,
+        base_env: Mapping[str, str] | None = None,
+        straggler_grace: float = 2.0,
+    ) -> None:
+        self.work_dir = work_dir
+        self.server = server
+        self.state_path = work_dir / STATE_FILE
+        self.records: dict[TaskKey, TaskRecord] = {}
+        self.processes: dict[TaskKey, TaskProcess] = {}
+        self._on_output = on_output
+        self._base_env = base_env
+        self._straggler_grace = straggler_grace
+
+    def task_dir(self, key: TaskKey) -> Path:
+        """Return the private directory of task ``key``."""
+        return self.work_dir / "tasks" / str(key)
+
+    def recover(self) -> list[TaskRecord]:
+        """Load the state file a previous agent left; kill and close out its running tasks.
+
+        Running tasks become exited with :data:`RESTART_EXIT_CODE` and
+        :data:`RESTART_REASON`; exited ones keep their codes (their reports were never
+        acknowledged). All of them are kept until :meth:`forget`.
+
+        Returns
+        -------
+        list of TaskRecord
+            Every task of the previous life, all exited.
+        """
+        try:
+            raw = json.loads(self.state_path.read_text())
+            records = [TaskRecord(**r) for r in raw["tasks"]]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            aside = self.state_path.with_name(STATE_FILE + ".corrupt")
+            log.error("unreadable state file %s (%s); moved to %s", self.state_path, err, aside)
+            with contextlib.suppress(OSError):
+                os.replace(self.state_path, aside)
+            return []
+        for rec in records:
+            if rec.state == "running":
+                killed = kill_leftover(rec)
+                log.warning(
+                    "task %s (pgid %s) was left by a previous agent; %s",
+                    rec.key,
+                    rec.pgid,
+                    "killed it" if killed else "it is gone or not ours",
+                )
+                rec.state, rec.exit_code, rec.reason = "exited", RESTART_EXIT_CODE, RESTART_REASON
+            self.records[rec.key] = rec
+        self._save()
+        return records
+
+    async def launch(self, assignment: Mapping[str, Any]) -> TaskProcess:
+        """Start an assignment's task and record it.
+
+        The job's token is the assignment's ``token`` field (see :func:`task_env`). The
+        working directory is the assignment's ``workdir``, else the task's own directory.
+
+        Raises
+        ------
+        LaunchError
+            When the task cannot start; it is then recorded as exited with the error's code.
+        ValueError, KeyError, TypeError
+            When the assignment lacks its key fields (nothing is recorded).
+        """
+        key = TaskKey.of(assignment)
+        try:
+            argv = task_argv(assignment.get("command"))
+            tdir = self.task_dir(key)
+            tdir.mkdir(parents=True, exist_ok=True)
+            base = os.environ if self._base_env is None else self._base_env
+            try:
+                env = task_env(assignment, base, self.server, assignment.get("token"), tdir)
+            except (KeyError, ValueError, TypeError) as err:
+                raise LaunchError(f"bad assignment: {err!r}", 126) from err
+            workdir = assignment.get("workdir")
+            cwd = Path(workdir) if workdir else tdir
+            proc = await TaskProcess.spawn(
+                key, argv, env, cwd, self._on_output, straggler_grace=self._straggler_grace
+            )
+        except LaunchError as err:
+            self.records[key] = TaskRecord(
+                *key, state="exited", exit_code=err.exit_code, reason=str(err)
+            )
+            self._save()
+            raise
+        self.processes[key] = proc
+        self.records[key] = TaskRecord(
+            *key,
+            pid=proc.pid,
+            pgid=proc.pgid,
+            start_time=_start_time(proc.pid),
+            boot_id=_boot_id(),
+        )
+        self._save()
+        return proc
+
+    def set_exited(self, key: TaskKey, exit_code: int, reason: str | None) -> TaskRecord:
+        """Record that task ``key`` ended (also one that never started); return its record."""
+        self.processes.pop(key, None)
+        rec = self.records.setdefault(key, TaskRecord(*key))
+        rec.state, rec.exit_code, rec.reason = "exited", exit_code, reason
+        self._save()
+        return rec
+
+    def forget(self, keys: Iterable[TaskKey]) -> None:
+        """Drop acknowledged exited tasks from the state file."""
+        changed = False
+        for key in keys:
+            rec = self.records.get(key)
+            if rec is not None and rec.state == "exited":
+                del self.records[key]
+                changed = True
+        if changed:
+            self._save()
+
+    def _save(self) -> None:
+        # Write-then-rename so a crash leaves the old file or the new one, never half of one.
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(STATE_FILE + ".tmp")
+        body = {"version": 1, "tasks": [asdict(r) for r in self.records.values()]}
+        with open(tmp, "w") as f:
+            json.dump(body, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_path)
+        with contextlib.suppress(OSError):
+            fd = os.open(self.work_dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

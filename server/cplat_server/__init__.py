@@ -1,0 +1,1 @@
+"""The cplat control plane: the aiohttp service behind ``cplat serve``."""

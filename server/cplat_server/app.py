@@ -1,0 +1,235 @@
+"""``create_app(config)``: the aiohttp application of ``cplat serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cplat.config import load_scheduler_config
+from cplat.runtime.live import LiveCluster
+from cplat.scheduler import QueuePolicy
+from cplat.store import open_store
+from cplat.store.base import AuditIn, Store
+from cplat_server import auth
+from cplat_server.config import ServiceConfig, jwt_secret
+from cplat_server.errors import ApiError, error_response
+from cplat_server.keys import (
+    AUDIT_PROJECT,
+    AUDIT_TARGET,
+    CONFIG,
+    CONTROLLER,
+    METRICS,
+    PRINCIPAL,
+    SECRET,
+    STORE,
+    json_response,
+)
+from cplat_server.loop import Controller
+from cplat_server.metrics import Metrics
+from cplat_server.openapi import docs_page, spec
+from cplat_server.routes import ROUTES, UNAUDITED
+
+log = logging.getLogger("cplat.server")
+VERSION = "0.1.0"
+_MUTATIONS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A job's token outlives its run time by this much, so it can still report at the end.
+JOB_TOKEN_SLACK = 3600
+
+
+def _route_name(request: web.Request) -> str:
+    route = request.match_info.route
+    resource = route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """JSON errors for everything, metrics for every answer."""
+    started = time.perf_counter()
+    metrics = request.app[METRICS]
+    route = _route_name(request)
+    try:
+        resp = await handler(request)
+    except ApiError as exc:
+        resp = exc.response()
+    except web.HTTPRequestEntityTooLarge as exc:
+        resp = error_response(413, "too_large", exc.text or "body too large", "body")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        resp = error_response(exc.status, code, exc.reason)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        resp = error_response(500, "internal", "internal error; the server log has details")
+    metrics.requests.labels(request.method, route, str(resp.status)).inc()
+    metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+    return resp
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /v1 call needs a valid token; every mutation goes to the audit log."""
+    if not request.path.startswith("/v1/") and request.path != "/v1":
+        return await handler(request)
+    who = auth.verify(request.app[SECRET], request.headers.get("Authorization"))
+    request[PRINCIPAL] = who
+    route = _route_name(request)
+    if request.method not in _MUTATIONS or route in UNAUDITED or route == "unmatched":
+        return await handler(request)
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except ApiError as exc:
+        status = exc.status
+        raise
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        entry = AuditIn(
+            at=time.time(),
+            user=who.user,
+            project=request.get(AUDIT_PROJECT, who.project),
+            action=f"{request.method} {route}",
+            target=request.get(AUDIT_TARGET, request.path),
+            status=status,
+            detail={"path": request.path, "cluster_admin": who.cluster_admin},
+        )
+        # Durable before the answer leaves, like the change it records.
+        await request.app[STORE].append_audit([entry])
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the store answers and the loop runs."""
+    ctrl = request.app[CONTROLLER]
+    try:
+        await asyncio.wait_for(request.app[STORE].list_pools(), timeout=5)
+    except Exception as exc:  # noqa: BLE001 - health reports, never raises
+        return json_response({"status": "unhealthy", "store": str(exc)}, status=503)
+    return json_response(
+        {
+            "status": "ok",
+            "version": VERSION,
+            "uptime": time.time() - ctrl.started,
+            "nodes": len(ctrl.nodes),
+        }
+    )
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_view(request: web.Request) -> web.Response:
+    """Serve the OpenAPI document."""
+    return json_response(spec(VERSION))
+
+
+async def docs_view(request: web.Request) -> web.Response:
+    """Serve the OpenAPI document as a page."""
+    return web.Response(text=docs_page(), content_type="text/html")
+
+
+def _scheduler_parts(cfg: ServiceConfig) -> LiveCluster:
+    if cfg.profile:
+        sc = load_scheduler_config(cfg.profile)
+        if sc.quotas is not None:
+            from cplat.errors import InputError
+
+            raise InputError(
+                "quotas of the live service are set through /v1/quotas, not the profile",
+                source=cfg.profile,
+                field="quota",
+            )
+        return LiveCluster(sc.placement, sc.queue, sc.checkpoint)
+    from cplat.profile import POLICIES
+
+    return LiveCluster(POLICIES["bestfit"], QueuePolicy(order="priority", backfill="easy"))
+
+
+def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Application:
+    """Build the service.
+
+    Parameters
+    ----------
+    cfg
+        Settings.
+    store
+        An open store to use (tests); by default the app opens ``cfg.store_url`` on start
+        and closes it on shutdown.
+    """
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=cfg.max_body
+    )
+    app[CONFIG] = cfg
+    app[METRICS] = Metrics()
+    app[SECRET] = jwt_secret(cfg)
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, r.handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/openapi.json", openapi_view)
+    app.router.add_get("/docs", docs_view)
+    cluster = _scheduler_parts(cfg)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        own = store is None
+        st = store if store is not None else await open_store(cfg.store_url)
+        app[STORE] = st
+
+        def job_token(user: str, project: str, ttl: int) -> str:
+            return auth.create_token(
+                app[SECRET], user, project, "member", ttl=ttl + JOB_TOKEN_SLACK
+            )
+
+        ctrl = Controller(
+            st,
+            cluster,
+            app[METRICS],
+            job_token,
+            node_timeout=cfg.node_timeout,
+            tick=cfg.tick,
+            server_url=cfg.server_url,
+        )
+        app[CONTROLLER] = ctrl
+        await ctrl.start()
+        agent_task = _start_local_agent(cfg, app[SECRET]) if cfg.local_agent else None
+        try:
+            yield
+        finally:
+            if agent_task is not None:
+                agent_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await agent_task
+            await ctrl.stop()
+            if own:
+                await st.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _start_local_agent(cfg: ServiceConfig, secret: str) -> asyncio.Task[None]:
+    from cplat.runtime.agent import run_agent
+
+    token = auth.create_token(
+        secret, "local-agent", "system", "admin", cluster_admin=True, ttl=10 * 365 * 86400
+    )
+    return asyncio.create_task(
+        run_agent(cfg.server_url, token, None, cfg.data_dir / "agent", 2.0),
+        name="cplat-local-agent",
+    )

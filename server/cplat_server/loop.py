@@ -1,0 +1,779 @@
+"""The scheduling loop: the one writer of scheduler state, on a wall clock.
+
+Handlers never touch the scheduler. They commit what the caller asked to the store and hand it
+to the :class:`Controller`, whose methods run on the event loop's single thread (so in-memory
+changes between two ``await`` points are atomic) and whose job-state writes go through one
+ordered writer: changes reach the store in the order they were made, many per transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cplat.runtime.live import LiveCluster, LiveJob, LiveNode, Placement
+from cplat.scheduler import Quota
+from cplat.store.base import (
+    TERMINAL_STATES,
+    JobChange,
+    JobRecord,
+    NodeRecord,
+    PoolRecord,
+    QuotaRecord,
+    Store,
+)
+from cplat_server.metrics import Metrics
+
+log = logging.getLogger("cplat.server")
+
+#: A running task missing from a heartbeat is lost only after this long (the heartbeat may
+#: have been written before the agent reported the task).
+LOST_AFTER = 5.0
+MASTER_PORT_BASE = 20000
+
+
+@dataclass
+class TaskRt:
+    """One task (rank) of the current attempt."""
+
+    node: str
+    gpus: list[int]
+    state: str = "assigned"  # assigned | running | exited
+    exit_code: int | None = None
+    since: float = 0.0
+
+
+@dataclass
+class JobRt:
+    """An unfinished job in memory."""
+
+    rec: JobRecord
+    state: str
+    attempt: int
+    tasks: dict[int, TaskRt] = field(default_factory=dict)
+    started_at: float | None = None
+    failures: int = 0
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The job's submitted spec."""
+        return self.rec.spec
+
+
+@dataclass
+class NodeRt:
+    """A registered node: its record, liveness and what its agent must do."""
+
+    rec: NodeRecord
+    heartbeat: float
+    assign: dict[tuple[int, int, int], dict[str, Any]] = field(default_factory=dict)
+    cancel: set[tuple[int, int]] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def live_job(rec: JobRecord) -> LiveJob:
+    """Return the scheduler's view of a stored job."""
+    tasks = rec.spec["tasks"]
+    res = tasks["resources"]
+    return LiveJob(
+        job_id=rec.id,
+        project=rec.project,
+        submit=int(rec.submitted_at),
+        requested=int(rec.spec["max_runtime"]),
+        num_tasks=int(tasks["count"]),
+        cpu_milli=int(res["cpu_milli"]),
+        memory_mib=int(res["memory_mib"]),
+        num_gpu=int(res["num_gpu"]),
+        gpu_milli=int(res["gpu_milli"]),
+        gpu_models=tuple(res["gpu_models"]),
+        priority=int(rec.spec["priority"]),
+    )
+
+
+def live_node(rec: NodeRecord) -> LiveNode:
+    """Return the scheduler's view of a stored node."""
+    gpus = rec.spec.get("gpus", [])
+    models = [str(g.get("model", "")) for g in gpus]
+    return LiveNode(
+        name=rec.name,
+        cpu_milli=int(rec.spec.get("cpu_milli", 0)),
+        memory_mib=int(rec.spec.get("memory_mib", 0)),
+        num_gpu=len(gpus),
+        gpu_model=models[0] if models else "",
+        rack=int(rec.spec.get("rack", 0)),
+        spine=int(rec.spec.get("spine", 0)),
+        state=rec.state,
+        unhealthy={int(g["index"]) for g in gpus if g.get("healthy") is False},
+    )
+
+
+class Controller:
+    """Owns the live cluster, the unfinished jobs and the agents' work queues.
+
+    Parameters
+    ----------
+    store
+        Durable state.
+    cluster
+        The scheduler around the registered nodes.
+    metrics
+        Prometheus metrics of the service.
+    job_token
+        Mints the token a job's processes get (user, project, ttl seconds).
+    node_timeout, tick
+        Heartbeat timeout and longest pause between cycles (seconds).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        cluster: LiveCluster,
+        metrics: Metrics,
+        job_token: Any,
+        node_timeout: float = 30.0,
+        tick: float = 1.0,
+        server_url: str = "",
+    ) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.metrics = metrics
+        self.job_token = job_token
+        self.node_timeout = node_timeout
+        self.tick = tick
+        self.server_url = server_url
+        self.jobs: dict[int, JobRt] = {}
+        self.nodes: dict[str, NodeRt] = {}
+        self.quotas: dict[str, QuotaRecord] = {}
+        self.pools: dict[str, PoolRecord] = {}
+        self._inbox: list[JobRecord] = []
+        self._wake = asyncio.Event()
+        self._writes: list[tuple[list[JobChange], asyncio.Future[None]]] = []
+        self._write_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._closing = False
+        self.started = time.time()
+
+    # Lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Recover from the store, then start the loop and the writer."""
+        await self._recover()
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="cplat-writer"),
+            asyncio.create_task(self._run(), name="cplat-loop"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the loop after the last writes reached the store."""
+        self._closing = True
+        self._wake.set()
+        loop_task = self._tasks[1] if len(self._tasks) > 1 else None
+        if loop_task is not None:
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+        self._write_wake.set()
+        if self._tasks:
+            writer = self._tasks[0]
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        for node in self.nodes.values():
+            node.wake.set()
+
+    async def _recover(self) -> None:
+        now = time.time()
+        t = int(now)
+        for qrec in await self.store.list_quotas():
+            self.quotas[qrec.project] = qrec
+        for prec in await self.store.list_pools():
+            self.pools[prec.name] = prec
+        self._apply_quotas(t)
+        for nrec in await self.store.list_nodes():
+            # Every node gets a full timeout from the restart to report in.
+            self.nodes[nrec.name] = NodeRt(nrec, heartbeat=now)
+            self.cluster.upsert_node(live_node(nrec), t)
+        changes: list[JobChange] = []
+        for rec in await self.store.unfinished_jobs():
+            rt = JobRt(rec, rec.state, rec.attempt, started_at=rec.started_at)
+            self.jobs[rec.id] = rt
+            if rec.state in ("SCHEDULED", "RUNNING") and rec.placement:
+                placement = [(p["node"], list(p["gpus"])) for p in rec.placement]
+                start = int(rec.started_at or rec.updated_at)
+                code = self.cluster.restore(live_job(rec), start, placement)
+                if code == "ok":
+                    state = "assigned" if rec.state == "SCHEDULED" else "running"
+                    for rank, (node, gpus) in enumerate(placement):
+                        rt.tasks[rank] = TaskRt(node, gpus, state, since=now)
+                        if state == "assigned":
+                            self._offer(rt, rank)
+                    continue
+                log.warning("job %d: placement could not be restored (%s)", rec.id, code)
+                changes += self._requeue_changes(rt, now, f"placement lost on restart ({code})")
+            elif rec.state == "SCHEDULED":
+                changes += self._requeue_changes(rt, now, "placement lost on restart")
+            rt.state = "PENDING"
+            self.cluster.add(live_job(rec))
+        if changes:
+            await self.store.update_jobs(changes)
+
+    # Ordered writer -------------------------------------------------------------------
+    def persist(self, changes: list[JobChange]) -> asyncio.Future[None]:
+        """Queue changes for the store; the future resolves once they are committed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writes.append((changes, fut))
+        self._write_wake.set()
+        for ch in changes:
+            if ch.state is not None:
+                self._publish(ch)
+        return fut
+
+    async def _writer(self) -> None:
+        while True:
+            await self._write_wake.wait()
+            self._write_wake.clear()
+            batch, self._writes = self._writes, []
+            if batch:
+                started = time.perf_counter()
+                try:
+                    await self.store.update_jobs([c for cs, _ in batch for c in cs])
+                except Exception as exc:  # noqa: BLE001 - hand the failure to every waiter
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+                self.metrics.store_write.observe(time.perf_counter() - started)
+            elif self._closing:
+                return
+
+    def _publish(self, ch: JobChange) -> None:
+        rt = self.jobs.get(ch.id)
+        event = {
+            "id": ch.id,
+            "project": rt.rec.project if rt else "",
+            "state": ch.state,
+            "reason": ch.reason or "",
+            "at": ch.at,
+        }
+        if ch.state:
+            self.metrics.transitions.labels(state=ch.state).inc()
+        for q in list(self._subscribers):
+            if q.full():
+                # A consumer that stopped reading loses its stream rather than our memory.
+                self._subscribers.discard(q)
+                continue
+            q.put_nowait(event)
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """Return a queue fed with job state changes (for the event stream)."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        """Stop feeding a queue."""
+        self._subscribers.discard(q)
+
+    # Jobs -----------------------------------------------------------------------------
+    def accept(self, records: Sequence[JobRecord]) -> None:
+        """Queue jobs the store has committed."""
+        for rec in records:
+            self.jobs[rec.id] = JobRt(rec, "PENDING", rec.attempt)
+        self._inbox.extend(records)
+        self.metrics.submitted.inc(len(records))
+        self._wake.set()
+
+    def reason(self, job_id: int) -> str | None:
+        """Return the scheduler's current reason for a waiting job (None if not waiting here)."""
+        rt = self.jobs.get(job_id)
+        if rt is None or rt.state != "PENDING":
+            return None
+        return self.cluster.reason(job_id)
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel an unfinished job; False when it is not (or no longer) unfinished."""
+        rt = self.jobs.get(job_id)
+        if rt is None:
+            return False
+        now = time.time()
+        self._stop_tasks(rt)
+        if rt.state == "PENDING":
+            self._inbox = [r for r in self._inbox if r.id != job_id]
+            self.cluster.cancel(job_id)
+        else:
+            self.cluster.finish(job_id, int(now))
+        del self.jobs[job_id]
+        await self.persist(
+            [
+                JobChange(
+                    job_id,
+                    now,
+                    state="CANCELLED",
+                    reason="cancelled",
+                    finished_at=now,
+                    event="cancelled by user",
+                )
+            ]
+        )
+        self._wake.set()
+        return True
+
+    # Nodes ----------------------------------------------------------------------------
+    async def register_node(self, body: dict[str, Any]) -> tuple[NodeRecord, bool]:
+        """Add or update a node from its agent's registration; returns (node, created)."""
+        now = time.time()
+        name = str(body["name"])
+        old = self.nodes.get(name)
+        spec = {k: v for k, v in body.items() if k not in ("name", "labels")}
+        spec.setdefault("gpus", [])
+        models = {str(g.get("model", "")) for g in spec["gpus"]}
+        if len(models) > 1:
+            from cplat_server.errors import bad_request
+
+            raise bad_request("all GPUs of a node must be one model", "gpus")
+        indices = sorted(int(g["index"]) for g in spec["gpus"])
+        if indices != list(range(len(indices))):
+            from cplat_server.errors import bad_request
+
+            raise bad_request("GPU indices must be 0..n-1, each once", "gpus")
+        # A re-registering node keeps an operator's cordon or drain; a down node comes back.
+        state = old.rec.state if old is not None and old.rec.state != "down" else "up"
+        rec = NodeRecord(
+            name,
+            state,
+            spec,
+            dict(body.get("labels", {})),
+            old.rec.registered_at if old else now,
+            now,
+        )
+        await self.store.put_node(rec)
+        if old is None:
+            self.nodes[name] = NodeRt(rec, heartbeat=now)
+        else:
+            old.rec, old.heartbeat = rec, now
+        self.cluster.upsert_node(live_node(rec), int(now))
+        await self._requeue_lost(now)
+        self._wake.set()
+        return rec, old is None
+
+    async def set_node_state(self, name: str, state: str) -> NodeRecord:
+        """Cordon, drain or uncordon a node; draining requeues its jobs."""
+        node = self.nodes[name]
+        now = time.time()
+        new_state = "up" if state == "up" and node.rec.state != "down" else state
+        if node.rec.state == "down" and state != "down":
+            new_state = "down"  # only the agent's heartbeat brings a node back
+        node.rec = _replace_node(node.rec, state=new_state)
+        await self.store.put_node(node.rec)
+        self.cluster.set_node_state(name, new_state)
+        if state == "draining":
+            changes: list[JobChange] = []
+            for job_id in self.cluster.jobs_on(name):
+                changes += self._requeue(self.jobs[job_id], now, f"node {name} drained")
+            if changes:
+                await self.persist(changes)
+        self._wake.set()
+        return node.rec
+
+    async def heartbeat(self, name: str, body: dict[str, Any]) -> list[dict[str, int]]:
+        """Record a heartbeat: reconcile the node's tasks and GPU health; return tasks to stop."""
+        node = self.nodes[name]
+        now = time.time()
+        node.heartbeat = now
+        if node.rec.state == "down":
+            node.rec = _replace_node(node.rec, state="up", heartbeat_at=now)
+            self.cluster.set_node_state(name, "up")
+            log.info("node %s is back", name)
+        else:
+            node.rec = _replace_node(node.rec, heartbeat_at=now)
+        health = {int(g["index"]): g for g in body.get("gpus", [])}
+        if health:
+            gpus = [dict(g) for g in node.rec.spec.get("gpus", [])]
+            for g in gpus:
+                h = health.get(int(g["index"]))
+                if h is not None:
+                    g["healthy"] = bool(h["healthy"])
+                    g["reason"] = str(h.get("reason", ""))
+            node.rec = _replace_node(node.rec, spec={**node.rec.spec, "gpus": gpus})
+            bad = [int(g["index"]) for g in gpus if g.get("healthy") is False]
+            if set(bad) != self.cluster.nodes[self.cluster._node_index[name]].unhealthy:
+                self.cluster.set_unhealthy(name, bad)
+        await self.store.put_node(node.rec)
+        seen: set[tuple[int, int, int]] = set()
+        changes: list[JobChange] = []
+        for rep in body.get("tasks", []):
+            seen.add((int(rep["job_id"]), int(rep["attempt"]), int(rep["rank"])))
+            changes += self._on_task(name, rep, now)
+        # Tasks this node should run but no longer reports: the agent lost them.
+        for rt in list(self.jobs.values()):
+            for rank, task in rt.tasks.items():
+                if (
+                    task.node == name
+                    and task.state == "running"
+                    and (rt.rec.id, rt.attempt, rank) not in seen
+                    and now - task.since > LOST_AFTER
+                    and rt.rec.id in self.jobs
+                ):
+                    changes += self._requeue(rt, now, f"task {rank} lost on node {name}")
+                    break
+        # Stop asking for tasks the agent no longer has.
+        node.cancel = {(j, a) for (j, a) in node.cancel if any(s[:2] == (j, a) for s in seen)}
+        if changes:
+            await self.persist(changes)
+            self._wake.set()
+        return [{"job_id": j, "attempt": a} for j, a in sorted(node.cancel)]
+
+    async def task_report(self, name: str, rep: dict[str, Any]) -> None:
+        """Record that a task started or exited on node ``name``."""
+        node = self.nodes[name]
+        now = time.time()
+        node.heartbeat = now
+        changes = self._on_task(name, rep, now)
+        if changes:
+            await self.persist(changes)
+            self._wake.set()
+
+    async def assignments(self, name: str, wait: float) -> dict[str, Any]:
+        """Work for node ``name``: at once if any, else after up to ``wait`` seconds."""
+        node = self.nodes[name]
+        node.heartbeat = time.time()
+        if not node.assign and not node.cancel and wait > 0 and not self._closing:
+            node.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(node.wake.wait(), timeout=wait)
+        return {
+            "assignments": list(node.assign.values()),
+            "cancel": [{"job_id": j, "attempt": a} for j, a in sorted(node.cancel)],
+        }
+
+    # Quotas ---------------------------------------------------------------------------
+    async def put_quota(self, rec: QuotaRecord) -> None:
+        """Store a project's quota and apply it."""
+        await self.store.put_quota(rec)
+        self.quotas[rec.project] = rec
+        self._apply_quotas(int(time.time()))
+
+    async def delete_quota(self, project: str) -> bool:
+        """Remove a project's quota."""
+        found = await self.store.delete_quota(project)
+        self.quotas.pop(project, None)
+        self._apply_quotas(int(time.time()))
+        return found
+
+    async def put_pool(self, rec: PoolRecord) -> None:
+        """Store a pool and apply it."""
+        await self.store.put_pool(rec)
+        self.pools[rec.name] = rec
+        self._apply_quotas(int(time.time()))
+
+    async def delete_pool(self, name: str) -> bool:
+        """Remove a pool."""
+        found = await self.store.delete_pool(name)
+        self.pools.pop(name, None)
+        self._apply_quotas(int(time.time()))
+        return found
+
+    def _apply_quotas(self, now: int) -> None:
+        from cplat.scheduler import Quotas
+
+        quotas = [
+            Quota(
+                project=q.project,
+                nominal=q.nominal,
+                borrowing_limit=q.borrowing_limit,
+                lending_limit=q.lending_limit,
+                cohort=q.pool,
+                overcommit=q.overcommit,
+            )
+            for q in sorted(self.quotas.values(), key=lambda q: q.project)
+        ]
+        limits = {
+            p.name: p.borrowing_limit for p in self.pools.values() if p.borrowing_limit is not None
+        }
+        self.cluster.set_quotas(Quotas(quotas, limits) if quotas else None, now)
+        self._wake.set()
+
+    def usage(self, project: str) -> tuple[int, int, int]:
+        """Resources a project's running jobs use now."""
+        cpu = mem = gpu = 0
+        for rt in self.jobs.values():
+            if rt.rec.project == project and rt.tasks:
+                res = rt.spec["tasks"]["resources"]
+                n = len(rt.tasks)
+                cpu += n * int(res["cpu_milli"])
+                mem += n * int(res["memory_mib"])
+                gpu += n * int(res["num_gpu"]) * int(res["gpu_milli"])
+        return cpu, mem, gpu
+
+    # The loop -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
+            self._wake.clear()
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad cycle
+                log.exception("scheduling cycle failed")
+                await asyncio.sleep(self.tick)
+
+    async def step(self) -> None:
+        """One scheduling cycle at the current wall time."""
+        now = time.time()
+        t = int(now)
+        changes: list[JobChange] = []
+        for name, node in self.nodes.items():
+            if node.rec.state != "down" and now - node.heartbeat > self.node_timeout:
+                log.warning("node %s missed its heartbeats: down", name)
+                node.rec = _replace_node(node.rec, state="down")
+                await self.store.put_node(node.rec)
+                self.cluster.set_node_state(name, "down")
+                for job_id in self.cluster.jobs_on(name):
+                    changes += self._requeue(self.jobs[job_id], now, f"node {name} down")
+        inbox, self._inbox = self._inbox, []
+        for rec in inbox:
+            if rec.id in self.jobs:
+                self.cluster.add(live_job(rec))
+        for rt in list(self.jobs.values()):
+            limit = int(rt.spec["max_runtime"])
+            if rt.state == "RUNNING" and rt.started_at is not None and now - rt.started_at > limit:
+                changes += self._end(rt, now, "FAILED", None, f"exceeded max runtime {limit}s")
+        changes += self._requeue_lost_changes(now)
+        started_clock = time.perf_counter()
+        started = self.cluster.cycle(t)
+        self.metrics.cycle.observe(time.perf_counter() - started_clock)
+        for job_id in self.cluster.preempted():
+            victim = self.jobs.get(job_id)
+            if victim is not None:
+                self._stop_tasks(victim)
+                changes += self._requeued(victim, now, "preempted by a higher-priority job")
+        offers: list[JobRt] = []
+        for job_id in started:
+            rt = self.jobs[job_id]
+            placement = self.cluster.placement(job_id)
+            rt.attempt += 1
+            rt.state = "SCHEDULED"
+            rt.tasks = {
+                rank: TaskRt(node, gpus, since=now) for rank, (node, gpus) in enumerate(placement)
+            }
+            changes.append(
+                JobChange(
+                    job_id,
+                    now,
+                    state="SCHEDULED",
+                    reason="scheduled",
+                    attempt=rt.attempt,
+                    placement=_placement_json(placement),
+                    event="placed on " + ", ".join(sorted({n for n, _ in placement})),
+                )
+            )
+            offers.append(rt)
+        self.metrics.pending.set(self.cluster.num_pending)
+        self.metrics.running.set(self.cluster.num_running)
+        if changes:
+            await self.persist(changes)
+        # Agents learn of a placement only once it is durable: a crash in between leaves a
+        # job PENDING in the store with nothing running.
+        resume = await self._resume_points(offers)
+        for rt in offers:
+            for rank in rt.tasks:
+                self._offer(rt, rank, resume.get(rt.rec.id))
+
+    async def _resume_points(self, jobs: list[JobRt]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for rt in jobs:
+            if rt.attempt > 1:
+                cks = [c for c in await self.store.list_checkpoints(rt.rec.id) if c.complete]
+                if cks:
+                    out[rt.rec.id] = max(cks, key=lambda c: (c.step, c.id)).uri
+        return out
+
+    def _offer(self, rt: JobRt, rank: int, resume: str | None = None) -> None:
+        task = rt.tasks[rank]
+        node = self.nodes.get(task.node)
+        if node is None:
+            return
+        hosts: dict[str, int] = {}
+        for t in rt.tasks.values():
+            hosts[t.node] = hosts.get(t.node, 0) + 1
+        local = [r for r, t in sorted(rt.tasks.items()) if t.node == task.node]
+        master = self.nodes.get(rt.tasks[0].node)
+        spec = rt.spec
+        node.assign[(rt.rec.id, rt.attempt, rank)] = {
+            "job_id": rt.rec.id,
+            "attempt": rt.attempt,
+            "rank": rank,
+            "world_size": len(rt.tasks),
+            "local_rank": local.index(rank),
+            "local_world_size": len(local),
+            "master_addr": _address(master.rec) if master else "127.0.0.1",
+            "master_port": MASTER_PORT_BASE + (rt.rec.id * 7 + rt.attempt) % 20000,
+            "command": spec["command"],
+            "env": spec.get("env", {}),
+            "workdir": spec.get("workdir"),
+            "gpus": task.gpus,
+            "hosts": [
+                {"node": n, "address": _address(self.nodes[n].rec), "slots": s}
+                for n, s in hosts.items()
+                if n in self.nodes
+            ],
+            "resume_from": resume,
+            "token": self.job_token(rt.rec.user, rt.rec.project, int(spec["max_runtime"])),
+            "max_runtime": int(spec["max_runtime"]),
+            "server": self.server_url,
+        }
+        node.wake.set()
+
+    # Task reports ---------------------------------------------------------------------
+    def _on_task(self, name: str, rep: dict[str, Any], now: float) -> list[JobChange]:
+        job_id, attempt, rank = int(rep["job_id"]), int(rep["attempt"]), int(rep["rank"])
+        node = self.nodes[name]
+        node.assign.pop((job_id, attempt, rank), None)
+        rt = self.jobs.get(job_id)
+        task = rt.tasks.get(rank) if rt is not None and rt.attempt == attempt else None
+        if rt is None or task is None or task.node != name:
+            if rep["state"] == "running":
+                node.cancel.add((job_id, attempt))  # a leftover of an earlier attempt
+                node.wake.set()
+            return []
+        if task.state == "exited":
+            return []
+        if rep["state"] == "running":
+            if task.state == "assigned":
+                task.state, task.since = "running", now
+            if rt.state == "SCHEDULED" and all(t.state != "assigned" for t in rt.tasks.values()):
+                rt.state, rt.started_at = "RUNNING", now
+                self.metrics.schedule_to_run.observe(max(0.0, now - rt.rec.submitted_at))
+                return [
+                    JobChange(
+                        job_id,
+                        now,
+                        state="RUNNING",
+                        reason="running",
+                        started_at=now,
+                        event=f"all {len(rt.tasks)} task(s) running",
+                    )
+                ]
+            return []
+        code = rep.get("exit_code")
+        task.state, task.exit_code = "exited", None if code is None else int(code)
+        if task.exit_code != 0:
+            why = str(rep.get("reason") or f"exit code {task.exit_code}")
+            if rt.spec.get("on_failure") == "restart" and rt.failures < int(
+                rt.spec.get("max_restarts", 0)
+            ):
+                rt.failures += 1
+                limit = rt.spec.get("max_restarts", 0)
+                return self._requeue(
+                    rt, now, f"task {rank} failed ({why}); restart {rt.failures}/{limit}"
+                )
+            return self._end(rt, now, "FAILED", task.exit_code, f"task {rank} failed ({why})")
+        if all(t.state == "exited" and t.exit_code == 0 for t in rt.tasks.values()):
+            return self._end(rt, now, "SUCCEEDED", 0, "all tasks exited 0")
+        return []
+
+    # Transitions ----------------------------------------------------------------------
+    def _stop_tasks(self, rt: JobRt) -> None:
+        for rank, task in rt.tasks.items():
+            node = self.nodes.get(task.node)
+            if node is None:
+                continue
+            node.assign.pop((rt.rec.id, rt.attempt, rank), None)
+            if task.state != "exited":
+                node.cancel.add((rt.rec.id, rt.attempt))
+                node.wake.set()
+
+    def _end(
+        self, rt: JobRt, now: float, state: str, exit_code: int | None, why: str
+    ) -> list[JobChange]:
+        self._stop_tasks(rt)
+        self.cluster.finish(rt.rec.id, int(now))
+        self.jobs.pop(rt.rec.id, None)
+        self._wake.set()
+        return [
+            JobChange(
+                rt.rec.id,
+                now,
+                state=state,
+                reason=why,
+                finished_at=now,
+                exit_code=exit_code,
+                event=why,
+            )
+        ]
+
+    def _requeue(self, rt: JobRt, now: float, why: str) -> list[JobChange]:
+        """Stop a placed job and queue it again (it resumes from its last checkpoint)."""
+        self._stop_tasks(rt)
+        self.cluster.requeue(rt.rec.id, int(now))
+        self._wake.set()
+        return self._requeued(rt, now, why)
+
+    def _requeued(self, rt: JobRt, now: float, why: str) -> list[JobChange]:
+        rt.state, rt.tasks, rt.started_at = "PENDING", {}, None
+        return self._requeue_changes(rt, now, why)
+
+    @staticmethod
+    def _requeue_changes(rt: JobRt, now: float, why: str) -> list[JobChange]:
+        return [
+            JobChange(rt.rec.id, now, state="PREEMPTED", reason=why, event=why),
+            JobChange(
+                rt.rec.id,
+                now,
+                state="PENDING",
+                reason="requeued",
+                placement=[],
+                clear=("started_at",),
+                event="requeued",
+            ),
+        ]
+
+    def _requeue_lost_changes(self, now: float) -> list[JobChange]:
+        changes: list[JobChange] = []
+        for job_id in self.cluster.lost:
+            rt = self.jobs.get(job_id)
+            if rt is not None:
+                self._stop_tasks(rt)
+                self.cluster.add(live_job(rt.rec))
+                changes += self._requeued(rt, now, "placement lost when the cluster changed")
+        self.cluster.lost = []
+        return changes
+
+    async def _requeue_lost(self, now: float) -> None:
+        changes = self._requeue_lost_changes(now)
+        if changes:
+            await self.persist(changes)
+
+    # Views ----------------------------------------------------------------------------
+    def node_jobs(self, name: str) -> list[int]:
+        """Jobs with a task on node ``name``."""
+        return sorted(
+            rt.rec.id for rt in self.jobs.values() if any(t.node == name for t in rt.tasks.values())
+        )
+
+    def is_terminal(self, state: str) -> bool:
+        """Whether a stored state is final."""
+        return state in TERMINAL_STATES
+
+
+def _placement_json(placement: Placement) -> list[dict[str, Any]]:
+    return [{"rank": r, "node": n, "gpus": list(g)} for r, (n, g) in enumerate(placement)]
+
+
+def _address(rec: NodeRecord) -> str:
+    return str(rec.spec.get("address") or rec.spec.get("hostname") or rec.name)
+
+
+def _replace_node(rec: NodeRecord, **changes: Any) -> NodeRecord:
+    from dataclasses import replace
+
+    return replace(rec, **changes)

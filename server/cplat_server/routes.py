@@ -1,0 +1,318 @@
+"""The route table: handlers, schemas and docs in one place (the app and the spec read it)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from cplat_server import schemas as s
+from cplat_server.views import jobs, resources
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query parameter."""
+
+    name: str
+    schema: dict[str, Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation of the API."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: dict[str, Any] | None = None
+    answer: dict[str, Any] | None = None
+    status: int = 200
+    query: tuple[Query, ...] = ()
+    content: str = "application/json"
+    errors: tuple[int, ...] = field(default=(400, 401, 403, 404))
+    also: tuple[int, ...] = ()  # further success statuses with the same answer
+
+
+_INT = {"type": "integer", "minimum": 0, "maximum": s.MAX_INT}
+_CURSOR = Query("cursor", {"type": "string", "pattern": "^[0-9]{1,16}$"}, "next_cursor of a page")
+_LIMIT = Query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
+_LIST = {"type": "object"}
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/v1/jobs",
+        jobs.submit,
+        "Submit a job",
+        "jobs",
+        body=s.JOB_SUBMIT,
+        answer=s.JOB,
+        status=201,
+        errors=(400, 401, 403, 413, 415),
+    ),
+    Route(
+        "GET",
+        "/v1/jobs",
+        jobs.list_jobs,
+        "List jobs (ascending id, paginated)",
+        "jobs",
+        answer=s.JOB_LIST,
+        query=(
+            Query("project", {"type": "string"}),
+            Query("state", {"type": "string", "enum": s.JOB_STATES}),
+            Query("user", {"type": "string"}),
+            _LIMIT,
+            _CURSOR,
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/stream",
+        jobs.stream,
+        "Job state changes (server-sent events)",
+        "jobs",
+        content="text/event-stream",
+        query=(Query("project", {"type": "string"}),),
+    ),
+    Route("GET", "/v1/jobs/{id}", jobs.get_job, "Get a job", "jobs", answer=s.JOB),
+    Route(
+        "POST",
+        "/v1/jobs/{id}/cancel",
+        jobs.cancel,
+        "Cancel a job",
+        "jobs",
+        answer=s.JOB,
+        errors=(400, 401, 403, 404, 409),
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{id}/logs",
+        jobs.logs,
+        "Task output",
+        "jobs",
+        answer={
+            "type": "object",
+            "properties": {
+                "logs": {"type": "array", "items": s.LOG_RECORD},
+                "next": {"type": ["integer", "null"]},
+            },
+        },
+        query=(
+            Query("rank", {"type": "integer", "minimum": 0, "maximum": 1023}),
+            Query("attempt", {"type": "integer", "minimum": 0, "maximum": 10**6}),
+            Query("after", _INT),
+            Query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+        ),
+    ),
+    Route(
+        "POST",
+        "/v1/jobs/{id}/logs",
+        jobs.post_logs,
+        "Append task output (agents)",
+        "agents",
+        body=s.LOGS_POST,
+        answer={"type": "object"},
+        errors=(400, 401, 403, 404, 413, 415),
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{id}/events",
+        jobs.events,
+        "A job's history",
+        "jobs",
+        answer={
+            "type": "object",
+            "properties": {"events": {"type": "array", "items": s.EVENT}},
+        },
+        query=(
+            Query("after", _INT),
+            Query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+        ),
+    ),
+    Route(
+        "POST",
+        "/v1/jobs/{id}/checkpoints",
+        jobs.add_checkpoint,
+        "Record a checkpoint",
+        "jobs",
+        body=s.CHECKPOINT_IN,
+        answer=s.CHECKPOINT,
+        status=201,
+        errors=(400, 401, 403, 404, 413, 415),
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{id}/checkpoints",
+        jobs.list_checkpoints,
+        "A job's checkpoints",
+        "jobs",
+        answer={
+            "type": "object",
+            "properties": {"checkpoints": {"type": "array", "items": s.CHECKPOINT}},
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/nodes",
+        resources.list_nodes,
+        "List nodes",
+        "resources",
+        answer={"type": "object", "properties": {"nodes": {"type": "array", "items": s.NODE}}},
+    ),
+    Route(
+        "POST",
+        "/v1/nodes",
+        resources.register_node,
+        "Register a node (agents)",
+        "agents",
+        body=s.NODE_REGISTER,
+        answer=s.NODE,
+        errors=(400, 401, 403, 413, 415),
+        also=(201,),
+    ),
+    Route("GET", "/v1/nodes/{name}", resources.get_node, "Get a node", "resources", answer=s.NODE),
+    Route(
+        "POST",
+        "/v1/nodes/{name}/cordon",
+        resources.cordon,
+        "Cordon a node",
+        "resources",
+        answer=s.NODE,
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{name}/drain",
+        resources.drain,
+        "Drain a node (its jobs are requeued)",
+        "resources",
+        answer=s.NODE,
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{name}/uncordon",
+        resources.uncordon,
+        "Uncordon a node",
+        "resources",
+        answer=s.NODE,
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{name}/heartbeat",
+        resources.heartbeat,
+        "Heartbeat with the node's tasks and GPU health (agents)",
+        "agents",
+        body=s.HEARTBEAT,
+        answer=s.HEARTBEAT_ANSWER,
+        errors=(400, 401, 403, 404, 413, 415),
+    ),
+    Route(
+        "GET",
+        "/v1/nodes/{name}/assignments",
+        resources.assignments,
+        "Long poll for tasks to run and stop (agents)",
+        "agents",
+        answer=s.ASSIGNMENTS,
+        query=(Query("wait", {"type": "integer", "minimum": 0, "maximum": 60}),),
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{name}/tasks",
+        resources.task_report,
+        "A task started or exited (agents)",
+        "agents",
+        body=s.TASK_REPORT,
+        answer={"type": "object"},
+        errors=(400, 401, 403, 404, 413, 415),
+    ),
+    Route(
+        "GET",
+        "/v1/pools",
+        resources.list_pools,
+        "List pools",
+        "resources",
+        answer={"type": "object", "properties": {"pools": {"type": "array", "items": s.POOL}}},
+    ),
+    Route(
+        "PUT",
+        "/v1/pools/{name}",
+        resources.put_pool,
+        "Create or replace a pool",
+        "resources",
+        body=s.POOL_PUT,
+        answer=s.POOL,
+        errors=(400, 401, 403, 404, 413, 415),
+    ),
+    Route(
+        "DELETE",
+        "/v1/pools/{name}",
+        resources.delete_pool,
+        "Delete a pool",
+        "resources",
+        status=204,
+    ),
+    Route(
+        "GET",
+        "/v1/quotas",
+        resources.list_quotas,
+        "List quotas",
+        "resources",
+        answer={
+            "type": "object",
+            "properties": {"quotas": {"type": "array", "items": s.QUOTA}},
+        },
+    ),
+    Route(
+        "PUT",
+        "/v1/quotas/{project}",
+        resources.put_quota,
+        "Set a project's quota",
+        "resources",
+        body=s.QUOTA_PUT,
+        answer=s.QUOTA,
+        errors=(400, 401, 403, 404, 413, 415),
+    ),
+    Route(
+        "DELETE",
+        "/v1/quotas/{project}",
+        resources.delete_quota,
+        "Remove a project's quota",
+        "resources",
+        status=204,
+    ),
+    Route(
+        "GET",
+        "/v1/cluster",
+        resources.cluster,
+        "Capacity, allocation, fragmentation, counts",
+        "resources",
+        answer=s.CLUSTER,
+    ),
+    Route(
+        "GET",
+        "/v1/audit",
+        resources.list_audit,
+        "The audit log (admins)",
+        "resources",
+        answer={
+            "type": "object",
+            "properties": {
+                "entries": {"type": "array", "items": s.AUDIT},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+        query=(Query("project", {"type": "string"}), Query("after", _INT), _LIMIT),
+    ),
+)
+
+#: Agent telemetry is not audited: it is not a person's change and would flood the log.
+UNAUDITED = frozenset(
+    {"/v1/nodes/{name}/heartbeat", "/v1/nodes/{name}/tasks", "/v1/jobs/{id}/logs"}
+)

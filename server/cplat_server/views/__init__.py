@@ -1,0 +1,1 @@
+"""Request handlers of the service, one module per API."""

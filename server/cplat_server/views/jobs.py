@@ -1,0 +1,325 @@
+"""Jobs API: submit, list, get, cancel, logs, events, checkpoints, the state-change stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from cplat.store.base import CheckpointIn, CheckpointRecord, JobRecord, LogChunk, NewJob
+from cplat_server.errors import bad_request, conflict, forbidden, not_found
+from cplat_server.keys import (
+    CONTROLLER,
+    STORE,
+    audit,
+    json_response,
+    path_int,
+    principal,
+    query_int,
+    read_json,
+)
+from cplat_server.schemas import CHECKPOINT_IN, JOB_STATES, JOB_SUBMIT, LOGS_POST
+
+DEFAULT_MAX_RUNTIME = 86400
+
+
+def job_json(rec: JobRecord, reason: str | None = None) -> dict[str, Any]:
+    """Return the API's view of a stored job (``reason``: the scheduler's, for waiting jobs)."""
+    spec = rec.spec
+    return {
+        "id": rec.id,
+        "name": rec.name,
+        "project": rec.project,
+        "user": rec.user,
+        "state": rec.state,
+        "reason": reason if reason is not None else rec.reason,
+        "priority": spec["priority"],
+        "tasks": spec["tasks"],
+        "gang": spec["gang"],
+        "max_runtime": spec["max_runtime"],
+        "checkpoint": spec.get("checkpoint"),
+        "command": spec["command"],
+        "env": spec.get("env", {}),
+        "workdir": spec.get("workdir"),
+        "on_failure": spec["on_failure"],
+        "max_restarts": spec["max_restarts"],
+        "attempt": rec.attempt,
+        "placement": rec.placement,
+        "submitted_at": rec.submitted_at,
+        "started_at": rec.started_at,
+        "finished_at": rec.finished_at,
+        "exit_code": rec.exit_code,
+    }
+
+
+def normalise_spec(body: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults and check what the schema cannot express.
+
+    Raises
+    ------
+    ApiError
+        400 naming the field.
+    """
+    tasks = body.get("tasks", {})
+    res = dict(tasks.get("resources", {}))
+    res.setdefault("cpu_milli", 1000)
+    res.setdefault("memory_mib", 1024)
+    res.setdefault("num_gpu", 0)
+    res.setdefault("gpu_milli", 1000)
+    res["gpu_models"] = sorted(set(res.get("gpu_models", [])))
+    if res["gpu_milli"] < 1000 and res["num_gpu"] != 1:
+        raise bad_request(
+            "a GPU share (gpu_milli < 1000) needs num_gpu = 1", "tasks.resources.gpu_milli"
+        )
+    if res["gpu_models"] and res["num_gpu"] == 0:
+        raise bad_request("gpu_models needs num_gpu > 0", "tasks.resources.gpu_models")
+    count = int(tasks.get("count", 1))
+    if not body.get("gang", True) and count > 1:
+        raise bad_request(
+            "tasks of one job are placed all or nothing; submit separate jobs instead", "gang"
+        )
+    return {
+        "tasks": {"count": count, "resources": res},
+        "priority": int(body.get("priority", 0)),
+        "gang": bool(body.get("gang", True)),
+        "max_runtime": int(body.get("max_runtime", DEFAULT_MAX_RUNTIME)),
+        "checkpoint": body.get("checkpoint"),
+        "command": body["command"],
+        "env": dict(body.get("env", {})),
+        "workdir": body.get("workdir"),
+        "on_failure": body.get("on_failure", "fail"),
+        "max_restarts": int(body.get("max_restarts", 0)),
+    }
+
+
+async def submit(request: web.Request) -> web.Response:
+    """``POST /v1/jobs``."""
+    who = principal(request)
+    body = await read_json(request, JOB_SUBMIT)
+    project = body.get("project", who.project)
+    if not who.cluster_admin and project != who.project:
+        raise forbidden(f"cannot submit to project {project!r} with a token for {who.project!r}")
+    who.require(project, "member", "project")
+    spec = normalise_spec(body)
+    store = request.app[STORE]
+    [rec] = await store.create_jobs(
+        [
+            NewJob(
+                project=project,
+                user=who.user,
+                name=body["name"],
+                spec=spec,
+                submitted_at=time.time(),
+            )
+        ]
+    )
+    request.app[CONTROLLER].accept([rec])
+    audit(request, f"job/{rec.id}", project)
+    return json_response(job_json(rec, "queued"), status=201)
+
+
+async def _visible_job(request: web.Request) -> JobRecord:
+    job_id = path_int(request, "id", "job")
+    rec = await request.app[STORE].get_job(job_id)
+    if rec is None or not principal(request).can_see(rec.project):
+        raise not_found("job")
+    return rec
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """``GET /v1/jobs/{id}``."""
+    rec = await _visible_job(request)
+    return json_response(job_json(rec, request.app[CONTROLLER].reason(rec.id)))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """``GET /v1/jobs``: filters, ascending ids, cursor pagination."""
+    who = principal(request)
+    project = request.query.get("project") or None
+    state = request.query.get("state")
+    user = request.query.get("user") or None
+    if state is not None and state not in JOB_STATES:
+        raise bad_request(f"state must be one of {', '.join(JOB_STATES)}", "state")
+    limit = query_int(request, "limit", 100, 1, 1000)
+    assert limit is not None
+    cursor = request.query.get("cursor")
+    after = None
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 16:
+            raise bad_request("invalid cursor", "cursor")
+        after = int(cursor)
+    if who.cluster_admin:
+        projects = None if project is None else [project]
+    else:
+        projects = [who.project] if project in (None, who.project) else []
+    recs = (
+        await request.app[STORE].list_jobs(
+            projects=projects, state=state, user=user, after=after, limit=limit + 1
+        )
+        if projects != []
+        else []
+    )
+    more = len(recs) > limit
+    recs = recs[:limit]
+    ctrl = request.app[CONTROLLER]
+    return json_response(
+        {
+            "jobs": [job_json(r, ctrl.reason(r.id)) for r in recs],
+            "next_cursor": str(recs[-1].id) if more else None,
+        }
+    )
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """``POST /v1/jobs/{id}/cancel``."""
+    rec = await _visible_job(request)
+    principal(request).require(rec.project, "member", "job")
+    audit(request, f"job/{rec.id}", rec.project)
+    if not await request.app[CONTROLLER].cancel(rec.id):
+        raise conflict(f"job {rec.id} is already {rec.state}", "state")
+    fresh = await request.app[STORE].get_job(rec.id)
+    assert fresh is not None
+    return json_response(job_json(fresh))
+
+
+async def events(request: web.Request) -> web.Response:
+    """``GET /v1/jobs/{id}/events``."""
+    rec = await _visible_job(request)
+    after = query_int(request, "after", None)
+    limit = query_int(request, "limit", 1000, 1, 10000)
+    assert limit is not None
+    evs = await request.app[STORE].job_events(rec.id, after=after, limit=limit)
+    return json_response(
+        {"events": [{"id": e.id, "at": e.at, "state": e.state, "message": e.message} for e in evs]}
+    )
+
+
+async def logs(request: web.Request) -> web.Response:
+    """``GET /v1/jobs/{id}/logs``."""
+    rec = await _visible_job(request)
+    rank = query_int(request, "rank", None, 0, 1023)
+    attempt = query_int(request, "attempt", None, 0, 10**6)
+    after = query_int(request, "after", None)
+    limit = query_int(request, "limit", 1000, 1, 10000)
+    assert limit is not None
+    chunks = await request.app[STORE].job_logs(
+        rec.id, rank=rank, attempt=attempt, after=after, limit=limit
+    )
+    return json_response(
+        {
+            "logs": [
+                {
+                    "seq": c.seq,
+                    "attempt": c.attempt,
+                    "rank": c.rank,
+                    "stream": c.stream,
+                    "data": c.data,
+                    "at": c.at,
+                }
+                for c in chunks
+            ],
+            "next": chunks[-1].seq if chunks else after,
+        }
+    )
+
+
+async def post_logs(request: web.Request) -> web.Response:
+    """``POST /v1/jobs/{id}/logs`` (agents): task output."""
+    principal(request).require_cluster_admin("sending logs")
+    job_id = path_int(request, "id", "job")
+    body = await read_json(request, LOGS_POST)
+    if await request.app[STORE].get_job(job_id) is None:
+        raise not_found("job")
+    now = time.time()
+    await request.app[STORE].append_logs(
+        [
+            LogChunk(job_id, c["attempt"], c["rank"], c.get("stream", "stdout"), c["data"], now)
+            for c in body["chunks"]
+        ]
+    )
+    return json_response({"accepted": len(body["chunks"])})
+
+
+def _checkpoint_json(c: CheckpointRecord) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "job_id": c.job_id,
+        "attempt": c.attempt,
+        "step": c.step,
+        "uri": c.uri,
+        "size_bytes": c.size_bytes,
+        "kind": c.kind,
+        "parent": c.parent,
+        "complete": c.complete,
+        "at": c.at,
+    }
+
+
+async def add_checkpoint(request: web.Request) -> web.Response:
+    """``POST /v1/jobs/{id}/checkpoints``: a running job recorded a checkpoint."""
+    rec = await _visible_job(request)
+    principal(request).require(rec.project, "member", "job")
+    body = await read_json(request, CHECKPOINT_IN)
+    store = request.app[STORE]
+    kind = body.get("kind", "full")
+    parent = body.get("parent")
+    known = {c.id: c for c in await store.list_checkpoints(rec.id)}
+    if parent is not None and parent not in known:
+        raise bad_request(f"checkpoint {parent} is not one of this job's", "parent")
+    if kind != "full" and parent is None:
+        raise bad_request(f"an {kind} checkpoint needs its parent", "parent")
+    ck = await store.add_checkpoint(
+        CheckpointIn(
+            job_id=rec.id,
+            attempt=int(body.get("attempt", rec.attempt)),
+            step=body["step"],
+            uri=body["uri"],
+            size_bytes=int(body.get("size_bytes", 0)),
+            kind=kind,
+            parent=parent,
+            complete=bool(body.get("complete", True)),
+            at=time.time(),
+        )
+    )
+    audit(request, f"job/{rec.id}/checkpoint/{ck.id}", rec.project)
+    return json_response(_checkpoint_json(ck), status=201)
+
+
+async def list_checkpoints(request: web.Request) -> web.Response:
+    """``GET /v1/jobs/{id}/checkpoints``."""
+    rec = await _visible_job(request)
+    cks = await request.app[STORE].list_checkpoints(rec.id)
+    return json_response({"checkpoints": [_checkpoint_json(c) for c in cks]})
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/jobs/stream``: server-sent events, one per job state change."""
+    who = principal(request)
+    project = request.query.get("project") or None
+    if project is not None and not who.can_see(project):
+        raise not_found("project")
+    ctrl = request.app[CONTROLLER]
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    queue = ctrl.subscribe()
+    try:
+        await resp.write(b": cplat job stream\n\n")
+        while True:
+            try:
+                ev = await asyncio.wait_for(queue.get(), timeout=15)
+            except asyncio.TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if not who.can_see(ev["project"]) or (project and ev["project"] != project):
+                continue
+            await resp.write(f"event: job\ndata: {json.dumps(ev)}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        ctrl.unsubscribe(queue)
+    return resp
