@@ -89,11 +89,12 @@ def test_gang_gets_distributed_environment(tmp_path: Path) -> None:
                 tasks={"count": 2, "resources": {"cpu_milli": cpu // 2 + 1, "memory_mib": 64}},
             )
             done = await svc.wait(job["id"], MEMBER)
-            assert done["state"] == "SUCCEEDED", done
+            _, evs = await svc.call("GET", f"/v1/jobs/{job['id']}/events", MEMBER)
+            assert done["state"] == "SUCCEEDED" and done["attempt"] == 1, (done, evs)
             assert sorted(p["node"] for p in done["placement"]) == ["node-a", "node-b"]
             _, logs = await svc.call("GET", f"/v1/jobs/{job['id']}/logs", MEMBER)
             lines = [ln for c in logs["logs"] for ln in c["data"].splitlines() if "RANK=" in ln]
-            assert len(lines) == 2
+            assert len(lines) == 2, (logs, evs)
             env = [dict(kv.split("=", 1) for kv in ln.split()) for ln in lines]
             assert sorted(e["RANK"] for e in env) == ["0", "1"]
             assert {e["WORLD_SIZE"] for e in env} == {"2"}
@@ -199,7 +200,7 @@ def test_unhealthy_gpu_gets_no_new_work(tmp_path: Path) -> None:
             _, waiting = await svc.call("GET", f"/v1/jobs/{two['id']}", MEMBER)
             assert waiting["state"] == "PENDING"
             _, cluster = await svc.call("GET", "/v1/cluster", MEMBER)
-            assert cluster["gpus"] == {"total": 2, "unhealthy": 1}
+            assert cluster["gpus"] == {"total": 2, "unhealthy": 1, "mig_mode": 0}
 
     run(main())
 
@@ -302,5 +303,40 @@ def test_metrics_health_and_spec(tmp_path: Path) -> None:
                 assert r.method.lower() in spec["paths"][r.path]
             status, page = await svc.call("GET", "/docs")
             assert status == 200 and "POST /v1/jobs" in page
+
+    run(main())
+
+
+def test_mig_mode_gpus_are_kept_out_of_placement(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running_service(tmp_path) as svc:
+            body = {
+                "name": "mig-1",
+                "cpu_milli": 8000,
+                "memory_mib": 16384,
+                "gpus": [
+                    {
+                        "index": 0,
+                        "model": "A100-SXM4-80GB",
+                        "mig_mode": True,
+                        "mig_instances": [{"gi_id": 1, "profile": "3g.40gb"}],
+                    },
+                    {"index": 1, "model": "A100-SXM4-80GB", "mig_mode": False},
+                ],
+            }
+            status, _ = await svc.call("POST", "/v1/nodes", ADMIN, json=body)
+            assert status == 201
+            # A model family name selects the precise NVML name.
+            job = await svc.submit(
+                MEMBER,
+                name="fam",
+                command=["true"],
+                tasks={"resources": {"num_gpu": 1, "gpu_models": ["a100"]}},
+            )
+            placed = await svc.wait(job["id"], MEMBER, {"SCHEDULED"})
+            assert placed["placement"][0]["gpus"] == [1]
+            _, cluster = await svc.call("GET", "/v1/cluster", MEMBER)
+            assert cluster["gpus"]["mig_mode"] == 1
+            assert cluster["capacity"]["gpu_milli"] == 1000
 
     run(main())

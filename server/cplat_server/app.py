@@ -219,7 +219,12 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
             if own:
                 await st.close()
 
+    async def on_shutdown(app: web.Application) -> None:
+        if CONTROLLER in app:
+            app[CONTROLLER].begin_shutdown()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
     return app
 
 

@@ -73,6 +73,7 @@ class NodeRt:
     heartbeat: float
     assign: dict[tuple[int, int, int], dict[str, Any]] = field(default_factory=dict)
     cancel: set[tuple[int, int]] = field(default_factory=set)
+    cancel_sent: set[tuple[int, int]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -108,8 +109,18 @@ def live_node(rec: NodeRecord) -> LiveNode:
         rack=int(rec.spec.get("rack", 0)),
         spine=int(rec.spec.get("spine", 0)),
         state=rec.state,
-        unhealthy={int(g["index"]) for g in gpus if g.get("healthy") is False},
+        unhealthy=held_gpus(gpus),
     )
+
+
+def held_gpus(gpus: list[dict[str, Any]]) -> set[int]:
+    """GPUs the scheduler must not place on: unhealthy ones, and those in MIG mode.
+
+    A MIG-mode GPU shows its jobs only its instances (by UUID), not the whole device that
+    ``CUDA_VISIBLE_DEVICES=<index>`` would name, so it is kept out of placement until MIG
+    instances are scheduled as devices of their own.
+    """
+    return {int(g["index"]) for g in gpus if g.get("healthy") is False or g.get("mig_mode") is True}
 
 
 class Controller:
@@ -167,6 +178,15 @@ class Controller:
             asyncio.create_task(self._writer(), name="cplat-writer"),
             asyncio.create_task(self._run(), name="cplat-loop"),
         ]
+
+    def begin_shutdown(self) -> None:
+        """Answer long polls and end event streams now, so the server can close promptly."""
+        self._closing = True
+        for node in self.nodes.values():
+            node.wake.set()
+        for q in list(self._subscribers):
+            if not q.full():
+                q.put_nowait({})  # an empty event ends a stream
 
     async def stop(self) -> None:
         """Stop the loop after the last writes reached the store."""
@@ -402,9 +422,10 @@ class Controller:
                     g["healthy"] = bool(h["healthy"])
                     g["reason"] = str(h.get("reason", ""))
             node.rec = _replace_node(node.rec, spec={**node.rec.spec, "gpus": gpus})
-            bad = [int(g["index"]) for g in gpus if g.get("healthy") is False]
-            if set(bad) != self.cluster.nodes[self.cluster._node_index[name]].unhealthy:
-                self.cluster.set_unhealthy(name, bad)
+            held = held_gpus(gpus)
+            live = self.cluster.node(name)
+            if live is not None and held != live.unhealthy:
+                self.cluster.set_unhealthy(name, held)
         await self.store.put_node(node.rec)
         seen: set[tuple[int, int, int]] = set()
         changes: list[JobChange] = []
@@ -425,6 +446,7 @@ class Controller:
                     break
         # Stop asking for tasks the agent no longer has.
         node.cancel = {(j, a) for (j, a) in node.cancel if any(s[:2] == (j, a) for s in seen)}
+        node.cancel_sent &= node.cancel
         if changes:
             await self.persist(changes)
             self._wake.set()
@@ -444,10 +466,14 @@ class Controller:
         """Work for node ``name``: at once if any, else after up to ``wait`` seconds."""
         node = self.nodes[name]
         node.heartbeat = time.time()
-        if not node.assign and not node.cancel and wait > 0 and not self._closing:
+        # Cancels already handed out are repeated (heartbeat answers carry them too) but do
+        # not make the poll answer at once again: the agent is already stopping those tasks.
+        idle = not node.assign and node.cancel <= node.cancel_sent
+        if idle and wait > 0 and not self._closing:
             node.wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(node.wake.wait(), timeout=wait)
+        node.cancel_sent |= node.cancel
         return {
             "assignments": list(node.assign.values()),
             "cancel": [{"job_id": j, "attempt": a} for j, a in sorted(node.cancel)],

@@ -194,7 +194,7 @@ class LiveCluster:
     def _unplaceable(self, job: LiveJob) -> str:
         if self.sched is None:
             return "no nodes registered"
-        missing = [m for m in job.gpu_models if m not in self.models.names]
+        missing = [m for m in job.gpu_models if not _matching(self.models, m)]
         if missing:
             return f"no node has GPU model {missing[0]}"
         return ""
@@ -424,9 +424,23 @@ class LiveCluster:
         return self.sched.num_running - held
 
 
+def _matching(models: GpuModels, wanted: str) -> list[int]:
+    """Ids of the node models a job's model name selects.
+
+    NVML names models precisely (``A100-SXM4-80GB``); users ask for families (``A100``). A
+    name selects the models it equals or that continue it after a dash, ignoring case.
+    """
+    w = wanted.lower()
+    return [
+        i
+        for i, name in enumerate(models.names)
+        if name and (name.lower() == w or name.lower().startswith(w + "-"))
+    ]
+
+
 def _columns(jobs: Sequence[LiveJob], models: GpuModels) -> JobColumns:
     n = len(jobs)
-    masks = [sum(1 << models.index(m) for m in set(j.gpu_models)) for j in jobs]
+    masks = [sum(1 << i for m in set(j.gpu_models) for i in _matching(models, m)) for j in jobs]
     return JobColumns(
         job_id=np.asarray([j.job_id for j in jobs], dtype=np.int64),
         submit=np.asarray([j.submit for j in jobs], dtype=np.int64),

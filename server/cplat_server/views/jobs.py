@@ -315,6 +315,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             except asyncio.TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
+            if not ev:
+                break  # the server is shutting down
             if not who.can_see(ev["project"]) or (project and ev["project"] != project):
                 continue
             await resp.write(f"event: job\ndata: {json.dumps(ev)}\n\n".encode())

@@ -17,6 +17,7 @@ from cplat_server.keys import (
     query_int,
     read_json,
 )
+from cplat_server.loop import held_gpus
 from cplat_server.schemas import (
     HEARTBEAT,
     NAME,
@@ -243,14 +244,15 @@ async def cluster(request: web.Request) -> web.Response:
     states = {"up": 0, "down": 0, "cordoned": 0, "draining": 0}
     cap = [0, 0, 0]
     alloc = [0, 0, 0]
-    gpus = unhealthy = 0
+    gpus = unhealthy = mig = 0
     for node in ctrl.nodes.values():
         states[node.rec.state] = states.get(node.rec.state, 0) + 1
         spec = node.rec.spec
         n_gpu = len(spec.get("gpus", []))
         gpus += n_gpu
-        bad = sum(1 for g in spec.get("gpus", []) if g.get("healthy") is False)
-        unhealthy += bad
+        unhealthy += sum(1 for g in spec.get("gpus", []) if g.get("healthy") is False)
+        mig += sum(1 for g in spec.get("gpus", []) if g.get("mig_mode") is True)
+        bad = len(held_gpus(spec.get("gpus", [])))
         used = ctrl.cluster.allocated(node.rec.name)
         for i in range(3):
             alloc[i] += used[i]
@@ -269,7 +271,7 @@ async def cluster(request: web.Request) -> web.Response:
             "nodes": {"total": len(ctrl.nodes), **states},
             "capacity": dict(zip(_VEC, cap, strict=True)),
             "allocated": dict(zip(_VEC, alloc, strict=True)),
-            "gpus": {"total": gpus, "unhealthy": unhealthy},
+            "gpus": {"total": gpus, "unhealthy": unhealthy, "mig_mode": mig},
             "fragmentation": {
                 "idle_gpu_share_milli": ctrl.cluster.fragmentation(),
                 "gpu_allocation_ratio": alloc[2] / cap[2] if cap[2] else 0.0,
