@@ -340,3 +340,37 @@ def test_mig_mode_gpus_are_kept_out_of_placement(tmp_path: Path) -> None:
             assert cluster["capacity"]["gpu_milli"] == 1000
 
     run(main())
+
+
+def test_tasks_stopped_with_their_agent_are_requeued_not_failed(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running_service(tmp_path) as svc:
+            await _register(svc, "n1")
+            job = await svc.submit(
+                MEMBER, name="j", command=["true"], tasks={"resources": {"cpu_milli": 100}}
+            )
+            _, work = await svc.call("GET", "/v1/nodes/n1/assignments?wait=5", ADMIN)
+            a = work["assignments"][0]
+            base = {"job_id": job["id"], "attempt": a["attempt"], "rank": 0}
+            await svc.call("POST", "/v1/nodes/n1/tasks", ADMIN, json={**base, "state": "running"})
+            await svc.wait(job["id"], MEMBER, {"RUNNING"})
+            await svc.call(
+                "POST",
+                "/v1/nodes/n1/tasks",
+                ADMIN,
+                json={**base, "state": "exited", "exit_code": -15, "reason": "agent stopped"},
+            )
+            again = await svc.wait(job["id"], MEMBER, {"SCHEDULED"})
+            assert again["attempt"] == 2 and again["exit_code"] is None
+            # A real failure of the next attempt fails the job.
+            base["attempt"] = 2
+            await svc.call(
+                "POST",
+                "/v1/nodes/n1/tasks",
+                ADMIN,
+                json={**base, "state": "exited", "exit_code": 1},
+            )
+            failed = await svc.wait(job["id"], MEMBER)
+            assert failed["state"] == "FAILED" and failed["exit_code"] == 1
+
+    run(main())

@@ -229,12 +229,15 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
 
 
 def _start_local_agent(cfg: ServiceConfig, secret: str) -> asyncio.Task[None]:
-    from cplat.runtime.agent import run_agent
+    """Run the agent of this machine in the server's loop.
+
+    It is cancelled with the server (its tasks are stopped; their exits are reported by the
+    next start) and leaves signal handling to the server.
+    """
+    from cplat.runtime.agent import Agent
 
     token = auth.create_token(
         secret, "local-agent", "system", "admin", cluster_admin=True, ttl=10 * 365 * 86400
     )
-    return asyncio.create_task(
-        run_agent(cfg.server_url, token, None, cfg.data_dir / "agent", 2.0),
-        name="cplat-local-agent",
-    )
+    agent = Agent(cfg.server_url, token, work_dir=cfg.data_dir / "agent", stop_grace=cfg.grace)
+    return asyncio.create_task(agent.run(), name="cplat-local-agent")

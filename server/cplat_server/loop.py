@@ -35,6 +35,8 @@ log = logging.getLogger("cplat.server")
 #: have been written before the agent reported the task).
 LOST_AFTER = 5.0
 MASTER_PORT_BASE = 20000
+#: Exit reasons of tasks stopped with their agent: the job is requeued, not failed.
+AGENT_STOPS = frozenset({"agent stopped", "agent restarted"})
 
 
 @dataclass
@@ -692,6 +694,9 @@ class Controller:
             return []
         code = rep.get("exit_code")
         task.state, task.exit_code = "exited", None if code is None else int(code)
+        if rep.get("reason") in AGENT_STOPS:
+            # Not the job's fault: its agent stopped (or crashed and was restarted).
+            return self._requeue(rt, now, f"task {rank} stopped: {rep['reason']}")
         if task.exit_code != 0:
             why = str(rep.get("reason") or f"exit code {task.exit_code}")
             if rt.spec.get("on_failure") == "restart" and rt.failures < int(
