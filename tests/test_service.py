@@ -374,3 +374,31 @@ def test_tasks_stopped_with_their_agent_are_requeued_not_failed(tmp_path: Path) 
             assert failed["state"] == "FAILED" and failed["exit_code"] == 1
 
     run(main())
+
+
+def test_jobs_over_their_time_limit_are_stopped(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running_service(tmp_path) as svc:
+            await _register(svc, "n1")
+            job = await svc.submit(
+                MEMBER,
+                name="long",
+                command=["sleep", "100"],
+                max_runtime=1,
+                tasks={"resources": {"cpu_milli": 100}},
+            )
+            _, work = await svc.call("GET", "/v1/nodes/n1/assignments?wait=5", ADMIN)
+            a = work["assignments"][0]
+            await svc.call(
+                "POST",
+                "/v1/nodes/n1/tasks",
+                ADMIN,
+                json={"job_id": job["id"], "attempt": a["attempt"], "rank": 0, "state": "running"},
+            )
+            done = await svc.wait(job["id"], MEMBER, timeout=10)
+            assert done["state"] == "FAILED" and "max runtime" in done["reason"]
+            # The agent is told to stop the task.
+            _, work = await svc.call("GET", "/v1/nodes/n1/assignments?wait=0", ADMIN)
+            assert work["cancel"] == [{"job_id": job["id"], "attempt": a["attempt"]}]
+
+    run(main())

@@ -514,6 +514,25 @@ def test_audit(store: Store, run: Run[Any]) -> None:
     ]
 
 
+def test_submissions_commit_with_their_audit_entries(store: Store, run: Run[Any]) -> None:
+    def entry(i: int) -> AuditIn:
+        return AuditIn(50.0 + i, "ana", "vision", "POST /v1/jobs", "job/{id}", 201, {"i": i})
+
+    async def burst() -> list[int]:
+        # Concurrent calls: the writers merge them into one transaction where they can.
+        calls = [store.create_jobs([new_job(i)], audit=[entry(i)]) for i in range(20)]
+        return [r[0].id for r in await asyncio.gather(*calls)]
+
+    ids = run(burst())
+    got = run(store.list_audit(limit=100))
+    assert [(e.target, e.detail) for e in got] == [
+        (f"job/{job_id}", {"i": i}) for i, job_id in enumerate(ids)
+    ]
+    (job,) = run(store.create_jobs([new_job(99)], audit=[entry(99), entry(100)]))
+    tail = run(store.list_audit(after=got[-1].id))
+    assert [e.target for e in tail] == [f"job/{job.id}", "job/{id}"]
+
+
 # Concurrency, durability, migrations ---------------------------------------------------
 
 

@@ -15,20 +15,21 @@ from cplat.config import load_scheduler_config
 from cplat.runtime.live import LiveCluster
 from cplat.scheduler import QueuePolicy
 from cplat.store import open_store
-from cplat.store.base import AuditIn, Store
+from cplat.store.base import Store
 from cplat_server import auth
 from cplat_server.config import ServiceConfig, jwt_secret
 from cplat_server.errors import ApiError, error_response
 from cplat_server.keys import (
-    AUDIT_PROJECT,
-    AUDIT_TARGET,
+    AUDITED,
     CONFIG,
     CONTROLLER,
     METRICS,
     PRINCIPAL,
     SECRET,
     STORE,
+    audit_entry,
     json_response,
+    route_name,
 )
 from cplat_server.loop import Controller
 from cplat_server.metrics import Metrics
@@ -43,18 +44,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JOB_TOKEN_SLACK = 3600
 
 
-def _route_name(request: web.Request) -> str:
-    route = request.match_info.route
-    resource = route.resource
-    return resource.canonical if resource is not None else "unmatched"
-
-
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """JSON errors for everything, metrics for every answer."""
     started = time.perf_counter()
     metrics = request.app[METRICS]
-    route = _route_name(request)
+    route = route_name(request)
     try:
         resp = await handler(request)
     except ApiError as exc:
@@ -83,7 +78,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     who = auth.verify(request.app[SECRET], request.headers.get("Authorization"))
     request[PRINCIPAL] = who
-    route = _route_name(request)
+    route = route_name(request)
     if request.method not in _MUTATIONS or route in UNAUDITED or route == "unmatched":
         return await handler(request)
     status = 500
@@ -98,17 +93,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         status = exc.status
         raise
     finally:
-        entry = AuditIn(
-            at=time.time(),
-            user=who.user,
-            project=request.get(AUDIT_PROJECT, who.project),
-            action=f"{request.method} {route}",
-            target=request.get(AUDIT_TARGET, request.path),
-            status=status,
-            detail={"path": request.path, "cluster_admin": who.cluster_admin},
-        )
-        # Durable before the answer leaves, like the change it records.
-        await request.app[STORE].append_audit([entry])
+        if not request.get(AUDITED, False):
+            # Durable before the answer leaves, like the change it records.
+            await request.app[STORE].append_audit([audit_entry(request, status)])
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp import web
 
-from cplat.store.base import Store
+from cplat.store.base import AuditIn, Store
 from cplat_server.auth import Principal
 from cplat_server.config import ServiceConfig
 from cplat_server.errors import ApiError, bad_request
@@ -24,6 +25,7 @@ SECRET = web.AppKey("secret", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
 AUDIT_TARGET = web.RequestKey("audit_target", str)
 AUDIT_PROJECT = web.RequestKey("audit_project", str)
+AUDITED = web.RequestKey("audited", bool)  # the handler wrote the audit entry itself
 
 
 def principal(request: web.Request) -> Principal:
@@ -36,6 +38,28 @@ def audit(request: web.Request, target: str, project: str | None = None) -> None
     request[AUDIT_TARGET] = target
     if project is not None:
         request[AUDIT_PROJECT] = project
+
+
+def audit_entry(
+    request: web.Request, status: int, target: str | None = None, project: str | None = None
+) -> AuditIn:
+    """Return the audit entry of this request with the answer ``status``."""
+    who = request[PRINCIPAL]
+    return AuditIn(
+        at=time.time(),
+        user=who.user,
+        project=project if project is not None else request.get(AUDIT_PROJECT, who.project),
+        action=f"{request.method} {route_name(request)}",
+        target=target if target is not None else request.get(AUDIT_TARGET, request.path),
+        status=status,
+        detail={"path": request.path, "cluster_admin": who.cluster_admin},
+    )
+
+
+def route_name(request: web.Request) -> str:
+    """Return the route's path template (``/v1/jobs/{id}``), or ``unmatched``."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 async def read_json(request: web.Request, schema: Schema) -> Any:

@@ -191,6 +191,20 @@ class LiveCluster:
         if self.sched is not None:
             self._queue([job])
 
+    def add_many(self, jobs: Sequence[LiveJob]) -> None:
+        """Queue several jobs with one native call (parking those no node could take)."""
+        ready = []
+        for job in jobs:
+            self._jobs[job.job_id] = job
+            why = self._unplaceable(job)
+            if why:
+                self._parked[job.job_id] = why
+            else:
+                self._order.append(job.job_id)
+                ready.append(job)
+        if ready and self.sched is not None:
+            self._queue(ready)
+
     def _unplaceable(self, job: LiveJob) -> str:
         if self.sched is None:
             return "no nodes registered"

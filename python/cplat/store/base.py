@@ -218,6 +218,24 @@ class AuditRecord:
     detail: dict[str, Any]
 
 
+def audit_rows(
+    audit: Sequence[AuditIn], ids: Sequence[int]
+) -> list[tuple[float, str, str, str, str, int, dict[str, Any]]]:
+    """Audit entries of a submission as rows, ``{id}`` in targets filled with job ids."""
+    return [
+        (
+            e.at,
+            e.user,
+            e.project,
+            e.action,
+            e.target.replace("{id}", str(ids[i])) if i < len(ids) else e.target,
+            e.status,
+            e.detail,
+        )
+        for i, e in enumerate(audit)
+    ]
+
+
 class Store(Protocol):
     """Durable service state. Every mutation is committed before it returns."""
 
@@ -225,8 +243,15 @@ class Store(Protocol):
         """Flush pending writes and close."""
 
     # Jobs ------------------------------------------------------------------------------
-    async def create_jobs(self, jobs: Sequence[NewJob]) -> list[JobRecord]:
-        """Insert jobs in state PENDING (ids ascending in input order) with a first event."""
+    async def create_jobs(
+        self, jobs: Sequence[NewJob], audit: Sequence[AuditIn] = ()
+    ) -> list[JobRecord]:
+        """Insert jobs in state PENDING (ids ascending in input order) with a first event.
+
+        ``audit`` entries are recorded in the same transaction (one commit for a submission
+        and its audit entry); ``{id}`` in an entry's target becomes the id of the job at the
+        same position.
+        """
         ...
 
     async def update_jobs(self, changes: Sequence[JobChange]) -> None:

@@ -30,6 +30,7 @@ from cplat.store.base import (
     PoolRecord,
     QuotaRecord,
     StoreError,
+    audit_rows,
 )
 from cplat.store.schema import (
     AUDIT_COLUMNS,
@@ -208,6 +209,21 @@ async def _insert_jobs(conn: Any, rows: Sequence[_JobRow]) -> list[int]:
     return ids
 
 
+async def _insert_audit(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert audit rows (as :func:`audit_rows` makes them) in one statement."""
+    cols = list(zip(*rows, strict=True))
+    await conn.execute(
+        _INSERT_AUDIT,
+        [float(a) for a in cols[0]],
+        list(cols[1]),
+        list(cols[2]),
+        list(cols[3]),
+        list(cols[4]),
+        list(cols[5]),
+        [dumps(d) for d in cols[6]],
+    )
+
+
 class _Op:
     """A queued write: what to run on the writer's connection, and whom to tell.
 
@@ -215,17 +231,19 @@ class _Op:
     INSERT, since a round trip per statement is what a batch mostly spends its time on.
     """
 
-    __slots__ = ("fn", "future", "jobs")
+    __slots__ = ("audit", "fn", "future", "jobs")
 
     def __init__(
         self,
         fn: _WriteFn | None,
         future: asyncio.Future[Any],
         jobs: list[_JobRow] | None = None,
+        audit: list[AuditIn] | None = None,
     ) -> None:
         self.fn = fn  # None asks the writer to stop
         self.future = future
         self.jobs = jobs
+        self.audit = audit or []
 
 
 def _settle(op: _Op, result: Any, exc: BaseException | None) -> None:
@@ -352,9 +370,14 @@ class PostgresStore:
                         group = [op.jobs for op in ops[i:end] if op.jobs is not None]
                         ids = await _insert_jobs(conn, [row for rows in group for row in rows])
                         start = 0
-                        for rows in group:
-                            results.append(ids[start : start + len(rows)])
+                        audit: list[tuple[Any, ...]] = []
+                        for op, rows in zip(ops[i:end], group, strict=True):
+                            mine = ids[start : start + len(rows)]
+                            results.append(mine)
+                            audit += audit_rows(op.audit, mine)
                             start += len(rows)
+                        if audit:
+                            await _insert_audit(conn, audit)
                         i = end
             except _CONNECTION_ERRORS as exc:
                 # Whether the commit reached the server is unknown; the caller must find out.
@@ -386,10 +409,15 @@ class PostgresStore:
             else:
                 _settle(op, result, None)
 
-    async def _write(self, fn: _WriteFn, jobs: list[_JobRow] | None = None) -> Any:
+    async def _write(
+        self,
+        fn: _WriteFn,
+        jobs: list[_JobRow] | None = None,
+        audit: list[AuditIn] | None = None,
+    ) -> Any:
         self._check_open()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Op(fn, future, jobs))
+        self._queue.put_nowait(_Op(fn, future, jobs, audit))
         return await future
 
     async def _write_fetch(self, sql: str, *args: Any) -> list[Any]:
@@ -424,13 +452,17 @@ class PostgresStore:
 
     # Jobs --------------------------------------------------------------------------------
 
-    async def create_jobs(self, jobs: Sequence[NewJob]) -> list[JobRecord]:
+    async def create_jobs(
+        self, jobs: Sequence[NewJob], audit: Sequence[AuditIn] = ()
+    ) -> list[JobRecord]:
         """Insert jobs in state PENDING (ids ascending in input order) with a first event.
 
         Parameters
         ----------
         jobs : sequence of NewJob
             The jobs, all inserted in one statement.
+        audit : sequence of AuditIn
+            Entries recorded in the same transaction (``{id}`` in a target: that job's id).
 
         Returns
         -------
@@ -446,9 +478,13 @@ class PostgresStore:
         ]
 
         async def run(conn: Any) -> list[int]:
-            return await _insert_jobs(conn, rows)
+            # Used alone only when a merged batch failed and each write is redone by itself.
+            ids = await _insert_jobs(conn, rows)
+            if audit:
+                await _insert_audit(conn, audit_rows(audit, ids))
+            return ids
 
-        ids: list[int] = await self._write(run, rows)
+        ids: list[int] = await self._write(run, rows, list(audit))
         return [
             JobRecord(
                 id=job_id,

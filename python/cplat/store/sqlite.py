@@ -37,6 +37,7 @@ from cplat.store.base import (
     PoolRecord,
     QuotaRecord,
     StoreError,
+    audit_rows,
 )
 from cplat.store.schema import (
     AUDIT_COLUMNS,
@@ -431,13 +432,17 @@ class SqliteStore:
 
     # Jobs --------------------------------------------------------------------------------
 
-    async def create_jobs(self, jobs: Sequence[NewJob]) -> list[JobRecord]:
+    async def create_jobs(
+        self, jobs: Sequence[NewJob], audit: Sequence[AuditIn] = ()
+    ) -> list[JobRecord]:
         """Insert jobs in state PENDING (ids ascending in input order) with a first event.
 
         Parameters
         ----------
         jobs : sequence of NewJob
             The jobs, all inserted in one transaction.
+        audit : sequence of AuditIn
+            Entries recorded in the same transaction (``{id}`` in a target: that job's id).
 
         Returns
         -------
@@ -458,6 +463,10 @@ class SqliteStore:
                     for job_id, row in zip(ids, rows, strict=True)
                 ],
             )
+            if audit:
+                conn.executemany(
+                    _INSERT_AUDIT, [(*r[:6], dumps(r[6])) for r in audit_rows(audit, ids)]
+                )
             return ids
 
         ids = await self._write(run)

@@ -12,9 +12,11 @@ from aiohttp import web
 from cplat.store.base import CheckpointIn, CheckpointRecord, JobRecord, LogChunk, NewJob
 from cplat_server.errors import bad_request, conflict, forbidden, not_found
 from cplat_server.keys import (
+    AUDITED,
     CONTROLLER,
     STORE,
     audit,
+    audit_entry,
     json_response,
     path_int,
     principal,
@@ -105,19 +107,15 @@ async def submit(request: web.Request) -> web.Response:
     who.require(project, "member", "project")
     spec = normalise_spec(body)
     store = request.app[STORE]
+    now = time.time()
+    # The audit entry commits with the job: one durable write per submission.
+    entry = audit_entry(request, 201, "job/{id}", project)
     [rec] = await store.create_jobs(
-        [
-            NewJob(
-                project=project,
-                user=who.user,
-                name=body["name"],
-                spec=spec,
-                submitted_at=time.time(),
-            )
-        ]
+        [NewJob(project=project, user=who.user, name=body["name"], spec=spec, submitted_at=now)],
+        audit=[entry],
     )
     request.app[CONTROLLER].accept([rec])
-    audit(request, f"job/{rec.id}", project)
+    request[AUDITED] = True
     return json_response(job_json(rec, "queued"), status=201)
 
 
