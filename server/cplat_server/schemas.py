@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cplat.store.base import JOB_STATES as STORE_JOB_STATES
 from cplat_server.errors import bad_request
 
 Schema = dict[str, Any]
@@ -19,15 +20,7 @@ MAX_INT = 2**53 - 1
 TEXT = "^[^\\u0000]*$"
 NAME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 PATH_NAME = "^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"
-JOB_STATES = [
-    "PENDING",
-    "SCHEDULED",
-    "RUNNING",
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
-    "PREEMPTED",
-]
+JOB_STATES = list(STORE_JOB_STATES)
 
 
 def _int(lo: int = 0, hi: int = MAX_INT, **extra: Any) -> Schema:

@@ -182,14 +182,7 @@ class LiveCluster:
     # Jobs -----------------------------------------------------------------------------
     def add(self, job: LiveJob) -> None:
         """Queue a job (or park it with a reason when no node could ever take it)."""
-        self._jobs[job.job_id] = job
-        why = self._unplaceable(job)
-        if why:
-            self._parked[job.job_id] = why
-            return
-        self._order.append(job.job_id)
-        if self.sched is not None:
-            self._queue([job])
+        self.add_many([job])
 
     def add_many(self, jobs: Sequence[LiveJob]) -> None:
         """Queue several jobs with one native call (parking those no node could take)."""
@@ -382,16 +375,7 @@ class LiveCluster:
                 self.lost.append(job_id)
         waiting = [jobs[j] for j in order if j not in is_running] + [jobs[j] for j in parked]
         waiting.sort(key=lambda j: (j.submit, j.job_id))
-        for job in waiting:
-            self._jobs[job.job_id] = job
-            why = self._unplaceable(job)
-            if why:
-                self._parked[job.job_id] = why
-            else:
-                self._order.append(job.job_id)
-        queued = [self._jobs[j] for j in self._order if j not in is_running]
-        if queued:
-            self._queue(queued)
+        self.add_many(waiting)
         for i in range(len(self.nodes)):
             self._apply_node(i)
 
