@@ -142,3 +142,27 @@ def test_quotas_and_pools_steer_the_live_scheduler(tmp_path: Path) -> None:
             assert (await svc.call("DELETE", "/v1/quotas/A", a))[0] == 404
 
     asyncio.run(main_())
+
+
+def test_project_admins_manage_their_projects_nodes(tmp_path: Path) -> None:
+    async def main_() -> None:
+        async with running_service(tmp_path) as svc:
+            for name, labels in (("own", {"cplat.io/project": "A"}), ("shared", {})):
+                body = {"name": name, "cpu_milli": 1000, "memory_mib": 1024, "labels": labels}
+                assert (await svc.call("POST", "/v1/nodes", ADMIN, json=body))[0] == 201
+            a_admin, a_member = token("ada", "A", "admin"), token("mia", "A", "member")
+            b_admin = token("bea", "B", "admin")
+            st, node = await svc.call("POST", "/v1/nodes/own/cordon", a_admin)
+            assert st == 200 and node["state"] == "cordoned"
+            assert (await svc.call("POST", "/v1/nodes/own/uncordon", a_member))[0] == 403
+            assert (await svc.call("POST", "/v1/nodes/own/drain", b_admin))[0] == 403
+            assert (await svc.call("POST", "/v1/nodes/shared/cordon", a_admin))[0] == 403
+            _, log = await svc.call("GET", "/v1/audit", a_admin)
+            assert [(e["user"], e["target"], e["status"]) for e in log["entries"]] == [
+                ("ada", "node/own", 200),
+                ("mia", "node/own", 403),
+                ("bea", "node/own", 403),  # another project's attempt on A's node
+                ("ada", "node/shared", 403),
+            ]
+
+    asyncio.run(main_())

@@ -29,6 +29,8 @@ from cplat_server.schemas import (
 )
 
 _VEC = ("cpu_milli", "memory_mib", "gpu_milli")
+#: Node label naming the project a node belongs to (its admins may cordon and drain it).
+PROJECT_LABEL = "cplat.io/project"
 
 
 def _vec(v: dict[str, int] | None) -> tuple[int, int, int] | None:
@@ -96,9 +98,15 @@ async def register_node(request: web.Request) -> web.Response:
 
 def _state_changer(state: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
-        principal(request).require_cluster_admin("changing a node's state")
+        who = principal(request)
         name = _node_name(request)
-        audit(request, f"node/{name}")
+        owner = request.app[CONTROLLER].nodes[name].rec.labels.get(PROJECT_LABEL)
+        audit(request, f"node/{name}", owner)
+        # A project's own nodes (labelled by the operator) are its admins' to manage too.
+        if owner is None or not who.can_see(owner):
+            who.require_cluster_admin("changing a node's state")
+        else:
+            who.require(owner, "admin", "node")
         rec = await request.app[CONTROLLER].set_node_state(name, state)
         return json_response(_node_json(request, rec))
 
