@@ -406,3 +406,31 @@ def test_jobs_over_their_time_limit_are_stopped(tmp_path: Path) -> None:
             assert work["cancel"] == [{"job_id": job["id"], "attempt": a["attempt"]}]
 
     run(main())
+
+
+def test_job_state_writes_survive_a_store_outage(tmp_path: Path) -> None:
+    from cplat_server.keys import STORE
+
+    async def main() -> None:
+        async with running_service(tmp_path) as svc:
+            await _register(svc, "n1")
+            store = svc.app[STORE]
+            real = store.update_jobs
+            failures = {"left": 3}
+
+            async def flaky(changes: Any) -> None:
+                if failures["left"]:
+                    failures["left"] -= 1
+                    raise ConnectionError("database restarting")
+                await real(changes)
+
+            store.update_jobs = flaky  # type: ignore[method-assign]
+            job = await svc.submit(
+                MEMBER, name="j", command=["true"], tasks={"resources": {"cpu_milli": 100}}
+            )
+            placed = await svc.wait(job["id"], MEMBER, {"SCHEDULED"}, timeout=10)
+            assert failures["left"] == 0 and placed["placement"][0]["node"] == "n1"
+            _, evs = await svc.call("GET", f"/v1/jobs/{job['id']}/events", MEMBER)
+            assert [e["state"] for e in evs["events"]] == ["PENDING", "SCHEDULED"]
+
+    run(main())

@@ -116,7 +116,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    """Prometheus text format."""
+    """Prometheus text format (cluster gauges refreshed at scrape time)."""
+    if CONTROLLER in request.app:
+        request.app[CONTROLLER].cluster_summary()
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

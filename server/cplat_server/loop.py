@@ -37,6 +37,9 @@ log = logging.getLogger("cplat.server")
 #: have been written before the agent reported the task).
 LOST_AFTER = 5.0
 MASTER_PORT_BASE = 20000
+WRITE_BACKOFF, MAX_WRITE_BACKOFF = 0.05, 5.0
+#: How long a stopping server keeps retrying job-state writes before giving up.
+CLOSING_WRITE_TIMEOUT = 10.0
 #: Exit reasons of tasks stopped with their agent: the job is requeued, not failed.
 AGENT_STOPS = frozenset({"agent stopped", "agent restarted"})
 
@@ -277,19 +280,41 @@ class Controller:
             batch, self._writes = self._writes, []
             if batch:
                 started = time.perf_counter()
-                try:
-                    await self.store.update_jobs([c for cs, _ in batch for c in cs])
-                except Exception as exc:  # noqa: BLE001 - hand the failure to every waiter
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
+                error = await self._write_batch([c for cs, _ in batch for c in cs])
+                for _, fut in batch:
+                    if fut.done():
+                        continue
+                    if error is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(error)
                 self.metrics.store_write.observe(time.perf_counter() - started)
             elif self._closing:
                 return
+
+    async def _write_batch(self, changes: list[JobChange]) -> Exception | None:
+        """Write changes, retrying while the store is unreachable.
+
+        The scheduler's memory is already ahead of the store, so an outage must delay these
+        writes, not drop them; a change the store refuses as invalid (a bug) is not retried.
+        """
+        backoff, deadline = WRITE_BACKOFF, None
+        while True:
+            try:
+                await self.store.update_jobs(changes)
+                return None
+            except ValueError as exc:
+                log.error("the store refused job changes: %s", exc)
+                return exc
+            except Exception as exc:  # noqa: BLE001 - any outage: retry
+                if self._closing:
+                    deadline = deadline or time.monotonic() + CLOSING_WRITE_TIMEOUT
+                    if time.monotonic() > deadline:
+                        log.error("giving up on %d job changes at shutdown: %s", len(changes), exc)
+                        return exc
+                log.warning("store write failed (%s); retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_WRITE_BACKOFF)
 
     def _publish(self, ch: JobChange) -> None:
         rt = self.jobs.get(ch.id)
@@ -802,6 +827,46 @@ class Controller:
             await self.persist(changes)
 
     # Views ----------------------------------------------------------------------------
+    def cluster_summary(self) -> dict[str, Any]:
+        """Return capacity, allocation, fragmentation and counts (and refresh the gauges)."""
+        states = {"up": 0, "down": 0, "cordoned": 0, "draining": 0}
+        cap = [0, 0, 0]
+        alloc = [0, 0, 0]
+        gpus = unhealthy = mig = 0
+        for node in self.nodes.values():
+            states[node.rec.state] = states.get(node.rec.state, 0) + 1
+            devices = node.rec.spec.get("gpus", [])
+            gpus += len(devices)
+            unhealthy += sum(1 for g in devices if g.get("healthy") is False)
+            mig += sum(1 for g in devices if g.get("mig_mode") is True)
+            used = self.cluster.allocated(node.rec.name)
+            for i in range(3):
+                alloc[i] += used[i]
+            if node.rec.state != "down":
+                cap[0] += int(node.rec.spec.get("cpu_milli", 0))
+                cap[1] += int(node.rec.spec.get("memory_mib", 0))
+                cap[2] += (len(devices) - len(held_gpus(devices))) * 1000
+        names = ("cpu_milli", "memory_mib", "gpu_milli")
+        m = self.metrics
+        for state, count in states.items():
+            m.nodes.labels(state=state).set(count)
+        for i, res in enumerate(names):
+            m.capacity.labels(resource=res).set(cap[i])
+            m.allocated.labels(resource=res).set(alloc[i])
+        m.pending.set(self.cluster.num_pending)
+        m.running.set(self.cluster.num_running)
+        return {
+            "nodes": {"total": len(self.nodes), **states},
+            "capacity": dict(zip(names, cap, strict=True)),
+            "allocated": dict(zip(names, alloc, strict=True)),
+            "gpus": {"total": gpus, "unhealthy": unhealthy, "mig_mode": mig},
+            "fragmentation": {
+                "idle_gpu_share_milli": self.cluster.fragmentation(),
+                "gpu_allocation_ratio": alloc[2] / cap[2] if cap[2] else 0.0,
+            },
+            "jobs": {"pending": self.cluster.num_pending, "running": self.cluster.num_running},
+        }
+
     def node_jobs(self, name: str) -> list[int]:
         """Jobs with a task on node ``name``."""
         return sorted(

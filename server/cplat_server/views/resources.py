@@ -17,7 +17,6 @@ from cplat_server.keys import (
     query_int,
     read_json,
 )
-from cplat_server.loop import held_gpus
 from cplat_server.schemas import (
     HEARTBEAT,
     NAME,
@@ -248,45 +247,7 @@ async def delete_quota(request: web.Request) -> web.Response:
 # Cluster and audit -----------------------------------------------------------------------
 async def cluster(request: web.Request) -> web.Response:
     """``GET /v1/cluster``: capacity, allocation, fragmentation, counts."""
-    ctrl = request.app[CONTROLLER]
-    states = {"up": 0, "down": 0, "cordoned": 0, "draining": 0}
-    cap = [0, 0, 0]
-    alloc = [0, 0, 0]
-    gpus = unhealthy = mig = 0
-    for node in ctrl.nodes.values():
-        states[node.rec.state] = states.get(node.rec.state, 0) + 1
-        spec = node.rec.spec
-        n_gpu = len(spec.get("gpus", []))
-        gpus += n_gpu
-        unhealthy += sum(1 for g in spec.get("gpus", []) if g.get("healthy") is False)
-        mig += sum(1 for g in spec.get("gpus", []) if g.get("mig_mode") is True)
-        bad = len(held_gpus(spec.get("gpus", [])))
-        used = ctrl.cluster.allocated(node.rec.name)
-        for i in range(3):
-            alloc[i] += used[i]
-        if node.rec.state != "down":
-            cap[0] += int(spec.get("cpu_milli", 0))
-            cap[1] += int(spec.get("memory_mib", 0))
-            cap[2] += (n_gpu - bad) * 1000
-    m = ctrl.metrics
-    for state, count in states.items():
-        m.nodes.labels(state=state).set(count)
-    for i, res in enumerate(_VEC):
-        m.capacity.labels(resource=res).set(cap[i])
-        m.allocated.labels(resource=res).set(alloc[i])
-    return json_response(
-        {
-            "nodes": {"total": len(ctrl.nodes), **states},
-            "capacity": dict(zip(_VEC, cap, strict=True)),
-            "allocated": dict(zip(_VEC, alloc, strict=True)),
-            "gpus": {"total": gpus, "unhealthy": unhealthy, "mig_mode": mig},
-            "fragmentation": {
-                "idle_gpu_share_milli": ctrl.cluster.fragmentation(),
-                "gpu_allocation_ratio": alloc[2] / cap[2] if cap[2] else 0.0,
-            },
-            "jobs": {"pending": ctrl.cluster.num_pending, "running": ctrl.cluster.num_running},
-        }
-    )
+    return json_response(request.app[CONTROLLER].cluster_summary())
 
 
 async def list_audit(request: web.Request) -> web.Response:
