@@ -46,10 +46,13 @@ def test_model_families_and_parked_jobs() -> None:
     c.add(job(1, models=("A100",)))
     assert c.state(1) == "parked" and c.reason(1) == "no nodes registered"
     c.upsert_node(node("h", model="H100-SXM5-80GB"), 0)
+    assert c.reason(1) == "no nodes registered"  # until the next cycle rebuilds
+    c.flush(0)
     assert c.reason(1) == "no node has GPU model A100"
     c.add(job(2, models=("h100",)))  # family names ignore case
     assert c.cycle(1) == [2]
     c.upsert_node(node("a", model="A100-SXM4-80GB"), 2)
+    c.flush(2)
     assert c.state(1) == "pending"
     assert c.cycle(3) == [1] and c.placement(1)[0][0] == "a"
     # An exact model name works too; a prefix without the dash does not.
@@ -102,6 +105,32 @@ def test_quota_changes_rebuild_without_losing_jobs() -> None:
     assert c.reason(2) == "quota_exceeded"
     c.finish(1, 4)
     assert c.cycle(5) == [2]
+
+
+def test_a_burst_of_registrations_costs_one_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = cluster()
+    rebuilds = []
+    real = c._rebuild
+
+    def counting(now: int) -> None:
+        rebuilds.append(now)
+        real(now)
+
+    monkeypatch.setattr(c, "_rebuild", counting)
+    for i in range(50):
+        c.upsert_node(node(f"n{i}"), 0)
+        c.set_node_state(f"n{i}", "cordoned" if i % 2 else "up")
+    c.add(job(1, gpus=4, tasks=30))
+    assert c.allocated("n0") == (0, 0, 0) and c.jobs_on("n0") == []
+    assert c.cycle(1) == []  # 25 up nodes cannot hold 30 tasks
+    assert rebuilds == [1]
+    c.set_node_state("n1", "up")
+    c.set_node_state("n3", "up")
+    c.set_node_state("n5", "up")
+    c.set_node_state("n7", "up")
+    c.set_node_state("n9", "up")
+    assert c.cycle(2) == [1] and rebuilds == [1]
+    assert len({n for n, _ in c.placement(1)}) == 30
 
 
 def test_finished_jobs_are_compacted_away(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -599,6 +599,7 @@ class Controller:
         """One scheduling cycle at the current wall time."""
         now = time.time()
         t = int(now)
+        self.cluster.flush(t)  # one rebuild for all the nodes and quotas changed since
         changes: list[JobChange] = []
         for name, node in self.nodes.items():
             if node.rec.state != "down" and now - node.heartbeat > self.node_timeout:

@@ -108,22 +108,36 @@ class LiveCluster:
         self.sched: Scheduler | None = None
         self.models = GpuModels(())
         self._now = 0
+        # Rebuilds are deferred to the next cycle (or restore), so that a burst of nodes
+        # registering costs one rebuild, not one each. `_built` nodes are in `sched`.
+        self._dirty = False
+        self._built = 0
 
     # Nodes ----------------------------------------------------------------------------
     def upsert_node(self, node: LiveNode, now: int) -> None:
         """Add a node or update one (a new shape rebuilds the scheduler)."""
+        self._now = now
         i = self._node_index.get(node.name)
         if i is None:
             self._node_index[node.name] = len(self.nodes)
             self.nodes.append(node)
-            self._rebuild(now)
+            self._dirty = True
             return
         old = self.nodes[i]
         self.nodes[i] = node
         if old.shape() != node.shape():
-            self._rebuild(now)
+            self._dirty = True
         else:
             self._apply_node(i)
+
+    def flush(self, now: int) -> None:
+        """Rebuild now if nodes or quotas changed since the last build."""
+        if self._dirty:
+            self._rebuild(now)
+
+    def _built_index(self, name: str) -> int | None:
+        i = self._node_index.get(name)
+        return i if i is not None and self.sched is not None and i < self._built else None
 
     def node(self, name: str) -> LiveNode | None:
         """Return a node by name."""
@@ -143,8 +157,8 @@ class LiveCluster:
         self._apply_node(i)
 
     def _apply_node(self, i: int) -> None:
-        if self.sched is None:
-            return
+        if self.sched is None or i >= self._built:
+            return  # the next rebuild applies it
         node = self.nodes[i]
         flags = int(self.sched.state.flags[i]) & ~0b111
         self.sched.state.set_flags(i, flags | NODE_FLAGS[node.state])
@@ -177,7 +191,8 @@ class LiveCluster:
     def set_quotas(self, quotas: Quotas | None, now: int) -> None:
         """Replace the quotas (rebuilds the scheduler)."""
         self.quotas = quotas
-        self._rebuild(now)
+        self._now = now
+        self._dirty = True
 
     # Jobs -----------------------------------------------------------------------------
     def add(self, job: LiveJob) -> None:
@@ -216,6 +231,7 @@ class LiveCluster:
 
     def restore(self, job: LiveJob, start: int, placement: Placement) -> str:
         """Put a running job back on its nodes and GPUs; ``"ok"`` or why not."""
+        self.flush(start if self.sched is None else self._now)
         self._jobs[job.job_id] = job
         self._order.append(job.job_id)
         if self.sched is None or self._unplaceable(job):
@@ -268,6 +284,7 @@ class LiveCluster:
     def cycle(self, now: int) -> list[int]:
         """Start what the policy allows; returns the started job ids."""
         self._now = now
+        self.flush(now)
         if self.sched is None:
             return []
         if self.sched._q.num_jobs > len(self._jobs) + len(self._holders) + COMPACT_AFTER:
@@ -315,9 +332,9 @@ class LiveCluster:
 
     def jobs_on(self, name: str) -> list[int]:
         """Return the running jobs with a task on node ``name``."""
-        if self.sched is None or name not in self._node_index:
+        n = self._built_index(name)
+        if self.sched is None or n is None:
             return []
-        n = self._node_index[name]
         out = []
         for job_id, idx in self._idx.items():
             if self.sched.job_state(idx) == "running" and n in self.sched.placement_of(idx)[0]:
@@ -327,6 +344,7 @@ class LiveCluster:
     # Rebuild --------------------------------------------------------------------------
     def _rebuild(self, now: int) -> None:
         self._now = now
+        self._dirty = False
         old, old_idx = self.sched, dict(self._idx)
         running: list[tuple[int, int, Placement]] = []
         if old is not None:
@@ -335,6 +353,7 @@ class LiveCluster:
                 if idx is not None and old.job_state(idx) == "running":
                     running.append((job_id, old._q.start_time(idx), self.placement(job_id)))
         self.sched = None
+        self._built = 0
         self._idx.clear()
         self._job_of.clear()
         self._holders.clear()
@@ -356,6 +375,7 @@ class LiveCluster:
             rack=np.asarray([n.rack for n in self.nodes], dtype=np.int32),
             spine=np.asarray([n.spine for n in self.nodes], dtype=np.int32),
         )
+        self._built = len(self.nodes)
         self.sched = Scheduler(
             table,
             placement=self.profile,
@@ -382,9 +402,9 @@ class LiveCluster:
     # Views ----------------------------------------------------------------------------
     def allocated(self, name: str) -> tuple[int, int, int]:
         """CPU, memory and milli-GPU in use on a node (unhealthy GPUs excluded)."""
-        if self.sched is None or name not in self._node_index:
+        n = self._built_index(name)
+        if self.sched is None or n is None:
             return (0, 0, 0)
-        n = self._node_index[name]
         st = self.sched.state
         begin, end = int(st.gpu_begin[n]), int(st.gpu_begin[n + 1])
         node = self.nodes[n]
