@@ -854,3 +854,27 @@ def test_cli_logs_follow(server: str, capsys: pytest.CaptureFixture[str]) -> Non
     assert job_cli.main(["job", "logs", "--follow", str(job_id)]) == 0
     out, err = capsys.readouterr()
     assert (out, err) == ("hello from 0\ndone\n", "warming up\n")
+
+
+def test_wait_rides_out_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cplat.client import Client, ServerUnreachableError
+
+    client = Client("http://127.0.0.1:9", "t")
+    answers: list[Any] = [
+        {"id": 1, "state": "RUNNING"},
+        ServerUnreachableError("http://127.0.0.1:9", "refused"),
+        ServerUnreachableError("http://127.0.0.1:9", "refused"),
+        {"id": 1, "state": "SUCCEEDED", "exit_code": 0},
+    ]
+
+    def get(job_id: int) -> Any:
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    monkeypatch.setattr(client, "get", get)
+    assert client.wait(1, poll=0.01)["state"] == "SUCCEEDED"
+    answers[:] = [ServerUnreachableError("http://127.0.0.1:9", "refused")] * 50
+    with pytest.raises(ServerUnreachableError):
+        client.wait(1, poll=0.01, outage=0.05)

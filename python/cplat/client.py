@@ -609,7 +609,14 @@ class Client:
         items = self._items("GET", f"/v1/jobs/{int(job_id)}/events", "events")
         return cast(builtins.list[Event], items)
 
-    def wait(self, job_id: int, timeout: float | None = None, *, poll: float = 0.5) -> Job:
+    def wait(
+        self,
+        job_id: int,
+        timeout: float | None = None,
+        *,
+        poll: float = 0.5,
+        outage: float = 60.0,
+    ) -> Job:
         """Poll a job until it is SUCCEEDED, FAILED or CANCELLED, and return it.
 
         Parameters
@@ -620,15 +627,29 @@ class Client:
             Seconds to wait at most; ``None`` waits for ever.
         poll
             Seconds between polls.
+        outage
+            Seconds the server may stay unreachable (a restart) before waiting gives up.
 
         Raises
         ------
         WaitTimeoutError
             When ``timeout`` passes first.
+        ServerUnreachableError
+            When the server stays unreachable for longer than ``outage``.
         """
         started = time.monotonic()
+        down_since: float | None = None
         while True:
-            job = self.get(job_id)
+            try:
+                job = self.get(job_id)
+            except ServerUnreachableError:
+                now = time.monotonic()
+                down_since = now if down_since is None else down_since
+                if now - down_since > outage:
+                    raise
+                time.sleep(poll)
+                continue
+            down_since = None
             if job["state"] in TERMINAL_STATES:
                 return job
             if timeout is None:
