@@ -878,3 +878,22 @@ def test_wait_rides_out_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> Non
     answers[:] = [ServerUnreachableError("http://127.0.0.1:9", "refused")] * 50
     with pytest.raises(ServerUnreachableError):
         client.wait(1, poll=0.01, outage=0.05)
+
+
+def test_follow_logs_rides_out_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cplat.client import Client, ServerUnreachableError
+
+    client = Client("http://127.0.0.1:9", "t")
+    down = ServerUnreachableError("http://127.0.0.1:9", "refused")
+    states: list[Any] = ["RUNNING", down, "SUCCEEDED", "SUCCEEDED"]
+    pages: list[Any] = [[{"seq": 1, "data": "a"}], [{"seq": 2, "data": "b"}], []]
+
+    def get(job_id: int) -> Any:
+        s = states.pop(0)
+        if isinstance(s, Exception):
+            raise s
+        return {"id": job_id, "state": s}
+
+    monkeypatch.setattr(client, "get", get)
+    monkeypatch.setattr(client, "logs", lambda job_id, **kw: pages.pop(0))
+    assert [c["data"] for c in client.follow_logs(1, poll=0.01)] == ["a", "b"]

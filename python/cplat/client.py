@@ -575,6 +575,7 @@ class Client:
         rank: int | None = None,
         attempt: int | None = None,
         after: int | None = None,
+        outage: float = 60.0,
     ) -> Iterator[LogChunk]:
         """Yield a job's log chunks as they arrive, until it is finished and drained.
 
@@ -586,17 +587,29 @@ class Client:
             Seconds between polls.
         rank, attempt, after
             As for `logs`.
+        outage
+            Seconds the server may stay unreachable (a restart) before following gives up.
 
         Yields
         ------
         LogChunk
             Each chunk once, in ``seq`` order.
         """
+        down_since: float | None = None
         while True:
             # The state is read before the logs: once a terminal state has been seen, one
             # fetch that finds nothing new proves the agent's last chunks are in.
-            state = self.get(job_id)["state"]
-            chunks = self.logs(job_id, rank=rank, attempt=attempt, after=after)
+            try:
+                state = self.get(job_id)["state"]
+                chunks = self.logs(job_id, rank=rank, attempt=attempt, after=after)
+            except ServerUnreachableError:
+                now = time.monotonic()
+                down_since = now if down_since is None else down_since
+                if now - down_since > outage:
+                    raise
+                time.sleep(poll)
+                continue
+            down_since = None
             for chunk in chunks:
                 after = chunk["seq"] if after is None else max(after, chunk["seq"])
                 yield chunk
