@@ -231,24 +231,38 @@ class LiveCluster:
 
     def restore(self, job: LiveJob, start: int, placement: Placement) -> str:
         """Put a running job back on its nodes and GPUs; ``"ok"`` or why not."""
-        self.flush(start if self.sched is None else self._now)
-        self._jobs[job.job_id] = job
-        self._order.append(job.job_id)
-        if self.sched is None or self._unplaceable(job):
-            self._forget(job.job_id)
-            return "node_missing"
-        if any(name not in self._node_index for name, _ in placement):
-            self._forget(job.job_id)
-            return "node_missing"
-        idx = int(self.sched.add_jobs(_columns([job], self.models))[0])
-        self._idx[job.job_id] = idx
-        self._job_of[idx] = job.job_id
-        nodes = [self._node_index[name] for name, _ in placement]
-        gpus = [g for _, gs in placement for g in gs]
-        code = self.sched.restore(idx, start, nodes, gpus)
-        if code != "ok":
-            self._forget(job.job_id)
-        return code
+        return self.restore_many([(job, start, placement)])[0]
+
+    def restore_many(self, items: Sequence[tuple[LiveJob, int, Placement]]) -> list[str]:
+        """Put running jobs back on their nodes and GPUs (one native add for all).
+
+        Returns ``"ok"`` or why not, per job; a job that cannot be restored is forgotten.
+        """
+        if items:
+            self.flush(items[0][1] if self.sched is None else self._now)
+        codes = ["node_missing"] * len(items)
+        ok = []
+        for i, (job, _, placement) in enumerate(items):
+            self._jobs[job.job_id] = job
+            self._order.append(job.job_id)
+            known = all(name in self._node_index for name, _ in placement)
+            if self.sched is None or self._unplaceable(job) or not known:
+                self._forget(job.job_id)
+            else:
+                ok.append(i)
+        if not ok or self.sched is None:
+            return codes
+        index = self.sched.add_jobs(_columns([items[i][0] for i in ok], self.models)).tolist()
+        for i, idx in zip(ok, index, strict=True):
+            job, start, placement = items[i]
+            self._idx[job.job_id] = idx
+            self._job_of[idx] = job.job_id
+            nodes = [self._node_index[name] for name, _ in placement]
+            gpus = [g for _, gs in placement for g in gs]
+            codes[i] = self.sched.restore(idx, start, nodes, gpus)
+            if codes[i] != "ok":
+                self._forget(job.job_id)
+        return codes
 
     def _forget(self, job_id: int) -> None:
         self._jobs.pop(job_id, None)
@@ -390,9 +404,8 @@ class LiveCluster:
         self._jobs = {}
         is_running = {job_id for job_id, _, _ in running}
         self.lost = []
-        for job_id, start, placement in running:
-            if self.restore(jobs[job_id], start, placement) != "ok":
-                self.lost.append(job_id)
+        codes = self.restore_many([(jobs[j], start, placement) for j, start, placement in running])
+        self.lost = [j for (j, _, _), code in zip(running, codes, strict=True) if code != "ok"]
         waiting = [jobs[j] for j in order if j not in is_running] + [jobs[j] for j in parked]
         waiting.sort(key=lambda j: (j.submit, j.job_id))
         self.add_many(waiting)
