@@ -7,9 +7,10 @@ reports, does not gate.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
+
+from bench_engine import machine
 
 from cplat.profile import POLICIES
 from cplat.runtime.live import LiveCluster, LiveJob, LiveNode
@@ -90,9 +91,7 @@ def main() -> None:
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}")
     print(f"live cluster, {n:,} nodes x 8 GPUs, median of {reps}")
     print(f"  {n:,} registrations + first build     {med('register') * 1e3:9.1f} ms")
     print(

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench_engine import machine
 
 from cplat_server.auth import create_token
 
@@ -51,16 +51,6 @@ TARGET_RATE = 1000.0  # submits/s
 TARGET_P99 = 0.050  # s
 TARGET_TO_RUNNING = 0.100  # s, median
 TINY_JOBS = 20
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
 def free_port() -> int:

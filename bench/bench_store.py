@@ -13,29 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from bench_engine import machine
+
 from cplat.store import NewJob, Store, open_store
 
 TARGET_CALLS_PER_S = 1000.0
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
 async def hammer(store: Store, calls: int, concurrency: int) -> tuple[float, list[float]]:
