@@ -141,7 +141,7 @@ def test_finished_jobs_are_compacted_away(monkeypatch: pytest.MonkeyPatch) -> No
         c.add(job(i))
         assert c.cycle(i) == [i]
         c.finish(i, i)
-    assert c.sched is not None and c.sched._q.num_jobs <= 5 + 2
+    assert c.sched is not None and c.sched.num_jobs <= 5 + 2
     c.add(job(100))
     assert c.cycle(101) == [100]
     assert np.asarray(c.sched.state.gpu_free).min() >= 0

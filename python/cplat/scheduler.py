@@ -620,3 +620,22 @@ class Scheduler:
     def num_running(self) -> int:
         """Jobs running."""
         return int(self._q.num_running)
+
+    @property
+    def num_jobs(self) -> int:
+        """Jobs registered (in any state)."""
+        return int(self._q.num_jobs)
+
+    def start_time(self, job: int) -> int:
+        """When a running job started (-1 if it is not running)."""
+        return int(self._q.start_time(job))
+
+    def usage(self, group: str) -> tuple[int, int, int]:
+        """Milli-CPU, MiB and milli-GPU a project's running jobs hold (zeros without a quota)."""
+        if self.quotas is None:
+            return (0, 0, 0)
+        project = int(self.quotas.projects_of((group,))[0])
+        if project < 0:
+            return (0, 0, 0)
+        cpu, mem, gpu = self._q.usage(project)
+        return (int(cpu), int(mem), int(gpu))

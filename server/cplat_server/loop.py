@@ -15,13 +15,12 @@ import heapq
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cplat.runtime.live import LiveCluster, LiveJob, LiveNode, Placement
-from cplat.scheduler import Quota
+from cplat.scheduler import Quota, Quotas
 from cplat.store.base import (
-    TERMINAL_STATES,
     JobChange,
     JobRecord,
     NodeRecord,
@@ -29,6 +28,7 @@ from cplat.store.base import (
     QuotaRecord,
     Store,
 )
+from cplat_server.errors import bad_request
 from cplat_server.metrics import Metrics
 
 log = logging.getLogger("cplat.server")
@@ -178,6 +178,10 @@ class Controller:
         # (deadline, job, attempt) of running jobs: the cycle checks time limits without
         # walking every unfinished job.
         self._deadlines: list[tuple[float, int, int]] = []
+        # Jobs with a task on each node: heartbeats, node failures and node views look here
+        # instead of walking every job.
+        self._on_node: dict[str, set[int]] = {}
+        self._nodes_checked = 0.0
         self.started = time.time()
 
     # Lifecycle ------------------------------------------------------------------------
@@ -228,6 +232,7 @@ class Controller:
             self.nodes[nrec.name] = NodeRt(nrec, heartbeat=now)
             self.cluster.upsert_node(live_node(nrec), t)
         changes: list[JobChange] = []
+        waiting: list[LiveJob] = []
         for rec in await self.store.unfinished_jobs():
             rt = JobRt(rec, rec.state, rec.attempt, started_at=rec.started_at)
             self.jobs[rec.id] = rt
@@ -237,9 +242,15 @@ class Controller:
                 code = self.cluster.restore(live_job(rec), start, placement)
                 if code == "ok":
                     state = "assigned" if rec.state == "SCHEDULED" else "running"
-                    for rank, (node, gpus) in enumerate(placement):
-                        rt.tasks[rank] = TaskRt(node, gpus, state, since=now)
-                        if state == "assigned":
+                    self._place(
+                        rt,
+                        {
+                            rank: TaskRt(node, gpus, state, since=now)
+                            for rank, (node, gpus) in enumerate(placement)
+                        },
+                    )
+                    if state == "assigned":
+                        for rank in rt.tasks:
                             self._offer(rt, rank)
                     continue
                 log.warning("job %d: placement could not be restored (%s)", rec.id, code)
@@ -247,7 +258,8 @@ class Controller:
             elif rec.state == "SCHEDULED":
                 changes += self._requeue_changes(rt, now, "placement lost on restart")
             rt.state = "PENDING"
-            self.cluster.add(live_job(rec))
+            waiting.append(live_job(rec))
+        self.cluster.add_many(waiting)
         for rt in self.jobs.values():
             if rt.state == "RUNNING" and rt.started_at is not None:
                 self._track_deadline(rt)
@@ -372,6 +384,7 @@ class Controller:
             self.cluster.cancel(job_id)
         else:
             self.cluster.finish(job_id, int(now))
+        self._unplace(rt)
         del self.jobs[job_id]
         await self.persist(
             [
@@ -398,13 +411,9 @@ class Controller:
         spec.setdefault("gpus", [])
         models = {str(g.get("model", "")) for g in spec["gpus"]}
         if len(models) > 1:
-            from cplat_server.errors import bad_request
-
             raise bad_request("all GPUs of a node must be one model", "gpus")
         indices = sorted(int(g["index"]) for g in spec["gpus"])
         if indices != list(range(len(indices))):
-            from cplat_server.errors import bad_request
-
             raise bad_request("GPU indices must be 0..n-1, each once", "gpus")
         # A re-registering node keeps an operator's cordon or drain; a down node comes back.
         state = old.rec.state if old is not None and old.rec.state != "down" else "up"
@@ -433,12 +442,12 @@ class Controller:
         new_state = "up" if state == "up" and node.rec.state != "down" else state
         if node.rec.state == "down" and state != "down":
             new_state = "down"  # only the agent's heartbeat brings a node back
-        node.rec = _replace_node(node.rec, state=new_state)
+        node.rec = replace(node.rec, state=new_state)
         await self.store.put_node(node.rec)
         self.cluster.set_node_state(name, new_state)
         if state == "draining":
             changes: list[JobChange] = []
-            for job_id in self.cluster.jobs_on(name):
+            for job_id in self.node_jobs(name):
                 changes += self._requeue(self.jobs[job_id], now, f"node {name} drained")
             if changes:
                 await self.persist(changes)
@@ -451,11 +460,11 @@ class Controller:
         now = time.time()
         node.heartbeat = now
         if node.rec.state == "down":
-            node.rec = _replace_node(node.rec, state="up", heartbeat_at=now)
+            node.rec = replace(node.rec, state="up", heartbeat_at=now)
             self.cluster.set_node_state(name, "up")
             log.info("node %s is back", name)
         else:
-            node.rec = _replace_node(node.rec, heartbeat_at=now)
+            node.rec = replace(node.rec, heartbeat_at=now)
         health = {int(g["index"]): g for g in body.get("gpus", [])}
         if health:
             gpus = [dict(g) for g in node.rec.spec.get("gpus", [])]
@@ -464,7 +473,7 @@ class Controller:
                 if h is not None:
                     g["healthy"] = bool(h["healthy"])
                     g["reason"] = str(h.get("reason", ""))
-            node.rec = _replace_node(node.rec, spec={**node.rec.spec, "gpus": gpus})
+            node.rec = replace(node.rec, spec={**node.rec.spec, "gpus": gpus})
             held = held_gpus(gpus)
             live = self.cluster.node(name)
             if live is not None and held != live.unhealthy:
@@ -476,14 +485,14 @@ class Controller:
             seen.add((int(rep["job_id"]), int(rep["attempt"]), int(rep["rank"])))
             changes += self._on_task(name, rep, now)
         # Tasks this node should run but no longer reports: the agent lost them.
-        for rt in list(self.jobs.values()):
+        for job_id in self.node_jobs(name):
+            rt = self.jobs[job_id]
             for rank, task in rt.tasks.items():
                 if (
                     task.node == name
                     and task.state == "running"
-                    and (rt.rec.id, rt.attempt, rank) not in seen
+                    and (job_id, rt.attempt, rank) not in seen
                     and now - task.since > LOST_AFTER
-                    and rt.rec.id in self.jobs
                 ):
                     changes += self._requeue(rt, now, f"task {rank} lost on node {name}")
                     break
@@ -550,8 +559,6 @@ class Controller:
         return found
 
     def _apply_quotas(self, now: int) -> None:
-        from cplat.scheduler import Quotas
-
         quotas = [
             Quota(
                 project=q.project,
@@ -568,18 +575,6 @@ class Controller:
         }
         self.cluster.set_quotas(Quotas(quotas, limits) if quotas else None, now)
         self._wake.set()
-
-    def usage(self, project: str) -> tuple[int, int, int]:
-        """Resources a project's running jobs use now."""
-        cpu = mem = gpu = 0
-        for rt in self.jobs.values():
-            if rt.rec.project == project and rt.tasks:
-                res = rt.spec["tasks"]["resources"]
-                n = len(rt.tasks)
-                cpu += n * int(res["cpu_milli"])
-                mem += n * int(res["memory_mib"])
-                gpu += n * int(res["num_gpu"]) * int(res["gpu_milli"])
-        return cpu, mem, gpu
 
     # The loop -------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -601,14 +596,11 @@ class Controller:
         t = int(now)
         self.cluster.flush(t)  # one rebuild for all the nodes and quotas changed since
         changes: list[JobChange] = []
-        for name, node in self.nodes.items():
-            if node.rec.state != "down" and now - node.heartbeat > self.node_timeout:
-                log.warning("node %s missed its heartbeats: down", name)
-                node.rec = _replace_node(node.rec, state="down")
-                await self.store.put_node(node.rec)
-                self.cluster.set_node_state(name, "down")
-                for job_id in self.cluster.jobs_on(name):
-                    changes += self._requeue(self.jobs[job_id], now, f"node {name} down")
+        # Timeouts are seconds long: one pass over the nodes per second is enough, however
+        # often submissions wake the loop.
+        if now - self._nodes_checked >= min(1.0, self.node_timeout / 4):
+            self._nodes_checked = now
+            changes += await self._nodes_down(now)
         inbox, self._inbox = self._inbox, []
         self.cluster.add_many([live_job(rec) for rec in inbox if rec.id in self.jobs])
         while self._deadlines and self._deadlines[0][0] < now:
@@ -632,9 +624,13 @@ class Controller:
             placement = self.cluster.placement(job_id)
             rt.attempt += 1
             rt.state = "SCHEDULED"
-            rt.tasks = {
-                rank: TaskRt(node, gpus, since=now) for rank, (node, gpus) in enumerate(placement)
-            }
+            self._place(
+                rt,
+                {
+                    rank: TaskRt(node, gpus, since=now)
+                    for rank, (node, gpus) in enumerate(placement)
+                },
+            )
             changes.append(
                 JobChange(
                     job_id,
@@ -657,6 +653,18 @@ class Controller:
         for rt in offers:
             for rank in rt.tasks:
                 self._offer(rt, rank, resume.get(rt.rec.id))
+
+    async def _nodes_down(self, now: float) -> list[JobChange]:
+        changes: list[JobChange] = []
+        for name, node in self.nodes.items():
+            if node.rec.state != "down" and now - node.heartbeat > self.node_timeout:
+                log.warning("node %s missed its heartbeats: down", name)
+                node.rec = replace(node.rec, state="down")
+                await self.store.put_node(node.rec)
+                self.cluster.set_node_state(name, "down")
+                for job_id in self.node_jobs(name):
+                    changes += self._requeue(self.jobs[job_id], now, f"node {name} down")
+        return changes
 
     async def _resume_points(self, jobs: list[JobRt]) -> dict[int, str]:
         out: dict[int, str] = {}
@@ -771,6 +779,7 @@ class Controller:
     ) -> list[JobChange]:
         self._stop_tasks(rt)
         self.cluster.finish(rt.rec.id, int(now))
+        self._unplace(rt)
         self.jobs.pop(rt.rec.id, None)
         self._wake.set()
         return [
@@ -793,7 +802,8 @@ class Controller:
         return self._requeued(rt, now, why)
 
     def _requeued(self, rt: JobRt, now: float, why: str) -> list[JobChange]:
-        rt.state, rt.tasks, rt.started_at = "PENDING", {}, None
+        self._unplace(rt)
+        rt.state, rt.started_at = "PENDING", None
         return self._requeue_changes(rt, now, why)
 
     @staticmethod
@@ -832,7 +842,7 @@ class Controller:
         """Return capacity, allocation, fragmentation and counts (and refresh the gauges)."""
         states = {"up": 0, "down": 0, "cordoned": 0, "draining": 0}
         cap = [0, 0, 0]
-        alloc = [0, 0, 0]
+        alloc = list(self.cluster.totals())
         gpus = unhealthy = mig = 0
         for node in self.nodes.values():
             states[node.rec.state] = states.get(node.rec.state, 0) + 1
@@ -840,9 +850,6 @@ class Controller:
             gpus += len(devices)
             unhealthy += sum(1 for g in devices if g.get("healthy") is False)
             mig += sum(1 for g in devices if g.get("mig_mode") is True)
-            used = self.cluster.allocated(node.rec.name)
-            for i in range(3):
-                alloc[i] += used[i]
             if node.rec.state != "down":
                 cap[0] += int(node.rec.spec.get("cpu_milli", 0))
                 cap[1] += int(node.rec.spec.get("memory_mib", 0))
@@ -869,14 +876,20 @@ class Controller:
         }
 
     def node_jobs(self, name: str) -> list[int]:
-        """Jobs with a task on node ``name``."""
-        return sorted(
-            rt.rec.id for rt in self.jobs.values() if any(t.node == name for t in rt.tasks.values())
-        )
+        """Return the jobs with a task on node ``name``."""
+        return sorted(self._on_node.get(name, ()))
 
-    def is_terminal(self, state: str) -> bool:
-        """Whether a stored state is final."""
-        return state in TERMINAL_STATES
+    def _place(self, rt: JobRt, tasks: dict[int, TaskRt]) -> None:
+        """Give a job its tasks of this attempt (and index them by node)."""
+        self._unplace(rt)
+        rt.tasks = tasks
+        for task in tasks.values():
+            self._on_node.setdefault(task.node, set()).add(rt.rec.id)
+
+    def _unplace(self, rt: JobRt) -> None:
+        for task in rt.tasks.values():
+            self._on_node.get(task.node, set()).discard(rt.rec.id)
+        rt.tasks = {}
 
 
 def _placement_json(placement: Placement) -> list[dict[str, Any]]:
@@ -885,9 +898,3 @@ def _placement_json(placement: Placement) -> list[dict[str, Any]]:
 
 def _address(rec: NodeRecord) -> str:
     return str(rec.spec.get("address") or rec.spec.get("hostname") or rec.name)
-
-
-def _replace_node(rec: NodeRecord, **changes: Any) -> NodeRecord:
-    from dataclasses import replace
-
-    return replace(rec, **changes)

@@ -301,7 +301,7 @@ class LiveCluster:
         self.flush(now)
         if self.sched is None:
             return []
-        if self.sched._q.num_jobs > len(self._jobs) + len(self._holders) + COMPACT_AFTER:
+        if self.sched.num_jobs > len(self._jobs) + len(self._holders) + COMPACT_AFTER:
             self._rebuild(now)
         started = self.sched.cycle(now).tolist()
         self._preempted = [
@@ -365,7 +365,7 @@ class LiveCluster:
             for job_id in self._order:
                 idx = old_idx.get(job_id)
                 if idx is not None and old.job_state(idx) == "running":
-                    running.append((job_id, old._q.start_time(idx), self.placement(job_id)))
+                    running.append((job_id, old.start_time(idx), self.placement(job_id)))
         self.sched = None
         self._built = 0
         self._idx.clear()
@@ -430,6 +430,22 @@ class LiveCluster:
             int(st.cpu_capacity[n] - st.cpu_free[n]),
             int(st.memory_capacity[n] - st.memory_free[n]),
             gpu_used,
+        )
+
+    def usage(self, project: str) -> tuple[int, int, int]:
+        """Resources a project with a quota holds now (as the quota check counts them)."""
+        return (0, 0, 0) if self.sched is None else self.sched.usage(project)
+
+    def totals(self) -> tuple[int, int, int]:
+        """CPU, memory and milli-GPU allocated over the cluster (placeholders excluded)."""
+        if self.sched is None:
+            return (0, 0, 0)
+        st = self.sched.state
+        held = sum(1 for i in self._holders.values() if self.sched.job_state(i) == "running")
+        return (
+            int((np.asarray(st.cpu_capacity) - np.asarray(st.cpu_free)).sum()),
+            int((np.asarray(st.memory_capacity) - np.asarray(st.memory_free)).sum()),
+            int(st.allocated_gpu_milli) - held * MILLI_GPU,
         )
 
     def fragmentation(self) -> float:

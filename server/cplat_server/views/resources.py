@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -66,8 +67,6 @@ def _node_json(request: web.Request, rec: NodeRecord) -> dict[str, Any]:
 
 
 def _node_name(request: web.Request) -> str:
-    import re
-
     name = request.match_info["name"]
     if not re.match(NAME, name) or name not in request.app[CONTROLLER].nodes:
         raise not_found("node")
@@ -157,8 +156,6 @@ def _pool_json(p: PoolRecord) -> dict[str, Any]:
 
 
 def _path_name(request: web.Request, key: str, pattern: str, what: str) -> str:
-    import re
-
     value = request.match_info[key]
     if not re.match(pattern, value):
         raise not_found(what)
@@ -201,7 +198,7 @@ def _quota_json(request: web.Request, q: QuotaRecord) -> dict[str, Any]:
         "lending_limit": _vec_json(q.lending_limit),
         "pool": q.pool,
         "overcommit": q.overcommit,
-        "usage": _vec_json(request.app[CONTROLLER].usage(q.project)),
+        "usage": _vec_json(request.app[CONTROLLER].cluster.usage(q.project)),
     }
 
 
