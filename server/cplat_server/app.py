@@ -12,6 +12,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cplat.config import load_scheduler_config
+from cplat.errors import InputError
+from cplat.profile import POLICIES
 from cplat.runtime.live import LiveCluster
 from cplat.scheduler import QueuePolicy
 from cplat.store import open_store
@@ -137,16 +139,12 @@ def _scheduler_parts(cfg: ServiceConfig) -> LiveCluster:
     if cfg.profile:
         sc = load_scheduler_config(cfg.profile)
         if sc.quotas is not None:
-            from cplat.errors import InputError
-
             raise InputError(
                 "quotas of the live service are set through /v1/quotas, not the profile",
                 source=cfg.profile,
                 field="quota",
             )
         return LiveCluster(sc.placement, sc.queue, sc.checkpoint)
-    from cplat.profile import POLICIES
-
     return LiveCluster(POLICIES["bestfit"], QueuePolicy(order="priority", backfill="easy"))
 
 

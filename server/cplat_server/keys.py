@@ -11,7 +11,7 @@ from aiohttp import web
 from cplat.store.base import AuditIn, Store
 from cplat_server.auth import Principal
 from cplat_server.config import ServiceConfig
-from cplat_server.errors import ApiError, bad_request
+from cplat_server.errors import ApiError, bad_request, not_found
 from cplat_server.loop import Controller
 from cplat_server.metrics import Metrics
 from cplat_server.schemas import MAX_INT, Schema, validate
@@ -102,8 +102,6 @@ def query_int(
 
 def path_int(request: web.Request, name: str, what: str) -> int:
     """Return an integer path parameter (404 when it cannot name an object)."""
-    from cplat_server.errors import not_found
-
     text = request.match_info[name]
     if not text.isdigit() or int(text) > MAX_INT or int(text) < 1:
         raise not_found(what)

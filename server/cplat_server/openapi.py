@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from html import escape
 from typing import Any
 
 from cplat_server import schemas as s
@@ -112,9 +114,6 @@ def spec(version: str) -> dict[str, Any]:
 
 def docs_page() -> str:
     """Return a self-contained HTML page listing every operation with its schemas."""
-    import json
-    from html import escape
-
     doc = spec("")
     rows = []
     for path, ops in doc["paths"].items():

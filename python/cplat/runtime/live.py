@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cplat import _core
 from cplat.model import MILLI_GPU, GpuModels, NodeTable
 from cplat.profile import Profile
-from cplat.scheduler import Checkpointing, JobColumns, QueuePolicy, Quota, Quotas, Scheduler
+from cplat.scheduler import Checkpointing, JobColumns, QueuePolicy, Quotas, Scheduler
 
 #: Node states and the engine flags they set.
 NODE_FLAGS = {"up": 0, "down": 1, "cordoned": 2, "draining": 2 | 4}
@@ -504,11 +503,3 @@ def _columns(jobs: Sequence[LiveJob], models: GpuModels) -> JobColumns:
         user=tuple("" for _ in jobs),
         group=tuple(j.project for j in jobs),
     )
-
-
-def quotas_from(records: Sequence[Quota], limits: dict[str, tuple[int, int, int]]) -> Quotas:
-    """Build the scheduler's quotas from stored quotas and pool limits."""
-    return Quotas(list(records), limits)
-
-
-__all__ = ["LiveCluster", "LiveJob", "LiveNode", "NODE_FLAGS", "Placement", "_core"]
