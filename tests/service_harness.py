@@ -78,6 +78,9 @@ class Service:
     async def start_agent(self, name: str, work: Path, **kw: Any) -> None:
         from cplat.runtime.agent import Agent
 
+        # Tasks run as the test's own user unless a test asks otherwise: tests/test_isolation.py
+        # covers task users, which could not reach this interpreter nor the temporary dirs.
+        kw.setdefault("task_user", "self")
         agent = Agent(self.url, ADMIN, name=name, work_dir=work, heartbeat_interval=0.5, **kw)
         self.agents.append(asyncio.create_task(agent.run()))
         deadline = time.monotonic() + 10

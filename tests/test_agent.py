@@ -541,6 +541,9 @@ FAST: dict[str, Any] = {
     "log_flush_interval": 0.02,
     "straggler_grace": 0.3,
     "shutdown_timeout": 3.0,
+    # These tests are about the protocol; tests/test_isolation.py runs tasks as other users
+    # (which could not reach this interpreter, nor the test's temporary directories).
+    "task_user": "self",
 }
 
 
@@ -944,9 +947,27 @@ AGENT_MAIN = textwrap.dedent(
     from pathlib import Path
     from cplat.runtime.agent import run_agent
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(run_agent(sys.argv[1], sys.argv[2], "node-p", Path(sys.argv[3]), 0.05))
+    asyncio.run(
+        run_agent(sys.argv[1], sys.argv[2], "node-p", Path(sys.argv[3]), 0.05, task_user="self")
+    )
     """
 )
+
+
+def tethers_of(pid: int) -> list[int]:
+    """The tether processes (cplat.runtime.tether) started by process ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"tether.py" in cmdline:
+            found.append(int(entry))
+    return found
 
 
 def test_run_agent_process_crash_then_clean_stop(tmp_path: Path) -> None:
@@ -962,6 +983,10 @@ def test_run_agent_process_crash_then_clean_stop(tmp_path: Path) -> None:
             await until(lambda: "ready" in server.output(20), "the first life's task", 15)
             leader = server.reports_of(crashed)[0]["pid"]
             child = int((work / "tasks" / str(crashed) / "child.pid").read_text())
+            # Its tether would stop the task with the agent (tests/test_lease.py); without it
+            # the task outlives the agent, and the next agent must kill what is left.
+            for pid in tethers_of(first.pid):
+                os.kill(pid, signal.SIGKILL)
             first.kill()
             await first.wait()
             assert alive(leader) and alive(child), "the task should outlive its agent"

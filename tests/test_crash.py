@@ -715,6 +715,9 @@ def test_kill_9_mid_burst(tmp_path: Path, backend: str, procs: Procs) -> None:
         str(work),
         "--heartbeat",
         "0.5",
+        # The tasks write their pids into the test's (private) temporary dir.
+        "--task-user",
+        "self",
     ]
     pids = shlex.quote(str(pid_dir))
 

@@ -149,7 +149,8 @@ async def _register(svc: Any, name: str, gpus: int = 0, model: str = "A100") -> 
 
 def test_silent_node_goes_down_and_its_job_is_requeued(tmp_path: Path) -> None:
     async def main() -> None:
-        async with running_service(tmp_path, node_timeout=0.6) as svc:
+        # The job is requeued once the node's lease and grace have run out too.
+        async with running_service(tmp_path, node_timeout=0.6, lease=0.4, grace=0.2) as svc:
             await _register(svc, "gpu-1", gpus=2)
             job = await svc.submit(
                 MEMBER,
@@ -246,6 +247,9 @@ def test_requeued_job_resumes_from_its_latest_checkpoint(tmp_path: Path) -> None
             await svc.wait(job["id"], MEMBER, {"PENDING"})
             await svc.call("POST", "/v1/nodes/n1/uncordon", ADMIN)
             await svc.wait(job["id"], MEMBER, {"SCHEDULED"})
+            # Attempt 2 is handed out only once attempt 1 is known to have stopped.
+            stopped = {**report, "state": "exited", "exit_code": -15, "reason": "cancelled"}
+            await svc.call("POST", "/v1/nodes/n1/tasks", ADMIN, json=stopped)
             fresh: list[dict[str, Any]] = []
             for _ in range(3):  # the first answer may carry only the cancel of attempt 1
                 _, work = await svc.call("GET", "/v1/nodes/n1/assignments?wait=5", ADMIN)

@@ -214,7 +214,7 @@ BAD = [
     ),
     ({"name": "x", "command": ["true"], "priority": True}, "priority"),
     ({"name": "x", "command": ["true"], "env": {"1BAD": "x"}}, "env.1BAD"),
-    ({"name": "x", "command": ["tr\u0000ue"]}, "command"),
+    ({"name": "x", "command": ["tr\u0000ue"]}, "command[0]"),
     ({"name": "x", "command": ["true"], "max_runtime": 0}, "max_runtime"),
 ]
 

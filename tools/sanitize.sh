@@ -8,14 +8,18 @@
 #    invariant checks are on) in build-asan-py/, stage a copy of python/cplat with that module in
 #    build-asan-py/stage/, and run `pytest -q -x tests` (the pyproject marker filter applies;
 #    --capture=sys so that sanitizer reports are not swallowed by pytest's fd capture)
-#    with the stage first on PYTHONPATH and the gcc ASan/UBSan runtimes preloaded. The
+#    with the stage first on PYTHONPATH and the gcc ASan/UBSan runtimes preloaded. The whole
+#    suite runs, tests/test_native_safety.py included: its state machine drives the scheduler
+#    with random valid and invalid calls, which is what the sanitizers are there to watch. The
 #    installed package (editable or not) is left alone: a sitecustomize.py in the stage drops
 #    the editable install's import redirect for `cplat`, in subprocesses too.
 #
 # Needs python3 with the test extras (pip install '.[test]'), g++, and cmake >= 3.24 plus
 # ninja and pybind11 (taken from PATH or the Python environment; pip-installed when missing).
 # Environment: PYTHON (interpreter to use), CXX_SANITIZE (g++ by default; the preloaded
-# runtimes are gcc's, so the extension must be built by gcc).
+# runtimes are gcc's, so the extension must be built by gcc), CPLAT_SANITIZE_TESTS (what
+# pytest runs, `tests` by default; e.g. tests/test_native_safety.py for a quick check; CI
+# leaves it unset).
 # Exits non-zero on any failure.
 set -euo pipefail
 
@@ -207,8 +211,9 @@ show_sanitizer_logs() {
 
 T0=$SECONDS
 rc=0
-run env "${SAN_ENV[@]}" "$PYTHON" -m pytest -q -x --capture=sys -p cplat_sanitize_check tests "$@" ||
-  rc=$?
+read -r -a SANITIZE_TESTS <<< "${CPLAT_SANITIZE_TESTS:-tests}"
+run env "${SAN_ENV[@]}" "$PYTHON" -m pytest -q -x --capture=sys -p cplat_sanitize_check \
+  "${SANITIZE_TESTS[@]}" "$@" || rc=$?
 T_PY=$((SECONDS - T0))
 show_sanitizer_logs
 if [ "$rc" -ne 0 ]; then

@@ -1,4 +1,5 @@
-// ClusterState, Status and the pure fragmentation function.
+// ClusterState, Status and the pure fragmentation function. Conversion only: the core checks
+// every index and value.
 #include <stdexcept>
 #include <string>
 
@@ -10,9 +11,15 @@ namespace cplat::py_bind {
 
 namespace {
 
-std::vector<NodeSpec> node_specs(const In<int64_t>& cpu, const In<int64_t>& mem,
-                                 const In<int32_t>& ngpu, const In<int32_t>& model,
-                                 const In<int32_t>& rack, const In<int32_t>& spine) {
+std::vector<NodeSpec> node_specs(const py::handle& cpu_in, const py::handle& mem_in,
+                                 const py::handle& ngpu_in, const py::handle& model_in,
+                                 const py::handle& rack_in, const py::handle& spine_in) {
+  const In<int64_t> cpu = column<int64_t>(cpu_in, "cpu_milli");
+  const In<int64_t> mem = column<int64_t>(mem_in, "memory_mib");
+  const In<int32_t> ngpu = column<int32_t>(ngpu_in, "num_gpu");
+  const In<int32_t> model = column<int32_t>(model_in, "gpu_model");
+  const In<int32_t> rack = column<int32_t>(rack_in, "rack");
+  const In<int32_t> spine = column<int32_t>(spine_in, "spine");
   const py::ssize_t n = cpu.size();
   if (mem.size() != n || ngpu.size() != n || model.size() != n || rack.size() != n ||
       spine.size() != n) {
@@ -28,9 +35,14 @@ std::vector<NodeSpec> node_specs(const In<int64_t>& cpu, const In<int64_t>& mem,
 
 }  // namespace
 
-TargetWorkload make_workload(const In<int64_t>& cpu, const In<int32_t>& num_gpu,
-                             const In<int32_t>& gpu_milli, const In<uint64_t>& models,
-                             const In<double>& weight) {
+TargetWorkload make_workload(const py::handle& cpu_in, const py::handle& num_gpu_in,
+                             const py::handle& gpu_milli_in, const py::handle& models_in,
+                             const py::handle& weight_in) {
+  const In<int64_t> cpu = column<int64_t>(cpu_in, "workload cpu_milli");
+  const In<int32_t> num_gpu = column<int32_t>(num_gpu_in, "workload num_gpu");
+  const In<int32_t> gpu_milli = column<int32_t>(gpu_milli_in, "workload gpu_milli");
+  const In<uint64_t> models = column<uint64_t>(models_in, "workload models");
+  const In<double> weight = column<double>(weight_in, "workload weight");
   const py::ssize_t n = cpu.size();
   if (num_gpu.size() != n || gpu_milli.size() != n || models.size() != n || weight.size() != n) {
     throw std::invalid_argument("workload columns must all have the same length");
@@ -62,8 +74,8 @@ void bind_cluster(py::module_& m) {
   });
 
   py::class_<ClusterState>(m, "ClusterState")
-      .def(py::init([](const In<int64_t>& cpu, const In<int64_t>& mem, const In<int32_t>& ngpu,
-                       const In<int32_t>& model, const In<int32_t>& rack, const In<int32_t>& spine) {
+      .def(py::init([](const py::object& cpu, const py::object& mem, const py::object& ngpu,
+                       const py::object& model, const py::object& rack, const py::object& spine) {
              const std::vector<NodeSpec> specs = node_specs(cpu, mem, ngpu, model, rack, spine);
              return ClusterState(specs);
            }),
@@ -103,20 +115,18 @@ void bind_cluster(py::module_& m) {
       .def_property_readonly("spine", [](py::object self) {
         return readonly_view(self.cast<const ClusterState&>().spine_array(), self);
       })
-      .def("kind_count", &ClusterState::kind_count, py::arg("node"), py::arg("slot"))
-      .def("kinds_present", &ClusterState::kinds_present, py::arg("node"))
+      .def("kind_count", &ClusterState::kind_count_at, py::arg("node"), py::arg("slot"))
+      .def("kinds_present", &ClusterState::kinds_present_at, py::arg("node"))
       .def("set_flags", &ClusterState::set_flags, py::arg("node"), py::arg("flags"))
       .def("check_invariants", &ClusterState::check_invariants);
 
   m.def(
       "node_fragmentation",
-      [](const In<int64_t>& cpu, const In<int32_t>& num_gpu, const In<int32_t>& gpu_milli,
-         const In<uint64_t>& models, const In<double>& weight, int64_t cpu_free, int32_t model,
-         const In<int32_t>& gpu_free) {
+      [](const py::object& cpu, const py::object& num_gpu, const py::object& gpu_milli,
+         const py::object& models, const py::object& weight, int64_t cpu_free, int32_t model,
+         const py::object& gpu_free) {
         const TargetWorkload w = make_workload(cpu, num_gpu, gpu_milli, models, weight);
-        return node_fragmentation(
-            w, cpu_free, model,
-            std::span<const int32_t>(gpu_free.data(), static_cast<size_t>(gpu_free.size())));
+        return node_fragmentation(w, cpu_free, model, span_of(column<int32_t>(gpu_free, "gpu_free")));
       },
       py::arg("cpu_milli"), py::arg("num_gpu"), py::arg("gpu_milli"), py::arg("models"),
       py::arg("weight"), py::arg("cpu_free"), py::arg("model"), py::arg("gpu_free"));

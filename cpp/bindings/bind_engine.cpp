@@ -1,4 +1,5 @@
-// Engine: single and batch placement, inspection, fragmentation views.
+// Engine: single and batch placement, inspection, fragmentation views. Conversion only: the
+// engine checks every index and value (profile and policy names are parsed here).
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -35,9 +36,14 @@ Request make_request(int64_t cpu, int64_t mem, int32_t num_gpu, int32_t gpu_mill
   return Request{cpu, mem, num_gpu, gpu_milli, models};
 }
 
-std::vector<Request> make_requests(const In<int64_t>& cpu, const In<int64_t>& mem,
-                                   const In<int32_t>& num_gpu, const In<int32_t>& gpu_milli,
-                                   const In<uint64_t>& models) {
+std::vector<Request> make_requests(const py::handle& cpu_in, const py::handle& mem_in,
+                                   const py::handle& num_gpu_in, const py::handle& gpu_milli_in,
+                                   const py::handle& models_in) {
+  const In<int64_t> cpu = column<int64_t>(cpu_in, "cpu_milli");
+  const In<int64_t> mem = column<int64_t>(mem_in, "memory_mib");
+  const In<int32_t> num_gpu = column<int32_t>(num_gpu_in, "num_gpu");
+  const In<int32_t> gpu_milli = column<int32_t>(gpu_milli_in, "gpu_milli");
+  const In<uint64_t> models = column<uint64_t>(models_in, "models");
   const py::ssize_t n = cpu.size();
   if (mem.size() != n || num_gpu.size() != n || gpu_milli.size() != n || models.size() != n) {
     throw std::invalid_argument("request columns must all have the same length");
@@ -66,9 +72,9 @@ void bind_engine(py::module_& m) {
 
   py::class_<Engine>(m, "Engine")
       .def(py::init([](ClusterState& state, const std::vector<std::pair<std::string, int64_t>>& scorers,
-                       const std::string& gpu_pick, const In<int64_t>& w_cpu,
-                       const In<int32_t>& w_num_gpu, const In<int32_t>& w_gpu_milli,
-                       const In<uint64_t>& w_models, const In<double>& w_weight, uint64_t seed,
+                       const std::string& gpu_pick, const py::object& w_cpu,
+                       const py::object& w_num_gpu, const py::object& w_gpu_milli,
+                       const py::object& w_models, const py::object& w_weight, uint64_t seed,
                        const std::string& tie_break) {
              return Engine(state, make_profile(scorers, gpu_pick, tie_break),
                            make_workload(w_cpu, w_num_gpu, w_gpu_milli, w_models, w_weight), seed);
@@ -97,8 +103,8 @@ void bind_engine(py::module_& m) {
           py::arg("gpu_milli"), py::arg("gpus"))
       .def(
           "place_batch",
-          [](Engine& e, const In<int64_t>& cpu, const In<int64_t>& mem, const In<int32_t>& num_gpu,
-             const In<int32_t>& gpu_milli, const In<uint64_t>& models, bool track) {
+          [](Engine& e, const py::object& cpu, const py::object& mem, const py::object& num_gpu,
+             const py::object& gpu_milli, const py::object& models, bool track) {
             const std::vector<Request> reqs = make_requests(cpu, mem, num_gpu, gpu_milli, models);
             BatchResult r;
             {
@@ -153,7 +159,7 @@ void bind_engine(py::module_& m) {
       .def_property_readonly("node_frag", [](py::object self) {
         return readonly_view(self.cast<const Engine&>().frag().node_array(), self);
       })
-      .def("node_changed", &Engine::node_changed, py::arg("node"));
+      .def("node_changed", &Engine::node_changed, py::arg("node"));  // checked by the engine
 }
 
 }  // namespace cplat::py_bind

@@ -1,4 +1,5 @@
-// QueueScheduler: job registration, submit/finish/requeue and cycles.
+// QueueScheduler: job registration, submit/finish/requeue and cycles. Conversion only: the
+// queue checks every index and value (policy names are parsed here).
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -16,7 +17,6 @@ QueueOptions make_options(const std::string& order, const std::string& backfill,
                           bool random_victims, uint64_t seed, bool topology_aware,
                           const std::string& max_span, int64_t grace_period) {
   QueueOptions o;
-  if (grace_period < 0) throw std::invalid_argument("the grace period must be >= 0");
   o.grace_period = grace_period;
   o.topology_aware = topology_aware;
   const auto span = span_limit_from_name(max_span);
@@ -48,9 +48,6 @@ QueueOptions make_options(const std::string& order, const std::string& backfill,
     }
   }
   if (!found) throw std::invalid_argument("unknown backfill mode: " + backfill);
-  if (resolution < 1 || horizon < 0 || max_backfill_jobs < 0) {
-    throw std::invalid_argument("calendar resolution must be >= 1, horizon and budget >= 0");
-  }
   o.lock_head = lock_head;
   o.rlsched_wait = rlsched_wait;
   o.calendar_resolution = resolution;
@@ -107,10 +104,17 @@ void bind_queue(py::module_& m) {
            py::arg("grace_period") = 0, py::keep_alive<1, 2>())
       .def(
           "set_quotas",
-          [](QueueScheduler& q, const In<int32_t>& cohort, const In<int64_t>& nominal,
-             const In<int64_t>& borrowing, const In<int64_t>& lending,
-             const In<int32_t>& cohort_parent, const In<int64_t>& cohort_borrowing) {
+          [](QueueScheduler& q, const py::object& cohort_in, const py::object& nominal_in,
+             const py::object& borrowing_in, const py::object& lending_in,
+             const py::object& cohort_parent_in, const py::object& cohort_borrowing_in) {
             // nominal / borrowing / lending: projects x 3 (milli-CPU, MiB, milli-GPU), row-major.
+            const In<int32_t> cohort = column<int32_t>(cohort_in, "cohort");
+            const In<int64_t> nominal = column<int64_t>(nominal_in, "nominal");
+            const In<int64_t> borrowing = column<int64_t>(borrowing_in, "borrowing_limit");
+            const In<int64_t> lending = column<int64_t>(lending_in, "lending_limit");
+            const In<int32_t> cohort_parent = column<int32_t>(cohort_parent_in, "cohort_parent");
+            const In<int64_t> cohort_borrowing =
+                column<int64_t>(cohort_borrowing_in, "cohort_borrowing_limit");
             const py::ssize_t p = cohort.size();
             if (nominal.size() != 3 * p || borrowing.size() != 3 * p || lending.size() != 3 * p) {
               throw std::invalid_argument("quota arrays must have 3 values per project");
@@ -131,17 +135,11 @@ void bind_queue(py::module_& m) {
             }
             std::vector<CohortSpec> cohorts(static_cast<size_t>(c));
             for (py::ssize_t i = 0; i < c; ++i) {
-              if (cohort_parent.at(i) >= c || cohort_parent.at(i) == i) {
-                throw std::invalid_argument("bad cohort parent");
-              }
               cohorts[static_cast<size_t>(i)].parent = cohort_parent.at(i);
               for (py::ssize_t d = 0; d < 3; ++d) {
                 cohorts[static_cast<size_t>(i)].borrowing_limit[static_cast<size_t>(d)] =
                     cohort_borrowing.at(3 * i + d);
               }
-            }
-            for (const QuotaSpec& s : specs) {
-              if (s.cohort >= c) throw std::invalid_argument("project cohort out of range");
             }
             q.set_quotas(std::move(specs), std::move(cohorts));
           },
@@ -149,16 +147,12 @@ void bind_queue(py::module_& m) {
           py::arg("cohort_parent"), py::arg("cohort_borrowing_limit"))
       .def(
           "set_job_meta",
-          [](QueueScheduler& q, const In<int32_t>& jobs, const In<int32_t>& project,
-             const In<int64_t>& interval, const In<int64_t>& cost) {
-            const py::ssize_t n = jobs.size();
-            if (project.size() != n || interval.size() != n || cost.size() != n) {
-              throw std::invalid_argument("job meta columns must all have the same length");
-            }
-            for (py::ssize_t i = 0; i < n; ++i) {
-              if (jobs.at(i) < 0 || jobs.at(i) >= q.num_jobs()) throw std::out_of_range("job index");
-              q.set_job_meta(jobs.at(i), project.at(i), interval.at(i), cost.at(i));
-            }
+          [](QueueScheduler& q, const py::object& jobs, const py::object& project,
+             const py::object& interval, const py::object& cost) {
+            q.set_job_meta(span_of(column<int64_t>(jobs, "jobs")),
+                           span_of(column<int32_t>(project, "project")),
+                           span_of(column<int64_t>(interval, "checkpoint_interval")),
+                           span_of(column<int64_t>(cost, "checkpoint_cost")));
           },
           py::arg("jobs"), py::arg("project"), py::arg("checkpoint_interval"),
           py::arg("checkpoint_cost"))
@@ -168,63 +162,57 @@ void bind_queue(py::module_& m) {
       .def("tasks_of", &QueueScheduler::tasks_of, py::arg("job"))
       .def(
           "set_min_tasks",
-          [](QueueScheduler& q, const In<int32_t>& jobs, const In<int32_t>& min_tasks) {
-            if (jobs.size() != min_tasks.size()) {
-              throw std::invalid_argument("jobs and minimums must have the same length");
-            }
-            for (py::ssize_t i = 0; i < jobs.size(); ++i) {
-              if (jobs.at(i) < 0 || jobs.at(i) >= q.num_jobs()) throw std::out_of_range("job index");
-              q.set_min_tasks(jobs.at(i), min_tasks.at(i));
-            }
+          [](QueueScheduler& q, const py::object& jobs, const py::object& min_tasks) {
+            q.set_min_tasks(span_of(column<int64_t>(jobs, "jobs")),
+                            span_of(column<int32_t>(min_tasks, "min_tasks")));
           },
           py::arg("jobs"), py::arg("min_tasks"))
       .def(
           "set_exclusive",
-          [](QueueScheduler& q, const In<int32_t>& jobs, const In<uint8_t>& exclusive) {
-            if (jobs.size() != exclusive.size()) {
-              throw std::invalid_argument("jobs and flags must have the same length");
-            }
-            for (py::ssize_t i = 0; i < jobs.size(); ++i) {
-              if (jobs.at(i) < 0 || jobs.at(i) >= q.num_jobs()) throw std::out_of_range("job index");
-              q.set_exclusive(jobs.at(i), exclusive.at(i) != 0);
-            }
+          [](QueueScheduler& q, const py::object& jobs, const py::object& exclusive) {
+            q.set_exclusive(span_of(column<int64_t>(jobs, "jobs")),
+                            span_of(column<uint8_t>(exclusive, "exclusive")));
           },
           py::arg("jobs"), py::arg("exclusive"))
       .def(
           "add_reservation",
           [](QueueScheduler& q, int64_t start, int64_t end, const std::vector<int32_t>& nodes,
-             int32_t owner, int32_t num_nodes) {
-            if (end <= start) throw std::invalid_argument("a reservation must end after it starts");
-            for (const int32_t n : nodes) {
-              if (n < 0 || n >= num_nodes) throw std::out_of_range("reservation node index");
-            }
-            return q.add_reservation(Reservation{start, end, nodes, owner});
-          },
-          py::arg("start"), py::arg("end"), py::arg("nodes"), py::arg("owner"), py::arg("num_nodes"))
+             int32_t owner) { return q.add_reservation(Reservation{start, end, nodes, owner}); },
+          py::arg("start"), py::arg("end"), py::arg("nodes"), py::arg("owner"))
       .def("lost_work", &QueueScheduler::lost_work, py::arg("job"), py::arg("now"))
-      .def("usage", [](const QueueScheduler& q, int32_t project) {
+      .def("usage", [](const QueueScheduler& q, int64_t project) {
         const auto& u = q.usage(project);
         return std::vector<int64_t>(u.begin(), u.end());
       }, py::arg("project"))
       .def(
           "add_jobs",
-          [](QueueScheduler& q, const In<int64_t>& submit, const In<int64_t>& requested,
-             const In<int32_t>& num_tasks, const In<int64_t>& cpu, const In<int64_t>& mem,
-             const In<int32_t>& num_gpu, const In<int32_t>& gpu_milli, const In<uint64_t>& models,
-             const In<double>& priority) {
+          [](QueueScheduler& q, const py::object& submit_in, const py::object& requested_in,
+             const py::object& num_tasks_in, const py::object& cpu_in, const py::object& mem_in,
+             const py::object& num_gpu_in, const py::object& gpu_milli_in,
+             const py::object& models_in, const py::object& priority_in) {
+            const In<int64_t> submit = column<int64_t>(submit_in, "submit");
+            const In<int64_t> requested = column<int64_t>(requested_in, "requested");
+            const In<int32_t> num_tasks = column<int32_t>(num_tasks_in, "num_tasks");
+            const In<int64_t> cpu = column<int64_t>(cpu_in, "cpu_milli");
+            const In<int64_t> mem = column<int64_t>(mem_in, "memory_mib");
+            const In<int32_t> num_gpu = column<int32_t>(num_gpu_in, "num_gpu");
+            const In<int32_t> gpu_milli = column<int32_t>(gpu_milli_in, "gpu_milli");
+            const In<uint64_t> models = column<uint64_t>(models_in, "models");
+            const In<double> priority = column<double>(priority_in, "priority");
             const py::ssize_t n = submit.size();
             if (requested.size() != n || num_tasks.size() != n || cpu.size() != n ||
                 mem.size() != n || num_gpu.size() != n || gpu_milli.size() != n ||
                 models.size() != n || priority.size() != n) {
               throw std::invalid_argument("job columns must all have the same length");
             }
-            const int32_t first = q.num_jobs();
+            std::vector<JobSpec> jobs(static_cast<size_t>(n));
             for (py::ssize_t i = 0; i < n; ++i) {
-              q.add_job(submit.at(i), requested.at(i), num_tasks.at(i),
-                        Request{cpu.at(i), mem.at(i), num_gpu.at(i), gpu_milli.at(i), models.at(i)},
-                        priority.at(i));
+              jobs[static_cast<size_t>(i)] = {
+                  submit.at(i), requested.at(i), num_tasks.at(i),
+                  Request{cpu.at(i), mem.at(i), num_gpu.at(i), gpu_milli.at(i), models.at(i)},
+                  priority.at(i)};
             }
-            return first;
+            return q.add_jobs(jobs);
           },
           py::arg("submit"), py::arg("requested"), py::arg("num_tasks"), py::arg("cpu_milli"),
           py::arg("memory_mib"), py::arg("num_gpu"), py::arg("gpu_milli"), py::arg("models"),
@@ -232,44 +220,34 @@ void bind_queue(py::module_& m) {
       .def("submit", &QueueScheduler::submit, py::arg("job"))
       .def(
           "set_priorities",
-          [](QueueScheduler& q, const In<int32_t>& jobs, const In<double>& values) {
-            if (jobs.size() != values.size()) {
-              throw std::invalid_argument("jobs and priorities must have the same length");
-            }
-            for (py::ssize_t i = 0; i < jobs.size(); ++i) {
-              if (jobs.at(i) < 0 || jobs.at(i) >= q.num_jobs()) throw std::out_of_range("job index");
-              q.set_priority(jobs.at(i), values.at(i));
-            }
+          [](QueueScheduler& q, const py::object& jobs, const py::object& values) {
+            q.set_priorities(span_of(column<int64_t>(jobs, "jobs")),
+                             span_of(column<double>(values, "priorities")));
           },
           py::arg("jobs"), py::arg("priorities"))
       .def("pending_jobs", [](QueueScheduler& q) { return to_array(q.pending_jobs()); })
       .def(
           "submit_many",
-          [](QueueScheduler& q, const In<int32_t>& jobs) {
-            int32_t ok = 0;
-            for (py::ssize_t i = 0; i < jobs.size(); ++i) ok += q.submit(jobs.at(i)).ok() ? 1 : 0;
-            return ok;
+          [](QueueScheduler& q, const py::object& jobs) {
+            return q.submit_many(span_of(column<int64_t>(jobs, "jobs")));
           },
           py::arg("jobs"))
       .def("cancel", &QueueScheduler::cancel, py::arg("job"))
       .def("finish", &QueueScheduler::finish, py::arg("job"))
       .def(
           "finish_many",
-          [](QueueScheduler& q, const In<int32_t>& jobs) {
-            int32_t ok = 0;
-            for (py::ssize_t i = 0; i < jobs.size(); ++i) ok += q.finish(jobs.at(i)).ok() ? 1 : 0;
-            return ok;
+          [](QueueScheduler& q, const py::object& jobs) {
+            return q.finish_many(span_of(column<int64_t>(jobs, "jobs")));
           },
           py::arg("jobs"))
       .def("requeue", &QueueScheduler::requeue, py::arg("job"))
       .def(
           "restore",
-          [](QueueScheduler& q, int32_t job, int64_t start, const In<int32_t>& nodes,
-             const In<int32_t>& gpus) {
+          [](QueueScheduler& q, int64_t job, int64_t start, const py::object& nodes,
+             const py::object& gpus) {
             // C order: a (tasks x num_gpu) device array reads as the flat per-task layout.
-            return q.restore(job, start,
-                             std::span<const int32_t>(nodes.data(), static_cast<size_t>(nodes.size())),
-                             std::span<const int32_t>(gpus.data(), static_cast<size_t>(gpus.size())));
+            return q.restore(job, start, span_of(column<int32_t>(nodes, "nodes")),
+                             span_of(column<int32_t>(gpus, "gpus")));
           },
           py::arg("job"), py::arg("start"), py::arg("nodes"), py::arg("gpus"))
       .def(
@@ -283,18 +261,18 @@ void bind_queue(py::module_& m) {
             return to_array(started);
           },
           py::arg("now"))
-      .def("state", [](const QueueScheduler& q, int32_t job) {
+      .def("state", [](const QueueScheduler& q, int64_t job) {
         return std::string(kStateNames[static_cast<int>(q.state(job))]);
       }, py::arg("job"))
-      .def("reason", [](const QueueScheduler& q, int32_t job) {
+      .def("reason", [](const QueueScheduler& q, int64_t job) {
         return std::string(code_name(q.reason(job)));
       }, py::arg("job"))
       .def("start_time", &QueueScheduler::start_time, py::arg("job"))
       .def("reservation", &QueueScheduler::reservation, py::arg("job"))
       .def("reservations", [](const QueueScheduler& q) { return to_array(q.reservations()); })
-      .def("nodes_of", [](const QueueScheduler& q, int32_t job) { return span_array(q.nodes_of(job)); },
+      .def("nodes_of", [](const QueueScheduler& q, int64_t job) { return span_array(q.nodes_of(job)); },
            py::arg("job"))
-      .def("gpus_of", [](const QueueScheduler& q, int32_t job) { return span_array(q.gpus_of(job)); },
+      .def("gpus_of", [](const QueueScheduler& q, int64_t job) { return span_array(q.gpus_of(job)); },
            py::arg("job"))
       .def_property_readonly("num_jobs", &QueueScheduler::num_jobs)
       .def_property_readonly("num_pending", &QueueScheduler::num_pending)

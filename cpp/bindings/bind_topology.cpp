@@ -1,4 +1,5 @@
 // Topology: GPU island ids, per-node gang capacity, spans, and the engine's gang entry points.
+// Conversion only: the core checks every index and value (span limit names are parsed here).
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -33,13 +34,9 @@ void bind_topology(py::module_& m) {
 
   m.def(
       "set_gpu_topology",
-      [](ClusterState& state, const In<int32_t>& nvlink, const In<int32_t>& numa) {
-        const auto g = static_cast<py::ssize_t>(state.num_gpus());
-        if (nvlink.size() != g || numa.size() != g) {
-          throw std::invalid_argument("nvlink and numa need one id per GPU (" + std::to_string(g) + ")");
-        }
-        std::copy(nvlink.data(), nvlink.data() + g, state.nvlink_array().begin());
-        std::copy(numa.data(), numa.data() + g, state.numa_array().begin());
+      [](ClusterState& state, const py::object& nvlink, const py::object& numa) {
+        state.set_gpu_topology(span_of(column<int32_t>(nvlink, "nvlink")),
+                               span_of(column<int32_t>(numa, "numa")));
       },
       py::arg("state"), py::arg("nvlink"), py::arg("numa"));
   m.def(
@@ -71,15 +68,9 @@ void bind_topology(py::module_& m) {
 
   m.def(
       "gang_span",
-      [](const ClusterState& state, const In<int32_t>& nodes) {
-        const TopologyIndex idx = TopologyIndex::build(state);
-        for (py::ssize_t i = 0; i < nodes.size(); ++i) {
-          if (nodes.at(i) < 0 || nodes.at(i) >= state.num_nodes()) {
-            throw std::invalid_argument("node id out of range");
-          }
-        }
-        const GangSpan s = gang_span(
-            idx, std::span<const int32_t>(nodes.data(), static_cast<size_t>(nodes.size())));
+      [](const ClusterState& state, const py::object& nodes) {
+        const In<int32_t> ids = column<int32_t>(nodes, "nodes");
+        const GangSpan s = gang_span(TopologyIndex::build(state), span_of(ids));
         return py::make_tuple(s.spines, s.racks, s.nodes);
       },
       py::arg("state"), py::arg("nodes"));
@@ -118,8 +109,9 @@ void bind_topology(py::module_& m) {
   engine.def(
       "place_gang_on",
       [](Engine& e, int64_t cpu, int64_t mem, int32_t num_gpu, int32_t gpu_milli, uint64_t models,
-         const In<int32_t>& nodes) {
-        const std::vector<int32_t> on(nodes.data(), nodes.data() + nodes.size());
+         const py::object& nodes) {
+        const In<int32_t> ids = column<int32_t>(nodes, "nodes");
+        const std::vector<int32_t> on(ids.data(), ids.data() + ids.size());
         std::vector<int32_t> gpus;
         const Status s = e.place_gang_on(Request{cpu, mem, num_gpu, gpu_milli, models}, on, gpus);
         return py::make_tuple(s, to_array(gpus));

@@ -6,6 +6,10 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <span>
+#include <limits>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cplat/fragmentation.hpp"
@@ -35,10 +39,52 @@ py::array_t<T> to_array(const std::vector<T>& v) {
 template <typename T>
 using In = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
+// Convert an array-like argument to In<T>. NumPy's forced cast wraps integers that do not fit
+// (2**32 + 1 becomes 1 in an int32 column, -1 becomes 2**64 - 1 in a uint64 one) and truncates
+// floats, so integer columns take integers only and are range-checked first (TypeError for
+// other kinds, ValueError naming the column for a value out of range). An empty input is an
+// empty column whatever its dtype (NumPy makes [] float64).
+template <typename T>
+In<T> column(const py::handle& obj, const char* name) {
+  const py::array arr = py::array::ensure(obj);
+  if (!arr) throw py::type_error(std::string(name) + " must be an array of numbers");
+  if (arr.size() > 0) {
+    const char kind = arr.dtype().kind();
+    const bool integer = kind == 'i' || kind == 'u' || kind == 'b';
+    if constexpr (std::is_integral_v<T>) {
+      if (!integer) {
+        throw py::type_error(std::string(name) + " must hold integers, got dtype " +
+                             std::string(py::str(arr.dtype())));
+      }
+      if (kind != 'b' && !arr.dtype().is(py::dtype::of<T>())) {
+        const py::int_ lo(arr.attr("min")());
+        const py::int_ hi(arr.attr("max")());
+        const py::int_ min(std::numeric_limits<T>::min());
+        const py::int_ max(std::numeric_limits<T>::max());
+        if (lo < min || hi > max) {
+          throw py::value_error(std::string(name) + ": " + std::string(py::str(lo < min ? lo : hi)) +
+                                " does not fit " + std::string(py::str(py::dtype::of<T>())));
+        }
+      }
+    } else if (!integer && kind != 'f') {
+      throw py::type_error(std::string(name) + " must hold numbers, got dtype " +
+                           std::string(py::str(arr.dtype())));
+    }
+  }
+  In<T> out = In<T>::ensure(arr);
+  if (!out) throw py::type_error(std::string(name) + " must be an array of numbers");
+  return out;
+}
+
+template <typename T>
+std::span<const T> span_of(const In<T>& a) {
+  return {a.data(), static_cast<size_t>(a.size())};
+}
+
 // Target workload from column arrays (shared by both binding units).
-TargetWorkload make_workload(const In<int64_t>& cpu, const In<int32_t>& num_gpu,
-                             const In<int32_t>& gpu_milli, const In<uint64_t>& models,
-                             const In<double>& weight);
+TargetWorkload make_workload(const py::handle& cpu, const py::handle& num_gpu,
+                             const py::handle& gpu_milli, const py::handle& models,
+                             const py::handle& weight);
 
 void bind_cluster(py::module_& m);
 void bind_engine(py::module_& m);

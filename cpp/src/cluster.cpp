@@ -1,7 +1,11 @@
 #include "cplat/cluster.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <stdexcept>
+#include <string>
+
+#include "cplat/check.hpp"
 
 namespace cplat {
 
@@ -33,19 +37,34 @@ int kind_slot(const Request& r) {
 
 ClusterState::ClusterState(std::span<const NodeSpec> nodes) {
   const size_t n = nodes.size();
+  // Node and device ids are int32 everywhere.
+  if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    throw std::invalid_argument("a cluster has at most 2^31 - 1 nodes");
+  }
   cpu_cap_.reserve(n);
   cpu_free_.reserve(n);
   mem_cap_.reserve(n);
   mem_free_.reserve(n);
   gpu_begin_.reserve(n + 1);
-  for (const NodeSpec& s : nodes) {
-    // Bad node lists are rejected at the edge: model ids index a 64-bit mask.
-    if (s.cpu_milli < 0 || s.memory_mib < 0 || s.num_gpu < 0) {
-      throw std::invalid_argument("node capacities must be non-negative");
-    }
+  for (size_t i = 0; i < n; ++i) {
+    const NodeSpec& s = nodes[i];
+    // Bad node lists are rejected at the edge: the bounds keep every later sum in range and
+    // model ids index a 64-bit mask.
+    const std::string node = "node " + std::to_string(i) + ": ";
+    check_range(s.cpu_milli, 0, kMaxQuantity, node + "cpu_milli");
+    check_range(s.memory_mib, 0, kMaxQuantity, node + "memory_mib");
+    check_range(s.num_gpu, 0, kMaxGpusPerNode, node + "num_gpu");
     // -1 = unknown model (only requests that accept any model can use it).
     if (s.num_gpu > 0 && (s.gpu_model < -1 || s.gpu_model >= kMaxGpuModels)) {
-      throw std::invalid_argument("a GPU model id must be in [-1, 64)");
+      throw std::invalid_argument(node + "a GPU model id must be in [-1, 64), got " +
+                                  std::to_string(s.gpu_model));
+    }
+    // Each term is at most 2^36 and each total at most 2^50 before it: no overflow.
+    if (cpu_free_total_ + s.cpu_milli > kMaxClusterTotal ||
+        mem_free_total_ + s.memory_mib > kMaxClusterTotal ||
+        static_cast<int64_t>(gpu_begin_.back()) + s.num_gpu > std::numeric_limits<int32_t>::max()) {
+      throw std::invalid_argument(
+          "cluster totals must stay within 2^50 milli-CPU and MiB and 2^31 - 1 devices");
     }
     cpu_cap_.push_back(s.cpu_milli);
     cpu_free_.push_back(s.cpu_milli);
@@ -71,9 +90,30 @@ ClusterState::ClusterState(std::span<const NodeSpec> nodes) {
   kinds_present_.assign(n, 0);
 }
 
-void ClusterState::set_flags(int32_t n, uint8_t flags) {
-  flags_[n] = flags;
-  ++version_[n];
+void ClusterState::set_flags(int64_t n, uint8_t flags) {
+  checked_index(n, num_nodes(), "node");
+  set_flags_unchecked(static_cast<int32_t>(n), flags);
+}
+
+int32_t ClusterState::kind_count_at(int64_t n, int64_t slot) const {
+  checked_index(n, num_nodes(), "node");
+  checked_index(slot, kGpuKindSlots, "slot");
+  return kind_count(static_cast<int32_t>(n), static_cast<int>(slot));
+}
+
+int32_t ClusterState::kinds_present_at(int64_t n) const {
+  return kinds_present(static_cast<int32_t>(checked_index(n, num_nodes(), "node")));
+}
+
+void ClusterState::set_gpu_topology(std::span<const int32_t> nvlink, std::span<const int32_t> numa) {
+  if (nvlink.size() != gpu_free_.size() || numa.size() != gpu_free_.size()) {
+    throw std::invalid_argument("nvlink and numa need one id per GPU (" +
+                                std::to_string(gpu_free_.size()) + "), got " +
+                                std::to_string(nvlink.size()) + " and " +
+                                std::to_string(numa.size()));
+  }
+  std::copy(nvlink.begin(), nvlink.end(), nvlink_.begin());
+  std::copy(numa.begin(), numa.end(), numa_.begin());
 }
 
 bool ClusterState::gpu_fits(int32_t n, const Request& r) const {

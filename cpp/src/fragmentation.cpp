@@ -2,10 +2,22 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <stdexcept>
+#include <string>
 
 namespace cplat {
 
 TargetWorkload::TargetWorkload(std::vector<TargetTask> tasks) : tasks_(std::move(tasks)) {
+  for (size_t i = 0; i < tasks_.size(); ++i) {
+    // A NaN or infinite weight would make every fragmentation value (and the FGD score cast
+    // from it) undefined; the bound keeps weighted sums finite.
+    const double w = tasks_[i].weight;
+    if (!std::isfinite(w) || w < 0.0 || w > kMaxWeight) {
+      throw std::invalid_argument("workload weight " + std::to_string(i) +
+                                  " must be finite and in [0, 1e9], got " + std::to_string(w));
+    }
+  }
   cpu_sorted_.reserve(tasks_.size());
   for (const TargetTask& t : tasks_) cpu_sorted_.push_back(t.cpu_milli);
   std::sort(cpu_sorted_.begin(), cpu_sorted_.end());
@@ -18,6 +30,10 @@ int32_t TargetWorkload::cpu_fit_count(int64_t cpu_free) const {
 
 double node_fragmentation(const TargetWorkload& workload, int64_t cpu_free, int32_t model,
                           std::span<const int32_t> gpu_free) {
+  // The model indexes a 64-bit mask (a shift by 64 or more is undefined).
+  if (model < -1 || model >= kMaxGpuModels) {
+    throw std::invalid_argument("model must be in [-1, 64), got " + std::to_string(model));
+  }
   int64_t idle = 0;
   for (int32_t f : gpu_free) idle += f;
   if (idle == 0) return 0.0;

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
+#include <string>
+
+#include "cplat/check.hpp"
 
 namespace cplat {
 
@@ -24,9 +27,17 @@ Status RejectionCounts::dominant() const {
 Engine::Engine(ClusterState& state, Profile profile, TargetWorkload workload, uint64_t seed)
     : state_(&state), profile_(std::move(profile)), frag_(state, std::move(workload)), rng_(seed) {
   for (const WeightedScorer& s : profile_.scorers) uses_fgd_ = uses_fgd_ || s.kind == ScorerKind::kFgd;
+  int64_t weight_sum = 0;
   for (const WeightedScorer& s : profile_.scorers) {
-    // Scores are "higher is better"; the single-scorer fast path relies on it.
-    if (s.weight <= 0) throw std::invalid_argument("scorer weights must be positive");
+    // Scores are "higher is better"; the single-scorer fast path relies on it. The bound on
+    // the sum keeps weighted totals (|raw score| < 2^44 within the node bounds) inside int64.
+    if (s.weight <= 0 || s.weight > kMaxWeightSum - weight_sum) {
+      throw std::invalid_argument("scorer weights must be positive and sum to at most " +
+                                  std::to_string(kMaxWeightSum) + ", got " +
+                                  std::to_string(s.weight) + " for " +
+                                  std::string(scorer_name(s.kind)));
+    }
+    weight_sum += s.weight;
   }
   if ((uses_fgd_ || profile_.gpu_pick == GpuPick::kFgd) && frag_.workload().empty()) {
     throw std::invalid_argument("the fgd scorer and GPU pick need a non-empty target workload");
@@ -167,13 +178,36 @@ FgdChoice Engine::compute_score(ScorerKind kind, int32_t n, const Request& r) {
   return {kMinScore, -1};
 }
 
+namespace {
+// Inspection takes shapes place() refuses, but amounts out of bounds would overflow the
+// scorers' arithmetic (or the FGD memo's packed keys).
+void check_in_bounds(const Request& r) {
+  if (!r.in_bounds()) {
+    throw std::invalid_argument(
+        "request amounts must be within [0, 2^36] milli-CPU and MiB, [0, 65536] devices and "
+        "[0, 1000] milli-GPU per device");
+  }
+}
+
+void check_per_node(size_t got, int32_t nodes, const char* what) {
+  if (got != static_cast<size_t>(nodes)) {
+    throw std::invalid_argument(std::string(what) + " needs one entry per node (" +
+                                std::to_string(nodes) + "), got " + std::to_string(got));
+  }
+}
+}  // namespace
+
 void Engine::filter_all(const Request& r, std::span<uint8_t> codes) const {
+  check_per_node(codes.size(), state_->num_nodes(), "filter_all");
+  check_in_bounds(r);
   for (int32_t n = 0; n < state_->num_nodes(); ++n) {
     codes[static_cast<size_t>(n)] = static_cast<uint8_t>(filter_node(*state_, n, r).code);
   }
 }
 
 void Engine::score_all(const Request& r, ScorerKind kind, std::span<int64_t> out) {
+  check_per_node(out.size(), state_->num_nodes(), "score_all");
+  check_in_bounds(r);
   for (int32_t n = 0; n < state_->num_nodes(); ++n) {
     out[static_cast<size_t>(n)] = filter_node(*state_, n, r).ok() ? raw_score(kind, n, r) : -1;
   }
@@ -300,7 +334,7 @@ Status Engine::place_gang(const Request& r, int32_t count, std::vector<int32_t>&
   nodes.clear();
   gpus.clear();
   last_rejections_ = {};
-  if (!r.valid() || count < 1) return {Code::kInvalidArgument, "Engine"};
+  if (!r.valid() || count < 1 || count > kMaxTasks) return {Code::kInvalidArgument, "Engine"};
   if (count == 1) {
     int32_t node = -1;
     const Status s = place(r, node, gpus);
@@ -431,7 +465,7 @@ Status Engine::place_gang_topology(const Request& r, int32_t count, SpanLimit li
   nodes.clear();
   gpus.clear();
   last_rejections_ = {};
-  if (!r.valid() || count < 1) return {Code::kInvalidArgument, "Engine"};
+  if (!r.valid() || count < 1 || count > kMaxTasks) return {Code::kInvalidArgument, "Engine"};
   const ClusterState& st = *state_;
   if (const Status s = aggregate_fits(st, r, count); !s.ok()) return s;
   const size_t m = filter_feasible(r);
@@ -555,7 +589,9 @@ Status Engine::place_gang_on(const Request& r, std::span<const int32_t> on,
                              std::vector<int32_t>& gpus) {
   gpus.clear();
   last_rejections_ = {};
-  if (!r.valid() || on.empty()) return {Code::kInvalidArgument, "Engine"};
+  if (!r.valid() || on.empty() || on.size() > static_cast<size_t>(kMaxTasks)) {
+    return {Code::kInvalidArgument, "Engine"};
+  }
   std::vector<int32_t> done;
   done.reserve(on.size());
   std::vector<int32_t> task_gpus;
@@ -576,6 +612,10 @@ Status Engine::place_gang_on(const Request& r, std::span<const int32_t> on,
     gpus.insert(gpus.end(), task_gpus.begin(), task_gpus.end());
   }
   return Status::Ok();
+}
+
+void Engine::node_changed(int64_t n) {
+  frag_.update(*state_, static_cast<int32_t>(checked_index(n, state_->num_nodes(), "node")));
 }
 
 Status Engine::release(int32_t node, const Request& r, std::span<const int32_t> gpus) {

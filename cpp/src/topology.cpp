@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "cplat/check.hpp"
 #include "cplat/plugin.hpp"
 
 namespace cplat {
@@ -82,6 +83,8 @@ int32_t tasks_fit(const ClusterState& state, int32_t n, const Request& r, int32_
 }
 
 GangSpan gang_span(const TopologyIndex& index, std::span<const int32_t> nodes) {
+  const auto num_nodes = static_cast<int64_t>(index.node_rack.size());
+  for (const int32_t v : nodes) checked_index(v, num_nodes, "node");
   std::vector<int32_t> n(nodes.begin(), nodes.end());
   std::sort(n.begin(), n.end());
   n.erase(std::unique(n.begin(), n.end()), n.end());

@@ -1,5 +1,6 @@
 // Unit tests for cplat_core: cluster state, filters, scorers, fragmentation, GPU selection,
-// the placement engine, restoring running jobs into the queue and the random number generator.
+// the placement engine, restoring running jobs into the queue, the argument checks of every
+// public entry point and the random number generator.
 //
 // Self-contained on purpose (no test framework): CHECK records a failure and carries on, main()
 // runs every test function and exits non-zero if any check failed. The last line printed is
@@ -29,6 +30,7 @@
 #include "cplat/plugin.hpp"
 #include "cplat/queue.hpp"
 #include "cplat/rng.hpp"
+#include "cplat/topology.hpp"
 #include "cplat/types.hpp"
 
 namespace {
@@ -1856,6 +1858,314 @@ void test_queue_restore_failures() {
 
 // --- Rng --------------------------------------------------------------------------------------
 
+// --- Argument checks at the entry points ----------------------------------------------------
+
+// Runs `fn`, which must throw exactly E; returns the message ("" and a failure otherwise).
+template <typename E, typename F>
+std::string throws(F&& fn, const char* what, const char* file, int line) {
+  try {
+    fn();
+  } catch (const E& ex) {
+    record(true, file, line, what);
+    return ex.what();
+  } catch (const std::exception& ex) {
+    record(false, file, line, std::string(what) + " threw the wrong exception: " + ex.what());
+    return "";
+  }
+  record(false, file, line, std::string(what) + " did not throw");
+  return "";
+}
+#define CHECK_THROWS(E, expr) throws<E>([&] { (void)(expr); }, #expr, __FILE__, __LINE__)
+#define CHECK_CONTAINS(text, part) \
+  record(std::string(text).find(part) != std::string::npos, __FILE__, __LINE__, \
+         std::string("\"") + std::string(text) + "\" contains \"" + (part) + "\"")
+
+void test_cluster_argument_checks() {
+  using std::invalid_argument;
+  using std::out_of_range;
+  CHECK_CONTAINS(CHECK_THROWS(invalid_argument, make_state({{kMaxQuantity + 1, 0, 0, -1, 0, 0}})),
+                 "node 0: cpu_milli");
+  CHECK_THROWS(invalid_argument, make_state({{0, kMaxQuantity + 1, 0, -1, 0, 0}}));
+  CHECK_THROWS(invalid_argument, make_state({{0, 0, kMaxGpusPerNode + 1, 0, 0, 0}}));
+  CHECK_THROWS(invalid_argument, make_state({{0, -1, 0, -1, 0, 0}}));
+  // Each node within its bounds, the cluster over its total: refused before any overflow.
+  const std::vector<NodeSpec> big(static_cast<size_t>(kMaxClusterTotal / kMaxQuantity) + 1,
+                                  NodeSpec{kMaxQuantity, 0, 0, -1, 0, 0});
+  CHECK_CONTAINS(CHECK_THROWS(invalid_argument, ClusterState(big)), "cluster totals");
+  const std::vector<NodeSpec> fits(big.begin(), big.end() - 1);
+  CHECK_EQ(ClusterState(fits).num_nodes(), static_cast<int32_t>(fits.size()));
+
+  ClusterState s = three_nodes();
+  CHECK_CONTAINS(CHECK_THROWS(out_of_range, s.set_flags(3, kNodeDown)), "node 3 out of range [0, 3)");
+  CHECK_THROWS(out_of_range, s.set_flags(-1, kNodeDown));
+  CHECK_THROWS(out_of_range, s.set_flags(int64_t{1} << 40, kNodeDown));
+  CHECK(s.flags_array() == (std::vector<uint8_t>{0, 0, 0}));
+  s.set_flags(2, kNodeCordoned);
+  CHECK_EQ(s.flags(2), kNodeCordoned);
+  CHECK_CONTAINS(CHECK_THROWS(out_of_range, (void)s.kind_count_at(0, kGpuKindSlots)), "slot 17");
+  CHECK_THROWS(out_of_range, (void)s.kind_count_at(0, -1));
+  CHECK_THROWS(out_of_range, (void)s.kind_count_at(3, 0));
+  CHECK_THROWS(out_of_range, (void)s.kinds_present_at(-1));
+  CHECK_EQ(s.kind_count_at(0, 1), 0);
+  CHECK_EQ(s.kinds_present_at(2), 0);
+  // GPU topology: one id per device, all or nothing.
+  const std::vector<int32_t> ids(12, 1);
+  CHECK_CONTAINS(CHECK_THROWS(invalid_argument, s.set_gpu_topology(ids, std::vector<int32_t>(11))),
+                 "one id per GPU (12)");
+  CHECK(s.nvlink_array() == std::vector<int32_t>(12, 0));
+  s.set_gpu_topology(ids, ids);
+  CHECK(s.numa_array() == ids);
+  // Requests beyond the per-task bounds are not valid (so every operation refuses them).
+  CHECK(!req(kMaxQuantity + 1, 0, 0, 0).valid());
+  CHECK(!req(0, kMaxQuantity + 1, 0, 0).valid());
+  CHECK(!req(0, 0, kMaxGpusPerNode + 1, 1000).valid());
+  CHECK(req(kMaxQuantity, kMaxQuantity, kMaxGpusPerNode, 1000).valid());
+}
+
+void test_engine_argument_checks() {
+  using std::invalid_argument;
+  using std::out_of_range;
+  ClusterState s = mixed_cluster(1);
+  const auto engine_with = [&](std::initializer_list<WeightedScorer> scorers) {
+    return Engine(s, profile_of(scorers, GpuPick::kBest, TieBreak::kRank), TargetWorkload{}, 0);
+  };
+  CHECK_THROWS(invalid_argument, engine_with({{ScorerKind::kBestFit, 0}}));
+  CHECK_THROWS(invalid_argument, engine_with({{ScorerKind::kBestFit, -5}}));
+  CHECK_CONTAINS(CHECK_THROWS(invalid_argument,
+                              engine_with({{ScorerKind::kBestFit, Engine::kMaxWeightSum},
+                                           {ScorerKind::kDotProd, 1}})),
+                 "dotprod");
+  CHECK_THROWS(invalid_argument,
+               engine_with({{ScorerKind::kBestFit, std::numeric_limits<int64_t>::max()}}));
+  // Workload weights: finite and bounded.
+  for (const double w : {std::nan(""), std::numeric_limits<double>::infinity(), -0.5, 2e9}) {
+    CHECK_THROWS(invalid_argument, TargetWorkload({{1000, 1, 500, 0, w}}));
+  }
+  CHECK_THROWS(invalid_argument,
+               node_fragmentation(small_workload(), 0, kMaxGpuModels, std::vector<int32_t>{1000}));
+  CHECK_THROWS(invalid_argument,
+               node_fragmentation(small_workload(), 0, -2, std::vector<int32_t>{1000}));
+
+  Engine e = engine_with({{ScorerKind::kDotProd, 1000}, {ScorerKind::kBestFit, 1}});
+  CHECK_THROWS(out_of_range, e.node_changed(4));
+  CHECK_THROWS(out_of_range, e.node_changed(-1));
+  e.node_changed(3);
+  std::vector<uint8_t> codes(3);
+  CHECK_THROWS(invalid_argument, e.filter_all(req(1000, 0, 0, 0), codes));
+  std::vector<int64_t> scores(5);
+  CHECK_THROWS(invalid_argument, e.score_all(req(1000, 0, 0, 0), ScorerKind::kBestFit, scores));
+  // Inspection takes shapes place() refuses, but not amounts out of bounds (they would
+  // overflow the scorers' arithmetic).
+  codes.resize(4);
+  scores.resize(4);
+  for (const Request& r : {req(1000, 0, 1, std::numeric_limits<int32_t>::min()),
+                           req(std::numeric_limits<int64_t>::min(), 0, 0, 0),
+                           req(0, kMaxQuantity + 1, 0, 0), req(0, 0, -1, 1000),
+                           req(0, 0, 1, kMilliGpu + 1)}) {
+    CHECK_THROWS(invalid_argument, e.filter_all(r, codes));
+    CHECK_THROWS(invalid_argument, e.score_all(r, ScorerKind::kBestFit, scores));
+  }
+  e.filter_all(req(1000, 0, 3, 500), codes);  // several shares: not placeable, but inspected
+  CHECK_EQ(codes[2], static_cast<uint8_t>(Code::kInsufficientGpu));  // the CPU-only node
+  e.score_all(req(1000, 0, 3, 500), ScorerKind::kDotProd, scores);
+  CHECK(scores[0] >= 0 && scores[2] == -1);
+  // Gang counts outside [1, kMaxTasks] are refused before any work.
+  std::vector<int32_t> nodes, gpus;
+  for (const int32_t count : {0, -1, kMaxTasks + 1, std::numeric_limits<int32_t>::max()}) {
+    CHECK_EQ(e.place_gang(req(0, 0, 0, 0), count, nodes, gpus).code, Code::kInvalidArgument);
+    CHECK_EQ(e.place_gang_topology(req(0, 0, 0, 0), count, SpanLimit::kNone, nodes, gpus).code,
+             Code::kInvalidArgument);
+  }
+  const std::vector<int32_t> too_many(static_cast<size_t>(kMaxTasks) + 1, 0);
+  CHECK_EQ(e.place_gang_on(req(0, 0, 0, 0), too_many, gpus).code, Code::kInvalidArgument);
+  // Largest valid shapes never overflow the gang's aggregate test or the weighted totals.
+  CHECK_EQ(e.place_gang(req(kMaxQuantity, kMaxQuantity, 0, 0), kMaxTasks, nodes, gpus).code,
+           Code::kInsufficientCpu);
+  int32_t node = -1;
+  CHECK(e.place(req(1000, 1024, 0, 0), node, gpus).ok());
+  CHECK(s.check_invariants());
+  // gang_span: nodes must exist.
+  const TopologyIndex idx = TopologyIndex::build(s);
+  CHECK_CONTAINS(CHECK_THROWS(out_of_range, gang_span(idx, std::vector<int32_t>{0, 4})),
+                 "node 4 out of range [0, 4)");
+  CHECK_EQ(gang_span(idx, std::vector<int32_t>{0, 3}).nodes, 2);
+}
+
+void test_calendar_argument_checks() {
+  using std::invalid_argument;
+  const Calendar::Vec one{1, 1, 1};
+  CHECK_THROWS(invalid_argument, Calendar(0, one, 0, 0));
+  CHECK_THROWS(invalid_argument, Calendar(0, one, 1, -1));
+  CHECK_THROWS(invalid_argument, Calendar(Calendar::kTimeLimit + 1, one));
+  CHECK_THROWS(invalid_argument, Calendar(0, Calendar::Vec{Calendar::kLimit + 1, 0, 0}));
+  Calendar cal(0, one, 7, 100);
+  CHECK_THROWS(invalid_argument, cal.add_release(Calendar::kTimeLimit + 1, one));
+  CHECK_THROWS(invalid_argument, cal.add_release(5, Calendar::Vec{0, -Calendar::kLimit - 1, 0}));
+  CHECK_THROWS(invalid_argument, cal.reserve(std::numeric_limits<int64_t>::min(), 5, one));
+  CHECK_THROWS(invalid_argument, (void)cal.fits(0, std::numeric_limits<int64_t>::max(), one));
+  CHECK_THROWS(invalid_argument, (void)cal.earliest_start(one, std::numeric_limits<int64_t>::max(), 0));
+  CHECK_THROWS(invalid_argument, (void)cal.free_at(std::numeric_limits<int64_t>::min()));
+  CHECK_EQ(cal.steps(), size_t{1});
+  // Extreme but allowed times round without overflow.
+  cal.add_release(Calendar::kTimeLimit, one);
+  CHECK(cal.free_at(Calendar::kTimeLimit + 0) == (Calendar::Vec{1, 1, 1}));
+  CHECK_EQ(cal.earliest_start(Calendar::Vec{2, 2, 2}, Calendar::kTimeLimit, 0), Calendar::kNever);
+  // Sums that would leave int64 saturate at +-kLimit instead.
+  Calendar sat(0, Calendar::Vec{Calendar::kLimit, 0, -Calendar::kLimit});
+  sat.add_release(10, Calendar::Vec{Calendar::kLimit, 5, 0});
+  sat.add_release(20, Calendar::Vec{Calendar::kLimit, 5, 0});
+  sat.reserve(30, 40, Calendar::Vec{0, 0, Calendar::kLimit});
+  CHECK(sat.free_at(25) == (Calendar::Vec{Calendar::kLimit, 10, -Calendar::kLimit}));
+  CHECK(sat.free_at(35) == (Calendar::Vec{Calendar::kLimit, 10, -Calendar::kLimit}));
+  CHECK(sat.free_at(5) == (Calendar::Vec{Calendar::kLimit, 0, -Calendar::kLimit}));
+}
+
+void test_queue_argument_checks() {
+  using std::invalid_argument;
+  using std::out_of_range;
+  {
+    QueueOptions bad;
+    bad.grace_period = -1;
+    CHECK_THROWS(invalid_argument, QueueRig(bad));
+    bad = {};
+    bad.calendar_resolution = 0;
+    CHECK_THROWS(invalid_argument, QueueRig(bad));
+    bad = {};
+    bad.calendar_horizon = kMaxTime + 1;
+    CHECK_THROWS(invalid_argument, QueueRig(bad));
+    bad = {};
+    bad.max_backfill_jobs = -1;
+    CHECK_THROWS(invalid_argument, QueueRig(bad));
+  }
+  QueueRig rig;
+  QueueScheduler& q = rig.queue;
+  // Queries on a queue without jobs: the crash this guards against.
+  CHECK_CONTAINS(CHECK_THROWS(out_of_range, q.state(5)), "job 5 out of range [0, 0)");
+  CHECK_THROWS(out_of_range, q.start_time(5));
+  CHECK_THROWS(out_of_range, q.reason(5));
+  CHECK_THROWS(out_of_range, q.reservation(5));
+  CHECK_THROWS(out_of_range, q.nodes_of(5));
+  CHECK_THROWS(out_of_range, q.gpus_of(5));
+  CHECK_THROWS(out_of_range, q.tasks_of(5));
+  CHECK_THROWS(out_of_range, q.terminating(5));
+  CHECK_THROWS(out_of_range, q.lost_work(5, 0));
+  CHECK_THROWS(out_of_range, q.usage(0));
+  CHECK_THROWS(out_of_range, q.set_priority(0, 1.0));
+  CHECK_THROWS(out_of_range, q.set_min_tasks(0, 1));
+  CHECK_THROWS(out_of_range, q.set_exclusive(0, true));
+  CHECK_THROWS(out_of_range, q.set_job_meta(0, -1, 0, 0));
+  // Registration: bad values refused, batches all or nothing.
+  CHECK_THROWS(invalid_argument, q.add_job(0, 10, 1, req(1000, 0, 0, 0), std::nan("")));
+  CHECK_THROWS(invalid_argument, q.add_job(kMaxTime + 1, 10, 1, req(1000, 0, 0, 0), 0.0));
+  const JobSpec good{0, 10, 1, req(1000, 1024, 0, 0), 0.0};
+  const JobSpec nan_priority{0, 10, 1, req(1000, 1024, 0, 0), std::nan("")};
+  CHECK_THROWS(invalid_argument, q.add_jobs(std::vector<JobSpec>{good, nan_priority}));
+  CHECK_EQ(q.num_jobs(), 0);
+  CHECK_EQ(q.add_jobs(std::vector<JobSpec>{good, good}), 0);
+  const int32_t forever = q.add_job(0, std::numeric_limits<int64_t>::max(), 1, req(1000, 0, 0, 0), 0);
+  const int32_t zero = q.add_job(0, 10, 0, req(1000, 0, 0, 0), 0.0);
+  const int32_t wide = q.add_job(0, 10, kMaxTasks + 1, req(0, 0, 0, 0), 0.0);
+  const int32_t huge = q.add_job(0, 10, 1, req(kMaxQuantity + 1, 0, 0, 0), 0.0);
+  const int32_t gang = q.add_job(0, 10, 2, req(1000, 1024, 1, 1000), 0.0);
+  CHECK_EQ(q.num_jobs(), 7);
+  CHECK_THROWS(out_of_range, q.state(7));
+  CHECK_THROWS(out_of_range, q.state(-1));
+  CHECK_THROWS(out_of_range, q.state(std::numeric_limits<int64_t>::max()));
+  // Submit and the other status answers: unknown jobs and invalid shapes are not accepted.
+  for (const int64_t bogus : {int64_t{-1}, int64_t{7}, int64_t{1} << 40}) {
+    CHECK_EQ(q.submit(bogus).code, Code::kInvalidArgument);
+    CHECK_EQ(q.cancel(bogus).code, Code::kInvalidArgument);
+    CHECK_EQ(q.finish(bogus).code, Code::kInvalidArgument);
+    CHECK_EQ(q.requeue(bogus).code, Code::kInvalidArgument);
+    CHECK_EQ(q.restore(bogus, 0, std::vector<int32_t>{0}, {}).code, Code::kInvalidArgument);
+  }
+  for (const int32_t j : {zero, wide, huge}) CHECK_EQ(q.submit(j).code, Code::kInvalidArgument);
+  CHECK_EQ(q.submit_many(std::vector<int64_t>{0, 1, 7, -3, forever, gang, 0}), 4);
+  // Setters check every entry before changing anything.
+  q.set_job_meta(0, -1, 100, 10);
+  CHECK_THROWS(out_of_range, q.set_job_meta(std::vector<int64_t>{1, 9}, std::vector<int32_t>{-1, -1},
+                                            std::vector<int64_t>{50, 50}, std::vector<int64_t>{0, 0}));
+  CHECK_THROWS(invalid_argument,
+               q.set_job_meta(std::vector<int64_t>{0}, std::vector<int32_t>{-1},
+                              std::vector<int64_t>{kMaxTime + 1}, std::vector<int64_t>{0}));
+  CHECK_THROWS(invalid_argument, q.set_job_meta(std::vector<int64_t>{0}, std::vector<int32_t>{},
+                                                std::vector<int64_t>{0}, std::vector<int64_t>{0}));
+  CHECK_THROWS(invalid_argument, q.set_priority(1, std::nan("")));
+  CHECK_THROWS(invalid_argument, q.set_priorities(std::vector<int64_t>{0, 1},
+                                                  std::vector<double>{1.0, std::nan("")}));
+  CHECK_THROWS(out_of_range, q.set_priorities(std::vector<int64_t>{0, 70}, std::vector<double>{1, 2}));
+  CHECK_THROWS(invalid_argument, q.set_min_tasks(gang, 0));
+  CHECK_THROWS(invalid_argument, q.set_min_tasks(gang, -5));
+  CHECK_THROWS(out_of_range, q.set_min_tasks(std::vector<int64_t>{gang, 99}, std::vector<int32_t>{1, 1}));
+  q.set_min_tasks(zero, 3);  // a job with no tasks (which submit refuses) is simply not elastic
+  CHECK_THROWS(out_of_range, q.set_exclusive(std::vector<int64_t>{0, 99}, std::vector<uint8_t>{1, 1}));
+  // Reservations: nodes must exist, windows must be non-empty and in range.
+  CHECK_THROWS(out_of_range, q.add_reservation(Reservation{0, 10, {0, 8}, -1}));
+  CHECK_THROWS(out_of_range, q.add_reservation(Reservation{0, 10, {-1}, -1}));
+  CHECK_THROWS(invalid_argument, q.add_reservation(Reservation{10, 10, {0}, -1}));
+  CHECK_THROWS(invalid_argument, q.add_reservation(Reservation{0, kMaxTime + 1, {0}, -1}));
+  CHECK(q.reservations_list().empty());
+  // Cycles: the time must be in range; a run-time estimate of "forever" does not overflow.
+  CHECK_THROWS(invalid_argument, q.cycle(kMaxTime + 1));
+  CHECK_THROWS(invalid_argument, q.cycle(std::numeric_limits<int64_t>::min()));
+  CHECK_EQ(q.cycle(kMaxTime).size(), size_t{4});
+  CHECK(q.state(forever) == JobState::kRunning);
+  CHECK_EQ(q.start_time(forever), kMaxTime);
+  CHECK_THROWS(invalid_argument, q.lost_work(forever, kMaxTime + 1));
+  CHECK(q.lost_work(0, kMaxTime) >= 0.0);
+  // A running job's exclusivity cannot change (its nodes' flags follow it).
+  CHECK_THROWS(invalid_argument, q.set_exclusive(0, true));
+  q.set_exclusive(0, false);
+  CHECK_EQ(q.finish_many(std::vector<int64_t>{0, 0, 99, -1, forever}), 2);
+  CHECK(rig.state.check_invariants());
+}
+
+void test_quota_argument_checks() {
+  using std::invalid_argument;
+  using std::out_of_range;
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  QueueOptions o;
+  o.preemption = Preemption::kBoth;
+  QueueRig rig(o);
+  QueueScheduler& q = rig.queue;
+  CHECK_THROWS(invalid_argument, q.set_quotas({QuotaSpec{-1, {-1, 0, 0}, {0, 0, 0}, {0, 0, 0}}}));
+  CHECK_THROWS(invalid_argument, q.set_quotas({QuotaSpec{-1, {0, 0, 0}, {0, -1, 0}, {0, 0, 0}}}));
+  CHECK_THROWS(invalid_argument, q.set_quotas({QuotaSpec{-1, {0, 0, 0}, {0, 0, 0}, {0, 0, -1}}}));
+  CHECK_THROWS(invalid_argument, q.set_quotas({QuotaSpec{-2, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}}}));
+  // A cohort far beyond the table would allocate that many roots.
+  CHECK_THROWS(invalid_argument,
+               q.set_quotas({QuotaSpec{1 << 30, {0, 0, 0}, {0, 0, 0}, {0, 0, 0}}}));
+  CHECK_THROWS(out_of_range, q.set_quotas({}, {CohortSpec{3, {-1, -1, -1}}}));
+  CHECK_CONTAINS(CHECK_THROWS(invalid_argument,
+                              q.set_quotas({}, {CohortSpec{1, {-1, -1, -1}}, CohortSpec{0, {-1, -1, -1}}})),
+                 "cycle");
+  CHECK_THROWS(invalid_argument, q.set_quotas({}, {CohortSpec{0, {-1, -1, -1}}}));
+  CHECK_THROWS(invalid_argument, q.set_quotas({}, {CohortSpec{-1, {-2, -1, -1}}}));
+  // "Unlimited" quotas (INT64_MAX everywhere) in one cohort with a capped parent: the sums
+  // would overflow int64; they are computed wide.
+  const QuotaSpec unlimited{1, {kMax, kMax, kMax}, {kMax, kMax, kMax}, {kMax, kMax, kMax}};
+  q.set_quotas({unlimited, unlimited, QuotaSpec{1, {0, 0, 0}, {kMax, kMax, kMax}, {0, 0, 0}}},
+               {CohortSpec{-1, {kMax, kMax, kMax}}, CohortSpec{0, {-1, -1, -1}}});
+  for (int32_t p = 0; p < 3; ++p) {
+    const int32_t j = q.add_job(0, 100, 2, req(4000, 8192, 1, 1000), static_cast<double>(p));
+    q.set_job_meta(j, p, 10, 1);
+    CHECK(q.submit(j).ok());
+  }
+  CHECK_EQ(q.cycle(0).size(), size_t{3});
+  CHECK_EQ(q.usage(2)[0], int64_t{8000});
+  CHECK_THROWS(out_of_range, q.usage(3));
+  CHECK_THROWS(out_of_range, q.usage(-1));
+  // Shrinking the table: jobs of projects it no longer has lose their project (no stale index).
+  q.set_quotas({QuotaSpec{-1, {kMax, kMax, kMax}, {0, 0, 0}, {0, 0, 0}}});
+  CHECK_EQ(q.usage(0)[0], int64_t{8000});
+  const int32_t late = q.add_job(1, 100, 1, req(1000, 0, 0, 0), 9.0);
+  CHECK(q.submit(late).ok());
+  q.cycle(1);
+  for (int32_t j = 0; j < q.num_jobs(); ++j) (void)q.finish(j);
+  CHECK(q.usage(0) == (Calendar::Vec{0, 0, 0}));
+  CHECK(rig.state.check_invariants());
+}
+
 void test_rng() {
   // Reference values of xoshiro256** seeded by splitmix64 (pins cross-platform determinism).
   Rng r0(0);
@@ -1949,6 +2259,11 @@ int main() {
       {"engine_allocate_on", test_engine_allocate_on},
       {"queue_restore", test_queue_restore},
       {"queue_restore_failures", test_queue_restore_failures},
+      {"cluster_argument_checks", test_cluster_argument_checks},
+      {"engine_argument_checks", test_engine_argument_checks},
+      {"calendar_argument_checks", test_calendar_argument_checks},
+      {"queue_argument_checks", test_queue_argument_checks},
+      {"quota_argument_checks", test_quota_argument_checks},
       {"rng", test_rng},
   };
   int failed_tests = 0;

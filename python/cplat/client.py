@@ -15,10 +15,12 @@ import builtins
 import http.client
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypedDict, cast
 
@@ -38,6 +40,7 @@ __all__ = [
     "ServerUnreachableError",
     "TaskGroup",
     "WaitTimeoutError",
+    "tls_context",
 ]
 
 #: Where ``cplat serve`` listens unless told otherwise.
@@ -46,6 +49,10 @@ DEFAULT_SERVER = "http://127.0.0.1:8470"
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 _USER_AGENT = "cplat-client/1"
+#: Answers after which a submission is retried (with its Idempotency-Key, so at most one job
+#: results): the server, or a proxy in front of it, is restarting or overloaded.
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_MAX_RETRY_DELAY = 5.0
 # Error messages quote at most this much of a body that is not the JSON error format.
 _MAX_BODY_QUOTE = 200
 
@@ -250,6 +257,31 @@ def _error_from_body(status: int, reason: str, body: bytes) -> ApiError:
     return ApiError(status, f"http_{status}", message)
 
 
+def tls_context(ca: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """Return the TLS context that verifies an ``https://`` server (TLS 1.2 or later).
+
+    Parameters
+    ----------
+    ca
+        PEM bundle of the certificate authorities to trust (a self-signed server's own
+        certificate will do); ``None`` reads ``CPLAT_CA``, and without it the system's store.
+
+    Raises
+    ------
+    ValueError
+        When the bundle cannot be read or holds no certificate.
+    """
+    if ca is None:
+        ca = os.environ.get("CPLAT_CA") or None
+    try:
+        ctx = ssl.create_default_context(cafile=None if ca is None else os.fspath(ca))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(f"cannot use CA bundle {os.fspath(ca or '')!r} ({reason})") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -267,15 +299,24 @@ class Client:
         go out unauthenticated and the service answers 401.
     timeout
         Seconds to wait for each request (connecting and reading).
+    ca
+        For an ``https://`` server: PEM bundle of the authorities to trust; ``None`` reads
+        ``CPLAT_CA``, else the system's store is used. Certificates and names are checked.
 
     Raises
     ------
     ValueError
-        For a URL that is not ``http`` or ``https``, or a non-positive timeout.
+        For a URL that is not ``http`` or ``https``, a non-positive timeout, or an https URL
+        with an unreadable CA bundle.
     """
 
     def __init__(
-        self, server: str | None = None, token: str | None = None, timeout: float = 30.0
+        self,
+        server: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        *,
+        ca: str | os.PathLike[str] | None = None,
     ) -> None:
         if server is None:
             server = os.environ.get("CPLAT_SERVER") or DEFAULT_SERVER
@@ -292,6 +333,7 @@ class Client:
         self.server = server
         self.token = token.strip()
         self.timeout = timeout
+        self._tls = tls_context(ca) if parts.scheme == "https" else None
 
     def __repr__(self) -> str:
         # The token is a credential: keep it out of logs and tracebacks.
@@ -305,6 +347,7 @@ class Client:
         *,
         query: Mapping[str, object | None] | None = None,
         body: object = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """Send one request and return its decoded JSON answer (``{}`` for an empty one).
 
@@ -318,6 +361,8 @@ class Client:
             Query parameters; ``None`` values are left out.
         body
             JSON-serialisable request body, or ``None`` for none.
+        headers
+            Further request headers (such as ``Idempotency-Key``).
 
         Raises
         ------
@@ -331,16 +376,16 @@ class Client:
             pairs = [(k, str(v)) for k, v in query.items() if v is not None]
             if pairs:
                 url += "?" + urllib.parse.urlencode(pairs)
-        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+        sent = {"Accept": "application/json", "User-Agent": _USER_AGENT, **(headers or {})}
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+            sent["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+            sent["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, headers=sent, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as resp:
                 status = int(resp.status)
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
@@ -408,8 +453,14 @@ class Client:
         workdir: str | None = None,
         on_failure: str = "fail",
         max_restarts: int = 0,
+        idempotency_key: str | None = None,
+        outage: float = 60.0,
     ) -> Job:
         """Submit a job (``POST /v1/jobs``); the service validates every field.
+
+        The submission carries an ``Idempotency-Key``. When the answer is lost (the server
+        cannot be reached, restarts, or a proxy answers 502, 503 or 504) it is sent again with
+        the same key, so that it creates at most one job however often it is retried.
 
         Parameters
         ----------
@@ -439,11 +490,25 @@ class Client:
             ``"fail"`` or ``"restart"``.
         max_restarts
             Restarts allowed with ``on_failure="restart"``.
+        idempotency_key
+            The key (up to 128 printable ASCII characters); ``None`` draws a fresh UUID. Give
+            your own to make a submission safe to repeat across runs of a script: the service
+            remembers keys for a day (its ``idempotency_ttl``).
+        outage
+            Seconds the server may stay unreachable (a restart) before submitting gives up.
 
         Returns
         -------
         Job
-            The job as created (state PENDING).
+            The job as created (state PENDING), or the job an earlier submission with the
+            same key created (in whatever state it is now).
+
+        Raises
+        ------
+        ApiError
+            For a refused submission; 409 when ``idempotency_key`` was used for another one.
+        ServerUnreachableError
+            When the server stays unreachable for longer than ``outage``.
         """
         resources: Resources = {
             "cpu_milli": cpu_milli,
@@ -471,7 +536,22 @@ class Client:
             "workdir": workdir,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
-        return cast(Job, self._object("POST", "/v1/jobs", body=body))
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        give_up = time.monotonic() + outage
+        delay = 0.25
+        while True:
+            try:
+                return cast(Job, self._object("POST", "/v1/jobs", body=body, headers=headers))
+            except ServerUnreachableError:
+                if time.monotonic() + delay > give_up:
+                    raise
+            except ApiError as exc:
+                if exc.status not in _RETRY_STATUSES or time.monotonic() + delay > give_up:
+                    raise
+            # The first attempt may have created the job before its answer was lost: the
+            # same key makes the server answer with that job instead of creating another.
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_DELAY)
 
     def get(self, job_id: int) -> Job:
         """Return one job (``GET /v1/jobs/{id}``); 404 for another project's job."""

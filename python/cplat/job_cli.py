@@ -301,9 +301,10 @@ class _LogWriter:
 # Verbs -------------------------------------------------------------------------------------
 def _client(args: argparse.Namespace) -> Client:
     try:
-        return Client(args.server, args.token)
+        return Client(args.server, args.token, ca=args.ca)
     except ValueError as exc:
-        raise InputError(str(exc), field="--server") from None
+        field = "--ca" if "CA bundle" in str(exc) else "--server"
+        raise InputError(str(exc), field=field) from None
 
 
 def _error(message: str) -> None:
@@ -375,6 +376,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         on_failure=args.on_failure,
         max_restarts=args.max_restarts,
+        idempotency_key=args.idempotency_key,
     )
     if not args.wait:
         if args.json:
@@ -508,6 +510,11 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"service URL (default: $CPLAT_SERVER, else {DEFAULT_SERVER})",
     )
     common.add_argument("--token", help="access token (default: $CPLAT_TOKEN)")
+    common.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="PEM CA bundle to verify an https:// server (default: $CPLAT_CA, else the system's)",
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 
@@ -565,6 +572,13 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     submit.add_argument(
         "--wait-timeout", metavar="DURATION", help="with --wait: give up after this long"
+    )
+    submit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="key that makes the submission safe to repeat: the service answers a repeat "
+        "within a day with the job the first one created (default: a fresh one per run; "
+        "retries after a lost answer always reuse it)",
     )
     submit.add_argument("job_argv", nargs="*", metavar="-- COMMAND", help="program and arguments")
     submit.set_defaults(func=_guarded(_cmd_submit))

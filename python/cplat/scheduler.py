@@ -7,6 +7,7 @@ the native ``Engine``. It never reads a clock: every call that depends on time t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -239,6 +240,21 @@ class Quota:
     overcommit: float = 1.0
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _amounts(vec: Sequence[int]) -> bool:
+    """Whether ``vec`` holds three integers in ``[0, 2**63 - 1]`` (the native quota columns)."""
+    return len(vec) == 3 and all(0 <= v <= _INT64_MAX for v in vec)
+
+
+def _overcommitted(value: int, overcommit: float) -> int:
+    """``value`` scaled by ``overcommit``, exact when it is 1, at most ``2**63 - 1``."""
+    if overcommit == 1.0:
+        return value
+    return min(round(value * overcommit), _INT64_MAX)
+
+
 class Quotas:
     """Quotas of several projects; a job's project is its ``group``.
 
@@ -256,21 +272,26 @@ class Quotas:
         if len(set(names)) != len(names):
             raise InputError("a project has two quotas", field="quotas")
         for q in quotas:
-            if not q.overcommit >= 1.0:
+            if not 1.0 <= q.overcommit < math.inf:
                 raise InputError(
-                    f"project {q.project!r}: overcommit must be >= 1", field="overcommit"
+                    f"project {q.project!r}: overcommit must be >= 1 and finite",
+                    field="overcommit",
                 )
-            for label, vec in (("nominal", q.nominal), ("borrowing_limit", q.borrowing_limit)):
-                if len(vec) != 3 or any(v < 0 for v in vec):
+            vectors = [("nominal", q.nominal), ("borrowing_limit", q.borrowing_limit)]
+            if q.lending_limit is not None:
+                vectors.append(("lending_limit", q.lending_limit))
+            for label, vec in vectors:
+                if not _amounts(vec):
                     raise InputError(
-                        f"project {q.project!r}: {label} needs 3 non-negative values",
+                        f"project {q.project!r}: {label} needs 3 non-negative values"
+                        f" (at most {_INT64_MAX})",
                         field=label,
                     )
         self.quotas = list(quotas)
         self._index = {q.project: i for i, q in enumerate(quotas)}
         limits = dict(cohort_limits or {})
         for name, vec in limits.items():
-            if len(vec) != 3 or any(v < 0 for v in vec):
+            if not _amounts(vec):
                 raise InputError(
                     f"cohort {name!r}: borrowing limit needs 3 non-negative values",
                     field="cohort_limits",
@@ -294,7 +315,8 @@ class Quotas:
             dtype=np.int32,
         )
         nominal = np.asarray(
-            [[round(v * q.overcommit) for v in q.nominal] for q in self.quotas], dtype=np.int64
+            [[_overcommitted(v, q.overcommit) for v in q.nominal] for q in self.quotas],
+            dtype=np.int64,
         ).reshape(-1)
         borrowing = np.asarray([q.borrowing_limit for q in self.quotas], dtype=np.int64).reshape(-1)
         lending = np.asarray(
@@ -343,6 +365,15 @@ class QueueSort(Protocol):
 
 class Scheduler:
     """Submit jobs, run scheduling cycles at given times, finish or requeue jobs.
+
+    Every method checks its arguments in the native core and raises instead of misbehaving:
+    ``IndexError`` for a job, node or project index outside its table (queries and setters),
+    ``ValueError`` for a bad value (a NaN priority, a time outside +-2**56 seconds, a count
+    below one, arrays of different lengths) and ``TypeError`` for arguments of the wrong type
+    (floats as indices, integers that do not fit 64 bits). The job operations that answer a
+    result (:meth:`submit`, :meth:`finish`, :meth:`requeue`, :meth:`cancel`, :meth:`restore`)
+    treat an unknown job like a job in the wrong state: not accepted. A refused call changes
+    nothing.
 
     Parameters
     ----------
@@ -410,7 +441,12 @@ class Scheduler:
         self.checkpoint = checkpoint
 
     def add_jobs(self, jobs: JobColumns) -> I32:
-        """Register jobs (not yet submitted); returns their scheduler indices."""
+        """Register jobs (not yet submitted); returns their scheduler indices.
+
+        All or none: a submit time outside +-2**56 seconds or a NaN priority raises
+        ``ValueError`` and registers nothing. Requests and task counts are checked by
+        :meth:`submit`, which does not accept a job whose shape is invalid.
+        """
         first = self._q.add_jobs(
             jobs.submit,
             jobs.requested,
@@ -440,12 +476,22 @@ class Scheduler:
             self.queue_sort.add_jobs(jobs, index)
         return index
 
-    def submit(self, jobs: I32) -> int:
-        """Make registered jobs pending; returns how many were accepted."""
+    def submit(self, jobs: I32 | I64) -> int:
+        """Make registered jobs pending; returns how many were accepted.
+
+        Unknown jobs, jobs already submitted and jobs whose request is invalid (negative or
+        oversized amounts, a task count outside ``[1, 2**20]``) are not accepted.
+        """
         return int(self._q.submit_many(jobs))
 
     def cycle(self, now: int) -> I32:
-        """Start what the policy allows at time ``now``; returns the started jobs in order."""
+        """Start what the policy allows at time ``now``; returns the started jobs in order.
+
+        Raises
+        ------
+        ValueError
+            When ``now`` is outside +-2**56 seconds.
+        """
         if self.queue_sort is not None:
             pending = np.asarray(self._q.pending_jobs(), dtype=np.int32)
             if len(pending):
@@ -455,8 +501,16 @@ class Scheduler:
             self.queue_sort.on_start(started, now)
         return started
 
-    def set_exclusive(self, jobs: I32) -> None:
-        """Make jobs exclusive: their nodes run nothing else while they run."""
+    def set_exclusive(self, jobs: I32 | I64) -> None:
+        """Make jobs exclusive: their nodes run nothing else while they run.
+
+        Raises
+        ------
+        IndexError
+            For an unknown job (nothing is changed).
+        ValueError
+            For a job already running (its nodes' flags follow the setting).
+        """
         self._q.set_exclusive(jobs, np.ones(len(jobs), dtype=np.uint8))
 
     def add_reservation(self, start: int, end: int, nodes: list[int], owner: str = "") -> int:
@@ -476,15 +530,23 @@ class Scheduler:
         if owner and project < 0:
             raise InputError(f"reservation owner {owner!r} has no quota entry", field="owner")
         try:
-            return int(self._q.add_reservation(start, end, nodes, project, len(self.nodes)))
-        except (ValueError, IndexError) as exc:
+            return int(self._q.add_reservation(start, end, nodes, project))
+        except (ValueError, IndexError, TypeError) as exc:
             raise InputError(str(exc), field="reservation") from None
 
-    def set_elastic(self, jobs: I32, min_tasks: I32) -> None:
+    def set_elastic(self, jobs: I32 | I64, min_tasks: I32) -> None:
         """Make jobs elastic: they may run with ``min_tasks`` up to their ``num_tasks`` tasks.
 
         They start as large as fits, grow into idle capacity when nobody waits, and shrink to
-        their minimum instead of being evicted when preemption needs room.
+        their minimum instead of being evicted when preemption needs room. A minimum above a
+        job's ``num_tasks`` means ``num_tasks`` (not elastic).
+
+        Raises
+        ------
+        IndexError
+            For an unknown job (nothing is changed).
+        ValueError
+            For a minimum below one or arrays of different lengths.
         """
         self._q.set_min_tasks(jobs, min_tasks)
 
@@ -493,11 +555,11 @@ class Scheduler:
         return np.asarray(self._q.resized(), dtype=np.int32)
 
     def tasks_of(self, job: int) -> int:
-        """Tasks a running job has now (its ``num_tasks`` otherwise)."""
+        """Tasks a running job has now (its ``num_tasks`` otherwise); ``IndexError`` if unknown."""
         return int(self._q.tasks_of(job))
 
     def terminating(self, job: int) -> bool:
-        """Whether an evicted job is still within its grace period."""
+        """Whether an evicted job is still within its grace period; ``IndexError`` if unknown."""
         return bool(self._q.terminating(job))
 
     def preempted(self) -> I32:
@@ -505,18 +567,35 @@ class Scheduler:
         return np.asarray(self._q.preempted(), dtype=np.int32)
 
     def lost_work(self, job: int, now: int) -> float:
-        """Resource-seconds a running job would lose if stopped at ``now``."""
+        """Resource-seconds a running job would lose if stopped at ``now``.
+
+        Raises
+        ------
+        IndexError
+            For an unknown job.
+        ValueError
+            When ``now`` is outside +-2**56 seconds.
+        """
         return float(self._q.lost_work(job, now))
 
-    def finish(self, jobs: I32, now: int) -> int:
-        """Release finished jobs' resources at ``now``; returns how many were running."""
+    def finish(self, jobs: I32 | I64, now: int) -> int:
+        """Release finished jobs' resources at ``now``; returns how many were running.
+
+        Unknown jobs and jobs not running are skipped.
+        """
         done = int(self._q.finish_many(jobs))
         if self.queue_sort is not None:
-            self.queue_sort.on_finish(jobs, now)
+            # Only ids of real jobs reach the plugin (an int32 cast would wrap the others).
+            ids = np.asarray(jobs, dtype=np.int64).reshape(-1)
+            known = ids[(ids >= 0) & (ids < self.num_jobs)].astype(np.int32)
+            self.queue_sort.on_finish(known, now)
         return done
 
     def requeue(self, job: int, now: int) -> bool:
-        """Stop a running job and put it back in the queue (preemption, node failure)."""
+        """Stop a running job and put it back in the queue (preemption, node failure).
+
+        Returns False (and changes nothing) for an unknown job or one not running.
+        """
         ok = bool(self._q.requeue(job).ok)
         if ok and self.queue_sort is not None:
             self.queue_sort.on_finish(np.asarray([job], dtype=np.int32), now)
@@ -584,22 +663,34 @@ class Scheduler:
         return "ok"
 
     def cancel(self, job: int) -> bool:
-        """Remove a pending job."""
+        """Remove a pending job; False (and nothing changes) for an unknown or not pending one."""
         return bool(self._q.cancel(job).ok)
 
     def placement_of(self, job: int) -> tuple[I32, I32]:
-        """Nodes (one per task) and GPU devices of a running job."""
+        """Nodes (one per task) and GPU devices of a running job; ``IndexError`` if unknown."""
         return (
             np.asarray(self._q.nodes_of(job), dtype=np.int32),
             np.asarray(self._q.gpus_of(job), dtype=np.int32),
         )
 
     def job_state(self, job: int) -> str:
-        """Return the job's state: ``new``, ``pending``, ``running``, ``done`` or ``cancelled``."""
+        """Return the job's state: ``new``, ``pending``, ``running``, ``done`` or ``cancelled``.
+
+        Raises
+        ------
+        IndexError
+            For an unknown job.
+        """
         return str(self._q.state(job))
 
     def reservation(self, job: int) -> int:
-        """First reservation given to the job while it waited (-1 if none)."""
+        """First reservation given to the job while it waited (-1 if none).
+
+        Raises
+        ------
+        IndexError
+            For an unknown job.
+        """
         return int(self._q.reservation(job))
 
     def reservations(self) -> I64:
@@ -607,7 +698,13 @@ class Scheduler:
         return np.asarray(self._q.reservations(), dtype=np.int64)
 
     def pending_reason(self, job: int) -> str:
-        """Why a pending job has not started (the rejecting plugin's code)."""
+        """Why a pending job has not started (the rejecting plugin's code).
+
+        Raises
+        ------
+        IndexError
+            For an unknown job.
+        """
         code = str(self._q.reason(job))
         return "queued" if code == "ok" else code
 
@@ -627,7 +724,7 @@ class Scheduler:
         return int(self._q.num_jobs)
 
     def start_time(self, job: int) -> int:
-        """When a running job started (-1 if it is not running)."""
+        """When a running job started (-1 if it is not running); ``IndexError`` if unknown."""
         return int(self._q.start_time(job))
 
     def usage(self, group: str) -> tuple[int, int, int]:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -17,7 +21,7 @@ from cplat.profile import POLICIES
 from cplat.runtime.live import LiveCluster
 from cplat.scheduler import QueuePolicy
 from cplat.store import open_store
-from cplat.store.base import Store
+from cplat.store.base import JobRecord, Store
 from cplat_server import auth
 from cplat_server.config import ServiceConfig, jwt_secret
 from cplat_server.errors import ApiError, error_response
@@ -33,17 +37,19 @@ from cplat_server.keys import (
     json_response,
     route_name,
 )
+from cplat_server.limits import LIMITS, Limits
 from cplat_server.loop import Controller
 from cplat_server.metrics import Metrics
 from cplat_server.openapi import docs_page, spec
 from cplat_server.routes import ROUTES, UNAUDITED
+from cplat_server.views.tokens import REVOKED, keep_revocations_fresh, load_revocations
 
 log = logging.getLogger("cplat.server")
 VERSION = "0.1.0"
 _MUTATIONS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+#: Headers of an HTTP exception that describe its own body, replaced by the JSON error's.
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-#: A job's token outlives its run time by this much, so it can still report at the end.
-JOB_TOKEN_SLACK = 3600
 
 
 @web.middleware
@@ -62,7 +68,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        resp = error_response(exc.status, code, exc.reason)
+        # Keep what the exception says beyond its body: a 405's Allow, a 429's Retry-After.
+        kept = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
+        resp = error_response(exc.status, code, exc.reason, headers=kept)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
@@ -78,9 +86,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Every /v1 call needs a valid token; every mutation goes to the audit log."""
     if not request.path.startswith("/v1/") and request.path != "/v1":
         return await handler(request)
-    who = auth.verify(request.app[SECRET], request.headers.get("Authorization"))
+    who = auth.verify(
+        request.app[SECRET], request.headers.get("Authorization"), request.app[REVOKED]
+    )
     request[PRINCIPAL] = who
     route = route_name(request)
+    if request.method == "POST" and route == "/v1/jobs" and not who.cluster_admin:
+        # Before the audit entry: a flood of refused submissions must not become a flood of
+        # durable writes.
+        request.app[LIMITS].admit_submission(request.headers["Authorization"])
     if request.method not in _MUTATIONS or route in UNAUDITED or route == "unmatched":
         return await handler(request)
     status = 500
@@ -164,7 +178,9 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
     )
     app[CONFIG] = cfg
     app[METRICS] = Metrics()
+    app[LIMITS] = Limits(app[METRICS], cfg.max_streams_per_user, cfg.submit_rate, cfg.submit_burst)
     app[SECRET] = jwt_secret(cfg)
+    app[REVOKED] = auth.Revocations()
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_get("/healthz", healthz)
@@ -178,9 +194,17 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
         st = store if store is not None else await open_store(cfg.store_url)
         app[STORE] = st
 
-        def job_token(user: str, project: str, ttl: int) -> str:
-            return auth.create_token(
-                app[SECRET], user, project, "member", ttl=ttl + JOB_TOKEN_SLACK
+        # Before the first request: a restarted server must not accept a revoked token even
+        # for the moment until its first refresh.
+        await load_revocations(st, app[REVOKED])
+
+        def job_token(rec: JobRecord, runtime: int) -> str:
+            # Bounded by the job's run time, the service's maximum, and the token that
+            # submitted the job (whose id it carries, to be revoked with it).
+            now = time.time()
+            exp = auth.job_token_expiry(now, runtime, rec.token_expires_at, cfg.max_job_token_ttl)
+            return auth.create_job_token(
+                app[SECRET], rec.user, rec.project, exp, parent_id=rec.token_id, now=now
             )
 
         ctrl = Controller(
@@ -191,13 +215,21 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
             node_timeout=cfg.node_timeout,
             tick=cfg.tick,
             server_url=cfg.server_url,
+            lease=cfg.lease,
+            grace=cfg.grace,
         )
         app[CONTROLLER] = ctrl
         await ctrl.start()
+        refresher = asyncio.create_task(
+            keep_revocations_fresh(st, app[REVOKED]), name="cplat-revocations"
+        )
         agent_task = _start_local_agent(cfg, app[SECRET]) if cfg.local_agent else None
         try:
             yield
         finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
             if agent_task is not None:
                 agent_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -215,6 +247,20 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
     return app
 
 
+def _own_certificate(cfg: ServiceConfig) -> aiohttp.Fingerprint | None:
+    """How the local agent trusts this server over HTTPS: by its exact certificate.
+
+    The agent connects to its own process (often as 127.0.0.1, a name the certificate need
+    not carry), so it pins the certificate's SHA-256 instead of checking names and issuers.
+    """
+    if not cfg.tls_cert:
+        return None
+    pem = Path(cfg.tls_cert).read_text(encoding="ascii", errors="replace")
+    end = "-----END CERTIFICATE-----"
+    der = ssl.PEM_cert_to_DER_cert(pem[: pem.index(end) + len(end)])
+    return aiohttp.Fingerprint(hashlib.sha256(der).digest())
+
+
 def _start_local_agent(cfg: ServiceConfig, secret: str) -> asyncio.Task[None]:
     """Run the agent of this machine in the server's loop.
 
@@ -226,5 +272,21 @@ def _start_local_agent(cfg: ServiceConfig, secret: str) -> asyncio.Task[None]:
     token = auth.create_token(
         secret, "local-agent", "system", "admin", cluster_admin=True, ttl=10 * 365 * 86400
     )
-    agent = Agent(cfg.server_url, token, work_dir=cfg.data_dir / "agent", stop_grace=cfg.grace)
-    return asyncio.create_task(agent.run(), name="cplat-local-agent")
+    agent = Agent(
+        cfg.server_url,
+        token,
+        work_dir=cfg.data_dir / "agent",
+        stop_grace=cfg.grace,
+        tls=_own_certificate(cfg),
+        task_user=cfg.task_user or None,
+    )
+    task = asyncio.create_task(agent.run(), name="cplat-local-agent")
+    task.add_done_callback(_report_agent_end)
+    return task
+
+
+def _report_agent_end(task: asyncio.Task[None]) -> None:
+    # Nobody awaits the local agent until shutdown: a failed start (say, task isolation the
+    # machine cannot give) must still reach the operator.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the local agent stopped: %s", task.exception())

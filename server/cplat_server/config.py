@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
+import ssl
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -40,14 +42,42 @@ class ServiceConfig:
     local_agent
         Also run an agent for this machine inside the server process.
     node_timeout
-        Seconds without a heartbeat before a node is marked down and its jobs requeued.
+        Seconds without any word from a node's agent before the node is marked down (no new
+        placements). Its tasks are requeued once its lease has run out too (see ``lease``).
     tick
         Longest pause between scheduling cycles (seconds); submissions and reports wake the
         loop at once.
     max_body
         Largest request body in bytes.
     grace
-        Seconds a stopped task gets between SIGTERM and SIGKILL.
+        Seconds a stopped task gets between SIGTERM and SIGKILL (the local agent's, and the
+        one every agent is told to use when its lease runs out).
+    lease
+        Seconds a node's lease lasts; every answered heartbeat renews it. An agent whose lease
+        runs out stops its tasks (SIGTERM, SIGKILL after ``grace``); the server requeues them
+        only ``lease + grace`` seconds after the last renewal, once they are surely dead. The
+        defaults (lease 20 s, grace 10 s, heartbeats every 2 s) requeue a silent node's jobs
+        after 30 s, as ``node_timeout`` marks it down. A server outage longer than the lease
+        stops every task: set it above the longest restart you expect.
+    max_streams_per_user
+        Event streams and log follows one user may hold open at once (0: no cap).
+    submit_rate, submit_burst
+        Submissions per second a token may sustain, and how many it may send in one burst
+        (a token bucket; ``submit_rate`` 0: no limit). Cluster admins are not limited.
+    tls_cert, tls_key
+        PEM certificate (chain) and private key: serve HTTPS (TLS 1.2 or later). Both or
+        neither.
+    max_job_token_ttl
+        Longest lifetime, in seconds, of the token a job's processes get (default 7 days).
+        A job token also expires with the token that submitted the job, and one hour after
+        the job's ``max_runtime``, whichever comes first.
+    idempotency_ttl
+        Seconds an ``Idempotency-Key`` of a submission is remembered (default 24 hours): a
+        retry with the same key within that time returns the job the first one created.
+    task_user
+        Who the local agent runs tasks as: ``dynamic`` (a transient uid per task; the
+        default under root), ``self`` (the server's own user; the default otherwise) or an
+        existing account (see ``cplat.runtime.isolation``).
     """
 
     host: str = "127.0.0.1"
@@ -61,6 +91,15 @@ class ServiceConfig:
     tick: float = 1.0
     max_body: int = 1 << 20
     grace: float = 10.0
+    lease: float = 20.0
+    max_streams_per_user: int = 16
+    submit_rate: float = 100.0
+    submit_burst: int = 1000
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_job_token_ttl: int = 7 * 86400
+    idempotency_ttl: int = 86400
+    task_user: str = ""
 
     @property
     def store_url(self) -> str:
@@ -71,7 +110,8 @@ class ServiceConfig:
     def server_url(self) -> str:
         """URL agents and clients on this machine use."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
 
 def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
@@ -114,6 +154,15 @@ _KINDS: dict[str, Any] = {
     "tick": float,
     "max_body": int,
     "grace": float,
+    "lease": float,
+    "max_streams_per_user": int,
+    "submit_rate": float,
+    "submit_burst": int,
+    "tls_cert": str,
+    "tls_key": str,
+    "max_job_token_ttl": int,
+    "idempotency_ttl": int,
+    "task_user": str,
 }
 
 
@@ -166,7 +215,64 @@ def load_config(
         raise InputError("port must be in 0..65535", field="port")
     if cfg.node_timeout <= 0 or cfg.tick <= 0 or cfg.max_body <= 0 or cfg.grace < 0:
         raise InputError("node_timeout, tick and max_body must be positive", field="serve")
+    _check_limits(cfg)
     return cfg
+
+
+def _check_limits(cfg: ServiceConfig) -> None:
+    # ``not x > 0`` rather than ``x <= 0``: NaN fails every comparison.
+    if not (cfg.lease > 0 and math.isfinite(cfg.lease)):
+        raise InputError("lease must be a positive number of seconds", field="lease")
+    if not (cfg.grace >= 0 and math.isfinite(cfg.grace)):
+        raise InputError("grace must be a non-negative number of seconds", field="grace")
+    if cfg.max_streams_per_user < 0:
+        raise InputError(
+            "max_streams_per_user must be 0 (no cap) or more", field="max_streams_per_user"
+        )
+    if not (cfg.submit_rate >= 0 and math.isfinite(cfg.submit_rate)):
+        raise InputError("submit_rate must be 0 (no limit) or a positive rate", field="submit_rate")
+    if cfg.submit_rate > 0 and cfg.submit_burst < 1:
+        raise InputError("submit_burst must be at least 1", field="submit_burst")
+    if cfg.max_job_token_ttl <= 0:
+        raise InputError(
+            "max_job_token_ttl must be a positive number of seconds", field="max_job_token_ttl"
+        )
+    if cfg.idempotency_ttl <= 0:
+        raise InputError(
+            "idempotency_ttl must be a positive number of seconds", field="idempotency_ttl"
+        )
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        missing = "tls_key" if cfg.tls_cert else "tls_cert"
+        raise InputError("HTTPS needs both tls_cert and tls_key", field=missing)
+
+
+def ssl_context(cfg: ServiceConfig) -> ssl.SSLContext | None:
+    """Return the server's TLS context (TLS 1.2 or later), or None when TLS is off.
+
+    Raises
+    ------
+    InputError
+        When the certificate or the key cannot be read or do not make a pair.
+    """
+    if not cfg.tls_cert:
+        return None
+    for name, path in (("--tls-cert", cfg.tls_cert), ("--tls-key", cfg.tls_key)):
+        try:
+            with open(path, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise InputError(f"cannot read {path} ({exc.strerror or exc})", field=name) from None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise InputError(
+            f"cannot use certificate {cfg.tls_cert} with key {cfg.tls_key} ({exc}); both must "
+            "be PEM and the key must match the certificate",
+            field="--tls-cert",
+        ) from None
+    return ctx
 
 
 def jwt_secret(cfg: ServiceConfig, create: bool = True) -> str:
@@ -175,20 +281,35 @@ def jwt_secret(cfg: ServiceConfig, create: bool = True) -> str:
     Raises
     ------
     InputError
-        When no secret is configured and ``create`` is false and none was kept yet.
+        When no secret is configured and ``create`` is false and none was kept yet; or when
+        the secret (configured or kept) is shorter than 32 bytes, naming where it came from.
     """
+    from cplat_server.auth import check_secret
+
     if cfg.jwt_secret:
-        return cfg.jwt_secret
+        env = os.environ.get("CPLAT_JWT_SECRET")
+        source = (
+            "the CPLAT_JWT_SECRET environment variable"
+            if env == cfg.jwt_secret
+            else "the jwt_secret setting"
+        )
+        return check_secret(cfg.jwt_secret, source)
     path = cfg.data_dir / "jwt-secret"
     if path.exists():
-        return path.read_text(encoding="utf-8").strip()
+        try:
+            kept = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"cannot read the secret file {path} ({exc})", field="jwt_secret"
+            ) from None
+        return check_secret(kept, f"the file {path}")
     if not create:
         raise InputError(
             f"no JWT secret: set CPLAT_JWT_SECRET or start `cplat serve` once with "
             f"--data-dir {cfg.data_dir}",
             field="CPLAT_JWT_SECRET",
         )
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     # Written with 0600 before the content goes in, so the secret is never world-readable.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

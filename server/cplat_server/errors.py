@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -22,15 +23,23 @@ class ApiError(Exception):
         return error_response(self.status, self.code, self.message, self.field)
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    """Return ``{"error": {...}}`` with ``status``."""
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Return ``{"error": {...}}`` with ``status`` (and ``headers``, such as ``Allow``)."""
     body = {"error": {"code": code, "message": message, "field": field}}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    out = dict(headers or {})
+    if status == 401:
+        out["WWW-Authenticate"] = "Bearer"
     return web.Response(
         status=status,
         text=json.dumps(body),
         content_type="application/json",
-        headers=headers,
+        headers=out or None,
     )
 
 

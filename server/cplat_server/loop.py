@@ -4,6 +4,27 @@ Handlers never touch the scheduler. They commit what the caller asked to the sto
 to the :class:`Controller`, whose methods run on the event loop's single thread (so in-memory
 changes between two ``await`` points are atomic) and whose job-state writes go through one
 ordered writer: changes reach the store in the order they were made, many per transaction.
+
+Node leases (at most one running copy of a task). Registering a node and every heartbeat renew
+its lease of ``lease`` seconds; the answer tells the agent the lease and the ``grace`` so both
+sides count the same way. Each side measures from its own end of the renewing request:
+
+- the agent from the moment it *sent* the request, so its lease never outlasts the server's.
+  When it has not renewed for ``lease`` seconds (less a small margin for its own event loop)
+  it stops starting tasks and stops those it runs: SIGTERM, SIGKILL ``grace`` seconds later.
+  They are reported ``lease expired`` once the server answers again, and requeued like tasks
+  stopped with their agent.
+- the server from the moment it *handled* the request. A node silent for ``node_timeout`` is
+  marked down (no new placements); its tasks are requeued only once ``lease + grace`` seconds
+  have passed since the last renewal, when the agent has surely killed them. A restarted
+  server counts from its start, since it cannot know when an agent last renewed.
+
+With the defaults (heartbeats every 2 s, lease 20 s, grace 10 s, node_timeout 30 s) a node
+that falls silent is marked down and its jobs requeued 30 s after its last heartbeat, and its
+agent has SIGTERMed its tasks at about 19 s and SIGKILLed them at about 29 s. An agent that
+dies (``kill -9``) cannot stop anything: its tether process does (see
+:mod:`cplat.runtime.tether`). An agent frozen as a whole (SIGSTOP, a paused VM) stops nothing
+until it runs again; no lease protects against that.
 """
 
 from __future__ import annotations
@@ -14,7 +35,7 @@ import gc
 import heapq
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,8 +61,9 @@ MASTER_PORT_BASE = 20000
 WRITE_BACKOFF, MAX_WRITE_BACKOFF = 0.05, 5.0
 #: How long a stopping server keeps retrying job-state writes before giving up.
 CLOSING_WRITE_TIMEOUT = 10.0
-#: Exit reasons of tasks stopped with their agent: the job is requeued, not failed.
-AGENT_STOPS = frozenset({"agent stopped", "agent restarted"})
+#: Exit reasons of tasks stopped with their agent (or by it, when it lost its lease): the job
+#: is requeued, not failed.
+AGENT_STOPS = frozenset({"agent stopped", "agent restarted", "lease expired"})
 
 
 @dataclass
@@ -65,6 +87,12 @@ class JobRt:
     tasks: dict[int, TaskRt] = field(default_factory=dict)
     started_at: float | None = None
     failures: int = 0
+    #: Tasks of earlier attempts told to stop and not yet known to be gone, as
+    #: (node, attempt, rank) -> when the stop was asked. While any is left, a new placement is
+    #: not handed to the agents (it is ``held``): the old copy may still be in its grace.
+    stopping: dict[tuple[str, int, int], float] = field(default_factory=dict)
+    held: bool = False
+    held_resume: str | None = None
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -77,10 +105,15 @@ class NodeRt:
     """A registered node: its record, liveness and what its agent must do."""
 
     rec: NodeRecord
+    #: Last word of any kind from the agent (heartbeat, poll, report): liveness.
     heartbeat: float
+    #: Last lease renewal (registration or heartbeat), as this server handled it.
+    renewed: float
     assign: dict[tuple[int, int, int], dict[str, Any]] = field(default_factory=dict)
     cancel: set[tuple[int, int]] = field(default_factory=set)
     cancel_sent: set[tuple[int, int]] = field(default_factory=set)
+    #: Assignments a poll has handed out (the agent may have started them).
+    handed: set[tuple[int, int, int]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -142,9 +175,13 @@ class Controller:
     metrics
         Prometheus metrics of the service.
     job_token
-        Mints the token a job's processes get (user, project, ttl seconds).
+        Mints the token a job's processes get, from the job's record and its run time in
+        seconds.
     node_timeout, tick
         Heartbeat timeout and longest pause between cycles (seconds).
+    lease, grace
+        A node's lease and its tasks' stop grace (seconds; see the module docstring): a
+        silent node's tasks are requeued ``lease + grace`` after its last renewal.
     """
 
     def __init__(
@@ -156,6 +193,8 @@ class Controller:
         node_timeout: float = 30.0,
         tick: float = 1.0,
         server_url: str = "",
+        lease: float = 20.0,
+        grace: float = 10.0,
     ) -> None:
         self.store = store
         self.cluster = cluster
@@ -164,6 +203,8 @@ class Controller:
         self.node_timeout = node_timeout
         self.tick = tick
         self.server_url = server_url
+        self.lease = lease
+        self.grace = grace
         self.jobs: dict[int, JobRt] = {}
         self.nodes: dict[str, NodeRt] = {}
         self.quotas: dict[str, QuotaRecord] = {}
@@ -174,6 +215,11 @@ class Controller:
         self._write_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        # The project of each job that just ended, until its last change is published: the
+        # stream shows each event only to those who may see the job's project.
+        self._ended_projects: dict[int, str] = {}
+        #: Log follows waiting for a job's output: job -> (event, followers).
+        self._log_watch: dict[int, tuple[asyncio.Event, int]] = {}
         self._closing = False
         # (deadline, job, attempt) of running jobs: the cycle checks time limits without
         # walking every unfinished job.
@@ -181,6 +227,8 @@ class Controller:
         # Jobs with a task on each node: heartbeats, node failures and node views look here
         # instead of walking every job.
         self._on_node: dict[str, set[int]] = {}
+        # Jobs with a stopping task (JobRt.stopping) on each node.
+        self._fenced_on: dict[str, set[int]] = {}
         self._nodes_checked = 0.0
         self.started = time.time()
 
@@ -201,6 +249,8 @@ class Controller:
         for q in list(self._subscribers):
             if not q.full():
                 q.put_nowait({})  # an empty event ends a stream
+        for ev, _ in self._log_watch.values():
+            ev.set()
 
     async def stop(self) -> None:
         """Stop the loop after the last writes reached the store."""
@@ -228,8 +278,9 @@ class Controller:
             self.pools[prec.name] = prec
         self._apply_quotas(t)
         for nrec in await self.store.list_nodes():
-            # Every node gets a full timeout from the restart to report in.
-            self.nodes[nrec.name] = NodeRt(nrec, heartbeat=now)
+            # Every node gets a full timeout from the restart to report in, and its lease counts
+            # as renewed now: it may have renewed just before the old server stopped.
+            self.nodes[nrec.name] = NodeRt(nrec, heartbeat=now, renewed=now)
             self.cluster.upsert_node(live_node(nrec), t)
         changes: list[JobChange] = []
         waiting: list[LiveJob] = []
@@ -332,13 +383,15 @@ class Controller:
         rt = self.jobs.get(ch.id)
         event = {
             "id": ch.id,
-            "project": rt.rec.project if rt else "",
+            "project": rt.rec.project if rt else self._ended_projects.pop(ch.id, ""),
             "state": ch.state,
             "reason": ch.reason or "",
             "at": ch.at,
         }
         if ch.state:
             self.metrics.transitions.labels(state=ch.state).inc()
+        if ch.id in self._log_watch:
+            self.logs_arrived(ch.id)  # a follower learns of the new state at once
         for q in list(self._subscribers):
             if q.full():
                 # A consumer that stopped reading loses its stream rather than our memory.
@@ -355,6 +408,35 @@ class Controller:
     def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
         """Stop feeding a queue."""
         self._subscribers.discard(q)
+
+    @contextlib.contextmanager
+    def watching_logs(self, job_id: int) -> Iterator[asyncio.Event]:
+        """Yield an event set when output of ``job_id`` arrives (or its state changes).
+
+        It is set on shutdown too. Enter it before reading the logs, so output posted in
+        between is not missed.
+        """
+        ev, n = self._log_watch.get(job_id, (None, 0))
+        if ev is None:
+            ev = asyncio.Event()
+            if self._closing:
+                ev.set()
+        self._log_watch[job_id] = (ev, n + 1)
+        try:
+            yield ev
+        finally:
+            current = self._log_watch.get(job_id)
+            if current is not None and current[0] is ev:
+                if current[1] <= 1:
+                    del self._log_watch[job_id]
+                else:
+                    self._log_watch[job_id] = (ev, current[1] - 1)
+
+    def logs_arrived(self, job_id: int) -> None:
+        """Wake the follows of ``job_id`` (new output was stored)."""
+        item = self._log_watch.pop(job_id, None)
+        if item is not None:
+            item[0].set()
 
     # Jobs -----------------------------------------------------------------------------
     def accept(self, records: Sequence[JobRecord]) -> None:
@@ -386,6 +468,8 @@ class Controller:
             self.cluster.finish(job_id, int(now))
         self._unplace(rt)
         del self.jobs[job_id]
+        self._ended_projects[job_id] = rt.rec.project
+        self._drop_fence(rt)
         await self.persist(
             [
                 JobChange(
@@ -427,9 +511,9 @@ class Controller:
         )
         await self.store.put_node(rec)
         if old is None:
-            self.nodes[name] = NodeRt(rec, heartbeat=now)
+            self.nodes[name] = NodeRt(rec, heartbeat=now, renewed=now)
         else:
-            old.rec, old.heartbeat = rec, now
+            old.rec, old.heartbeat, old.renewed = rec, now, now
         self.cluster.upsert_node(live_node(rec), int(now))
         await self._requeue_lost(now)
         self._wake.set()
@@ -458,7 +542,7 @@ class Controller:
         """Record a heartbeat: reconcile the node's tasks and GPU health; return tasks to stop."""
         node = self.nodes[name]
         now = time.time()
-        node.heartbeat = now
+        node.heartbeat = node.renewed = now
         if node.rec.state == "down":
             node.rec = replace(node.rec, state="up", heartbeat_at=now)
             self.cluster.set_node_state(name, "up")
@@ -496,6 +580,14 @@ class Controller:
                 ):
                     changes += self._requeue(rt, now, f"task {rank} lost on node {name}")
                     break
+        # Stopping tasks the agent no longer has are gone (after LOST_AFTER, as above: the
+        # assignment may still have been on its way).
+        for job_id in list(self._fenced_on.get(name, ())):
+
+            def unlisted(key: tuple[str, int, int], since: float, j: int = job_id) -> bool:
+                return key[0] == name and (j, *key[1:]) not in seen and now - since > LOST_AFTER
+
+            self._unfence(job_id, unlisted)
         # Stop asking for tasks the agent no longer has.
         node.cancel = {(j, a) for (j, a) in node.cancel if any(s[:2] == (j, a) for s in seen)}
         node.cancel_sent &= node.cancel
@@ -526,6 +618,7 @@ class Controller:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(node.wake.wait(), timeout=wait)
         node.cancel_sent |= node.cancel
+        node.handed |= node.assign.keys()
         return {
             "assignments": list(node.assign.values()),
             "cancel": [{"job_id": j, "attempt": a} for j, a in sorted(node.cancel)],
@@ -598,7 +691,7 @@ class Controller:
         changes: list[JobChange] = []
         # Timeouts are seconds long: one pass over the nodes per second is enough, however
         # often submissions wake the loop.
-        if now - self._nodes_checked >= min(1.0, self.node_timeout / 4):
+        if now - self._nodes_checked >= min(1.0, self.node_timeout / 4, self.lease / 4):
             self._nodes_checked = now
             changes += await self._nodes_down(now)
         inbox, self._inbox = self._inbox, []
@@ -651,19 +744,41 @@ class Controller:
         # job PENDING in the store with nothing running.
         resume = await self._resume_points(offers)
         for rt in offers:
+            if rt.stopping:
+                # Released by _unfence once the previous attempt's tasks are gone.
+                rt.held, rt.held_resume = True, resume.get(rt.rec.id)
+                continue
             for rank in rt.tasks:
                 self._offer(rt, rank, resume.get(rt.rec.id))
 
+    def lease_terms(self) -> dict[str, float]:
+        """Return the lease an agent holds, as registration and heartbeat answers tell it."""
+        return {"seconds": self.lease, "grace": self.grace}
+
     async def _nodes_down(self, now: float) -> list[JobChange]:
         changes: list[JobChange] = []
+        expiry = self.lease + self.grace
         for name, node in self.nodes.items():
-            if node.rec.state != "down" and now - node.heartbeat > self.node_timeout:
+            expired = now - node.renewed > expiry
+            if node.rec.state != "down" and (expired or now - node.heartbeat > self.node_timeout):
                 log.warning("node %s missed its heartbeats: down", name)
                 node.rec = replace(node.rec, state="down")
                 await self.store.put_node(node.rec)
                 self.cluster.set_node_state(name, "down")
+            # Only once the lease and the grace after it have passed is the agent sure to have
+            # killed its tasks (or to be dead with them): only then may they run elsewhere.
+            if expired and self._on_node.get(name):
+                why = f"node {name} down (lease not renewed for {now - node.renewed:.0f}s)"
                 for job_id in self.node_jobs(name):
-                    changes += self._requeue(self.jobs[job_id], now, f"node {name} down")
+                    changes += self._requeue(self.jobs[job_id], now, why)
+            if expired and name in self._fenced_on:
+                # Whatever this node was stopping is dead by now.
+
+                def on_node(key: tuple[str, int, int], _since: float, n: str = name) -> bool:
+                    return key[0] == n
+
+                for job_id in list(self._fenced_on.get(name, ())):
+                    self._unfence(job_id, on_node)
         return changes
 
     async def _resume_points(self, jobs: list[JobRt]) -> dict[int, str]:
@@ -698,6 +813,14 @@ class Controller:
             "command": spec["command"],
             "env": spec.get("env", {}),
             "workdir": spec.get("workdir"),
+            # Who submitted it and what it asked for: the agent picks the task's Unix user
+            # from project and user, and sets its cgroup limits from the resources.
+            "project": rt.rec.project,
+            "user": rt.rec.user,
+            "resources": {
+                "cpu_milli": int(spec["tasks"]["resources"]["cpu_milli"]),
+                "memory_mib": int(spec["tasks"]["resources"]["memory_mib"]),
+            },
             "gpus": task.gpus,
             "hosts": [
                 {"node": n, "address": _address(self.nodes[n].rec), "slots": s}
@@ -705,7 +828,7 @@ class Controller:
                 if n in self.nodes
             ],
             "resume_from": resume,
-            "token": self.job_token(rt.rec.user, rt.rec.project, int(spec["max_runtime"])),
+            "token": self.job_token(rt.rec, int(spec["max_runtime"])),
             "max_runtime": int(spec["max_runtime"]),
             "server": self.server_url,
         }
@@ -716,6 +839,9 @@ class Controller:
         job_id, attempt, rank = int(rep["job_id"]), int(rep["attempt"]), int(rep["rank"])
         node = self.nodes[name]
         node.assign.pop((job_id, attempt, rank), None)
+        node.handed.discard((job_id, attempt, rank))
+        if rep["state"] == "exited":
+            self._unfence(job_id, lambda key, _since: key == (name, attempt, rank))
         rt = self.jobs.get(job_id)
         task = rt.tasks.get(rank) if rt is not None and rt.attempt == attempt else None
         if rt is None or task is None or task.node != name:
@@ -765,14 +891,55 @@ class Controller:
 
     # Transitions ----------------------------------------------------------------------
     def _stop_tasks(self, rt: JobRt) -> None:
+        now = time.time()
         for rank, task in rt.tasks.items():
             node = self.nodes.get(task.node)
             if node is None:
                 continue
-            node.assign.pop((rt.rec.id, rt.attempt, rank), None)
+            key = (rt.rec.id, rt.attempt, rank)
+            node.assign.pop(key, None)
             if task.state != "exited":
                 node.cancel.add((rt.rec.id, rt.attempt))
                 node.wake.set()
+            # Fenced: the job's next attempt waits until this task is known to be gone.
+            if task.state == "running" or (task.state == "assigned" and key in node.handed):
+                rt.stopping[(task.node, rt.attempt, rank)] = now
+                self._fenced_on.setdefault(task.node, set()).add(rt.rec.id)
+            node.handed.discard(key)
+
+    def _drop_fence(self, rt: JobRt) -> None:
+        """Forget a finished job's stopping tasks: it has no next attempt to hold."""
+        for name in {key[0] for key in rt.stopping}:
+            on = self._fenced_on.get(name)
+            if on is not None:
+                on.discard(rt.rec.id)
+                if not on:
+                    del self._fenced_on[name]
+        rt.stopping.clear()
+
+    def _unfence(self, job_id: int, gone: Callable[[tuple[str, int, int], float], bool]) -> None:
+        """Forget the stopping tasks of a job for which ``gone(key, since)`` holds.
+
+        A placement held for them is handed out once none is left.
+        """
+        rt = self.jobs.get(job_id)
+        if rt is None or not rt.stopping:
+            return
+        nodes = set()
+        for key, since in list(rt.stopping.items()):
+            if gone(key, since):
+                del rt.stopping[key]
+                nodes.add(key[0])
+        for name in nodes - {key[0] for key in rt.stopping}:
+            on = self._fenced_on.get(name)
+            if on is not None:
+                on.discard(job_id)
+                if not on:
+                    del self._fenced_on[name]
+        if not rt.stopping and rt.held:
+            rt.held = False
+            for rank in rt.tasks:
+                self._offer(rt, rank, rt.held_resume)
 
     def _end(
         self, rt: JobRt, now: float, state: str, exit_code: int | None, why: str
@@ -781,6 +948,8 @@ class Controller:
         self.cluster.finish(rt.rec.id, int(now))
         self._unplace(rt)
         self.jobs.pop(rt.rec.id, None)
+        self._ended_projects[rt.rec.id] = rt.rec.project
+        self._drop_fence(rt)
         self._wake.set()
         return [
             JobChange(
@@ -890,6 +1059,7 @@ class Controller:
         for task in rt.tasks.values():
             self._on_node.get(task.node, set()).discard(rt.rec.id)
         rt.tasks = {}
+        rt.held = False
 
 
 def _placement_json(placement: Placement) -> list[dict[str, Any]]:

@@ -57,3 +57,14 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600),
             registry=r,
         )
+        self.limit_rejections = Counter(
+            "cplat_limit_rejections",
+            "Requests answered 429 by an operator limit",
+            ["limit"],
+            registry=r,
+        )
+        self.open_streams = Gauge(
+            "cplat_open_streams", "Event streams and log follows open", ["kind"], registry=r
+        )
+        for limit in ("streams", "submit_rate"):
+            self.limit_rejections.labels(limit=limit)  # present at 0 before the first one

@@ -18,6 +18,7 @@ _REASONS = {
     409: "Wrong state",
     413: "Body too large",
     415: "Body is not JSON",
+    429: "Over an operator limit (streams per user, submissions per token); see Retry-After",
 }
 _PATH_PARAMS = {
     "id": {"type": "integer", "minimum": 1, "maximum": s.MAX_INT},
@@ -41,9 +42,10 @@ def spec(version: str) -> dict[str, Any]:
             for p in re.findall(r"{(\w+)}", r.path)
         ]
         params += [
-            {"name": q.name, "in": "query", "required": False, "schema": q.schema}
+            {"name": q.name, "in": where, "required": False, "schema": q.schema}
             | ({"description": q.description} if q.description else {})
-            for q in r.query
+            for where, qs in (("query", r.query), ("header", r.headers))
+            for q in qs
         ]
         if params:
             op["parameters"] = params
@@ -67,7 +69,7 @@ def spec(version: str) -> dict[str, Any]:
             }
         for code in r.also:
             answers[str(code)] = {
-                "description": "Created",
+                "description": "Created" if code == 201 else "OK",
                 "content": {"application/json": {"schema": r.answer or {"type": "object"}}},
             }
         for code in r.errors:
@@ -101,7 +103,11 @@ def spec(version: str) -> dict[str, Any]:
             "description": "The cplat control plane: jobs, nodes and their agents, pools, "
             "quotas, the cluster's state and the audit log. Every /v1 call needs a bearer "
             "token (`cplat token create`). Errors are "
-            '`{"error": {"code", "message", "field"}}`.',
+            '`{"error": {"code", "message", "field"}}`. Bodies are UTF-8 JSON nested at '
+            f"most {s.MAX_DEPTH} levels deep; anywhere in them, text must be valid Unicode "
+            "without NUL (no lone surrogates) and numbers finite (no NaN or Infinity), or the "
+            "answer is 400 naming the field by its dotted path. Ids in paths and queries are "
+            "ASCII digits.",
         },
         "components": {
             "securitySchemes": {

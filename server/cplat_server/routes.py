@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from cplat_server import schemas as s
-from cplat_server.views import jobs, resources
+from cplat_server.views import jobs, resources, tokens
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -39,10 +39,12 @@ class Route:
     content: str = "application/json"
     errors: tuple[int, ...] = field(default=(400, 401, 403, 404))
     also: tuple[int, ...] = ()  # further success statuses with the same answer
+    headers: tuple[Query, ...] = ()  # request headers beyond Authorization
 
 
 _INT = {"type": "integer", "minimum": 0, "maximum": s.MAX_INT}
-_CURSOR = Query("cursor", {"type": "string", "pattern": "^[0-9]{1,16}$"}, "next_cursor of a page")
+_CURSOR = Query("cursor", {"type": "string", "pattern": s.ID_TEXT}, "next_cursor of a page")
+_PROJECT = Query("project", {"type": "string", "pattern": s.NAME_FILTER}, "only this project")
 _LIMIT = Query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
 _LIST = {"type": "object"}
 
@@ -56,7 +58,25 @@ ROUTES: tuple[Route, ...] = (
         body=s.JOB_SUBMIT,
         answer=s.JOB,
         status=201,
-        errors=(400, 401, 403, 413, 415),
+        errors=(400, 401, 403, 409, 413, 415, 429),
+        # 200: a retry with the Idempotency-Key of an earlier submission, answered with the
+        # job that one created.
+        also=(200,),
+        headers=(
+            Query(
+                jobs.IDEMPOTENCY_HEADER,
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": jobs.MAX_IDEMPOTENCY_KEY,
+                    "pattern": "^[!-~]([ -~]*[!-~])?$",
+                },
+                "makes retries safe: a submission repeating the key (and the body) of an "
+                "earlier one within the service's idempotency_ttl answers 200 with the job "
+                "that one created instead of creating another; the key with another body "
+                "answers 409",
+            ),
+        ),
     ),
     Route(
         "GET",
@@ -66,9 +86,9 @@ ROUTES: tuple[Route, ...] = (
         "jobs",
         answer=s.JOB_LIST,
         query=(
-            Query("project", {"type": "string"}),
+            _PROJECT,
             Query("state", {"type": "string", "enum": s.JOB_STATES}),
-            Query("user", {"type": "string"}),
+            Query("user", {"type": "string", "pattern": s.TEXT}),
             _LIMIT,
             _CURSOR,
         ),
@@ -80,7 +100,8 @@ ROUTES: tuple[Route, ...] = (
         "Job state changes (server-sent events)",
         "jobs",
         content="text/event-stream",
-        query=(Query("project", {"type": "string"}),),
+        query=(_PROJECT,),
+        errors=(400, 401, 403, 404, 429),
     ),
     Route("GET", "/v1/jobs/{id}", jobs.get_job, "Get a job", "jobs", answer=s.JOB),
     Route(
@@ -110,7 +131,14 @@ ROUTES: tuple[Route, ...] = (
             Query("attempt", {"type": "integer", "minimum": 0, "maximum": 10**6}),
             Query("after", _INT),
             Query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+            Query(
+                "wait",
+                {"type": "integer", "minimum": 0, "maximum": 60},
+                "follow: when nothing follows `after` yet, wait up to this many seconds for "
+                "output (or a change of the job's state) before answering",
+            ),
         ),
+        errors=(400, 401, 403, 404, 429),
     ),
     Route(
         "POST",
@@ -308,7 +336,17 @@ ROUTES: tuple[Route, ...] = (
                 "next_cursor": {"type": ["string", "null"]},
             },
         },
-        query=(Query("project", {"type": "string"}), Query("after", _INT), _LIMIT),
+        query=(_PROJECT, Query("after", _INT), _LIMIT),
+    ),
+    Route(
+        "POST",
+        "/v1/tokens/revoke",
+        tokens.revoke,
+        "Revoke a token by id, and the job tokens derived from it (cluster admins)",
+        "tokens",
+        body=tokens.TOKEN_REVOKE,
+        answer=tokens.TOKEN_REVOKED,
+        errors=(400, 401, 403, 413, 415),
     ),
 )
 

@@ -6,20 +6,32 @@ from what the handlers accept. The validator covers the subset the schemas use.
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from typing import Any
 
 from cplat.store.base import JOB_STATES as STORE_JOB_STATES
-from cplat_server.errors import bad_request
+from cplat_server.errors import ApiError, bad_request
 
 Schema = dict[str, Any]
 
 #: Largest integer any field accepts: fits a signed 64-bit column and a double exactly.
 MAX_INT = 2**53 - 1
+#: Deepest nesting of arrays and objects a body may have. The deepest schema needs 5; the
+#: bound keeps the parser and the validator (both recursive) far from the recursion limit.
+MAX_DEPTH = 32
+#: Longest integer literal a body may hold, sign included. Anything longer is out of every
+#: range, and Python refuses to convert more than 4,300 digits at all.
+MAX_INT_DIGITS = 24
 #: Text without NUL (which neither SQL backend stores).
 TEXT = "^[^\\u0000]*$"
 NAME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 PATH_NAME = "^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"
+#: A filter naming a project: a name, or empty for none.
+NAME_FILTER = "^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
+#: Object ids as text (path parameters, cursors): ASCII digits only, never other scripts'.
+ID_TEXT = "^[0-9]{1,16}$"
 JOB_STATES = list(STORE_JOB_STATES)
 
 
@@ -131,6 +143,15 @@ GPU_INFO = {
     },
     "required": ["index"],
 }
+#: How the node's agent isolates tasks (see cplat.runtime.isolation).
+NODE_ISOLATION = _obj(
+    {
+        "task_user": _text(64),
+        "user_mapping": {"type": "boolean"},
+        "cgroup": {"type": "string", "enum": ["v1", "v2", "rlimits"]},
+        "devices_restricted": {"type": "boolean"},
+    }
+)
 NODE_REGISTER = _obj(
     {
         "name": {"type": "string", "pattern": NAME},
@@ -146,6 +167,7 @@ NODE_REGISTER = _obj(
             "additionalProperties": _text(256),
             "maxProperties": 64,
         },
+        "isolation": NODE_ISOLATION,
     },
     ("name", "cpu_milli", "memory_mib"),
 )
@@ -223,7 +245,13 @@ JOB = {
         "max_runtime": {"type": "integer"},
         "checkpoint": {"type": ["object", "null"]},
         "command": {},
-        "env": {"type": "object"},
+        "env": {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "null"]},
+            "description": "The job's environment. Its values may be secrets: callers with "
+            "only the viewer role in the project see the names, each with the value null; "
+            "members and admins of the project and cluster admins see the values.",
+        },
         "workdir": {"type": ["string", "null"]},
         "on_failure": {"type": "string"},
         "max_restarts": {"type": "integer"},
@@ -279,6 +307,14 @@ CHECKPOINT = {
         "at": {"type": "number"},
     },
 }
+LEASE = {
+    "type": "object",
+    "description": "The node's lease, renewed by this answer: an agent that cannot renew it "
+    "for `seconds` stops its tasks (SIGTERM, SIGKILL `grace` seconds later); the server "
+    "requeues them `seconds + grace` after the last renewal.",
+    "properties": {"seconds": {"type": "number"}, "grace": {"type": "number"}},
+    "required": ["seconds", "grace"],
+}
 NODE = {
     "type": "object",
     "properties": {
@@ -295,6 +331,8 @@ NODE = {
         "heartbeat_at": {"type": "number"},
         "allocated": RESOURCE_VEC,
         "jobs": {"type": "array", "items": {"type": "integer"}},
+        "lease": LEASE,
+        "isolation": {"anyOf": [NODE_ISOLATION, {"type": "null"}]},
     },
     "required": ["name", "state"],
 }
@@ -366,7 +404,7 @@ ASSIGNMENTS = {
 }
 HEARTBEAT_ANSWER = {
     "type": "object",
-    "properties": {"cancel": {"type": "array", "items": TASK_REF}},
+    "properties": {"cancel": {"type": "array", "items": TASK_REF}, "lease": LEASE},
     "required": ["cancel"],
 }
 CLUSTER = {"type": "object"}
@@ -382,12 +420,111 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+class LongInt(str):
+    """An integer literal too long to convert (the parser's stand-in, reported by its field)."""
+
+
+@functools.lru_cache(maxsize=256)
+def compiled(pattern: str) -> re.Pattern[str]:
+    r"""Return a schema ``pattern`` compiled with the meaning JSON Schema gives it.
+
+    JSON Schema patterns are ECMA-262 regular expressions: ``$`` matches only at the very
+    end and ``\d``, ``\w`` are ASCII. Python's ``$`` also matches before a final newline
+    (so ``"name\n"`` would pass ``^...$``) and its classes are Unicode, so ``$`` outside a
+    character class becomes ``\Z`` and the pattern is compiled with ``re.ASCII``.
+    """
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+            # A "]" right after "[" or "[^" is a literal member, not the end of the class.
+            start = i + 2 if pattern[i + 1 : i + 2] == "^" else i + 1
+            if pattern[start : start + 1] == "]":
+                out.append(pattern[i : start + 1])
+                i = start + 1
+                continue
+        elif ch == "$":
+            ch = "\\Z"
+        out.append(ch)
+        i += 1
+    return re.compile("".join(out), re.ASCII)
+
+
+def pattern_matches(pattern: str, text: str) -> bool:
+    """Whether ``text`` matches the schema ``pattern`` (anchored patterns match it whole)."""
+    return compiled(pattern).search(text) is not None
+
+
 def _type_ok(value: Any, name: str) -> bool:
     if name in ("integer", "number") and isinstance(value, bool):
         return False
     if name == "integer" and isinstance(value, float):
         return value.is_integer()
     return isinstance(value, _TYPES[name])
+
+
+def _shown(key: str) -> str:
+    """Return an object key as a field path shows it: escaped if it is not storable text."""
+    if _text_problem(key) is None:
+        return key
+    return key.encode("unicode_escape").decode("ascii")
+
+
+def _text_problem(text: str) -> str | None:
+    """Return why ``text`` cannot be stored (a lone surrogate, a NUL), or None."""
+    if text.isascii():
+        return "must not contain NUL characters" if "\x00" in text else None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        return f"holds a lone surrogate (\\u{code:04x}) at character {exc.start}"
+    return "must not contain NUL characters" if "\x00" in text else None
+
+
+def check_values(value: Any, path: str = "") -> None:
+    """Check every key and value of a parsed body, wherever it is, schema or not.
+
+    The stores keep text as UTF-8 without NUL and numbers as finite doubles or 64-bit
+    integers; the scheduler and the agents read the same values. So text with a lone
+    surrogate or a NUL, ``NaN`` and ``Infinity``, and integer literals too long to convert
+    are refused here, before any field is read.
+
+    Raises
+    ------
+    ApiError
+        400 naming the field by its dotted path (``env.HOME``, ``command[1]``).
+    """
+    field = path or None
+    where = path or "body"
+    if isinstance(value, LongInt):
+        raise bad_request(f"{where} is out of range (an integer of {len(value)} characters)", field)
+    if isinstance(value, str):
+        problem = _text_problem(value)
+        if problem is not None:
+            raise bad_request(f"{where} {problem}", field)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise bad_request(f"{where} must be a finite number (got {value})", field)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_values(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            sub = _join(path, _shown(key))
+            problem = _text_problem(key)
+            if problem is not None:
+                raise bad_request(f"the name of {sub} {problem}", sub)
+            check_values(item, sub)
 
 
 def validate(value: Any, schema: Schema, path: str = "") -> None:
@@ -401,14 +538,17 @@ def validate(value: Any, schema: Schema, path: str = "") -> None:
     field = path or None
     where = path or "body"
     if "anyOf" in schema:
-        errors = []
+        errors: list[tuple[Schema, ApiError]] = []
         for option in schema["anyOf"]:
             try:
                 validate(value, option, path)
                 return
-            except Exception as exc:  # noqa: BLE001 - collect and report the first option's
-                errors.append(exc)
-        raise errors[0]
+            except ApiError as exc:
+                errors.append((option, exc))
+        # Report the option meant for this kind of value: for ``command: [5]`` that is
+        # "command[0] must be string", not the string option's "command must be string".
+        meant = [err for option, err in errors if _declares(option, value)]
+        raise (meant or [errors[0][1]])[0]
     if "const" in schema and value != schema["const"]:
         raise bad_request(f"{where} must be {schema['const']!r}", field)
     types = schema.get("type")
@@ -428,7 +568,7 @@ def validate(value: Any, schema: Schema, path: str = "") -> None:
             raise bad_request(f"{where} must not be empty", field)
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise bad_request(f"{where} is longer than {schema['maxLength']} characters", field)
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not pattern_matches(schema["pattern"], value):
             raise bad_request(f"{where} has an invalid format ({schema['pattern']})", field)
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0):
@@ -440,6 +580,13 @@ def validate(value: Any, schema: Schema, path: str = "") -> None:
                 validate(item, schema["items"], f"{path}[{i}]")
     if isinstance(value, dict):
         _validate_object(value, schema, path)
+
+
+def _declares(option: Schema, value: Any) -> bool:
+    types = option.get("type")
+    if types is None:
+        return False
+    return any(_type_ok(value, t) for t in ([types] if isinstance(types, str) else types))
 
 
 def _validate_object(value: dict[str, Any], schema: Schema, path: str) -> None:
@@ -454,7 +601,7 @@ def _validate_object(value: dict[str, Any], schema: Schema, path: str) -> None:
     names = schema.get("propertyNames")
     for key, item in value.items():
         sub = _join(path, key)
-        if names is not None and not re.search(names["pattern"], key):
+        if names is not None and not pattern_matches(names["pattern"], key):
             raise bad_request(f"invalid name {key!r} in {where}", sub)
         if key in props:
             validate(item, props[key], sub)

@@ -29,7 +29,9 @@ inline constexpr int kGpuKindSlots = 17;
 class ClusterState {
  public:
   ClusterState() = default;
-  // Throws std::invalid_argument for negative capacities or a GPU model id outside [-1, 64).
+  // Throws std::invalid_argument for capacities outside [0, kMaxQuantity] (devices: [0,
+  // kMaxGpusPerNode]), cluster totals above kMaxClusterTotal or more than 2^31 - 1 nodes or
+  // devices, or a GPU model id outside [-1, 64).
   explicit ClusterState(std::span<const NodeSpec> nodes);
 
   [[nodiscard]] int32_t num_nodes() const { return static_cast<int32_t>(cpu_cap_.size()); }
@@ -56,6 +58,9 @@ class ClusterState {
     return kind_count_[static_cast<size_t>(n) * kGpuKindSlots + slot];
   }
   [[nodiscard]] int32_t kinds_present(int32_t n) const { return kinds_present_[n]; }
+  // The same two, checked (std::out_of_range for a bad node or slot): for outside callers.
+  [[nodiscard]] int32_t kind_count_at(int64_t n, int64_t slot) const;
+  [[nodiscard]] int32_t kinds_present_at(int64_t n) const;
   [[nodiscard]] std::span<const int32_t> gpu_free_of(int32_t n) const {
     return {gpu_free_.data() + gpu_begin_[n], static_cast<size_t>(gpu_count(n))};
   }
@@ -85,7 +90,17 @@ class ClusterState {
   [[nodiscard]] int64_t cpu_free_total() const { return cpu_free_total_; }
   [[nodiscard]] int64_t memory_free_total() const { return mem_free_total_; }
 
-  void set_flags(int32_t n, uint8_t flags);
+  // Set a node's flags (std::out_of_range for a bad node).
+  void set_flags(int64_t n, uint8_t flags);
+  // The same without the check, for loops over node ids already known to be valid.
+  void set_flags_unchecked(int32_t n, uint8_t flags) {
+    CPLAT_ASSERT(n >= 0 && n < num_nodes());
+    flags_[static_cast<size_t>(n)] = flags;
+    ++version_[static_cast<size_t>(n)];
+  }
+  // NVLink island and NUMA domain of every device (std::invalid_argument unless both have
+  // exactly num_gpus() entries).
+  void set_gpu_topology(std::span<const int32_t> nvlink, std::span<const int32_t> numa);
 
   // Can the node hold the request at all (ignoring node flags and models)?
   [[nodiscard]] bool gpu_fits(int32_t n, const Request& r) const;

@@ -31,7 +31,10 @@ struct TargetTask {
 
 class TargetWorkload {
  public:
+  static constexpr double kMaxWeight = 1e9;
+
   TargetWorkload() = default;
+  // Throws std::invalid_argument for a weight that is not finite or outside [0, kMaxWeight].
   explicit TargetWorkload(std::vector<TargetTask> tasks);
 
   [[nodiscard]] bool empty() const { return tasks_.empty(); }
@@ -45,7 +48,8 @@ class TargetWorkload {
 };
 
 // Fragmented milli-GPU of one node state. `gpu_free` is the node's per-device free milli-GPU
-// (any order); `model` is its GPU model (-1 = none). Pure function, no memo.
+// (any order); `model` is its GPU model (-1 = none; std::invalid_argument outside [-1, 64)).
+// Pure function, no memo.
 [[nodiscard]] double node_fragmentation(const TargetWorkload& workload, int64_t cpu_free,
                                         int32_t model, std::span<const int32_t> gpu_free);
 

@@ -56,7 +56,12 @@ struct BatchResult {
 
 class Engine {
  public:
+  // Scorer weights are positive and sum to at most this.
+  static constexpr int64_t kMaxWeightSum = int64_t{1} << 18;
+
   // `state` must outlive the engine. An empty workload disables FGD and fragmentation tracking.
+  // Throws std::invalid_argument for weights that are not positive or sum above
+  // kMaxWeightSum, and for an FGD scorer or GPU pick without a workload.
   Engine(ClusterState& state, Profile profile, TargetWorkload workload, uint64_t seed);
 
   [[nodiscard]] const Profile& profile() const { return profile_; }
@@ -70,7 +75,8 @@ class Engine {
   // Place one task; on success `node` and `gpus` (local device indices) are set and the
   // allocation is committed.
   Status place(const Request& r, int32_t& node, std::vector<int32_t>& gpus);
-  // Place `count` identical tasks all or nothing (a gang). On success `nodes` has one node per
+  // Place `count` identical tasks all or nothing (a gang; count in [1, kMaxTasks], else
+  // kInvalidArgument). On success `nodes` has one node per
   // task and `gpus` the devices of every task in order (num_gpu each); on failure nothing is
   // allocated and the status names the dominant rejection. Nodes are ranked by the weighted
   // raw scores (no per-task normalisation) and a node is re-scored after each task it takes.
@@ -104,12 +110,15 @@ class Engine {
   BatchResult place_batch(std::span<const Request> requests, bool track);
 
   // Inspection (used by tests and "why pending"): per node first failing filter code, and raw
-  // (un-normalised) scores of one scorer for feasible nodes (-1 elsewhere).
+  // (un-normalised) scores of one scorer for feasible nodes (-1 elsewhere). Any shape is
+  // inspected, but amounts must be in_bounds() and the output must have one entry per node
+  // (std::invalid_argument otherwise).
   void filter_all(const Request& r, std::span<uint8_t> codes) const;
   void score_all(const Request& r, ScorerKind kind, std::span<int64_t> out);
 
-  // Mark a node changed outside the engine (flags, bulk edits).
-  void node_changed(int32_t n) { frag_.update(*state_, n); }
+  // Mark a node changed outside the engine (flags, bulk edits); std::out_of_range for a bad
+  // node.
+  void node_changed(int64_t n);
 
  private:
   int64_t raw_score(ScorerKind kind, int32_t n, const Request& r);

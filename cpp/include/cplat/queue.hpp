@@ -83,56 +83,89 @@ struct QueueOptions {
 
 enum class JobState : uint8_t { kNew, kPending, kRunning, kDone, kCancelled };
 
+// One job to register (see QueueScheduler::add_job).
+struct JobSpec {
+  int64_t submit = 0;
+  int64_t requested = 1;
+  int32_t num_tasks = 1;
+  Request task;
+  double priority = 0.0;
+};
+
+// Argument checks: every public method validates what it is given. A job, node or project
+// index outside its table throws std::out_of_range, a bad value std::invalid_argument (times
+// and durations must lie in [-kMaxTime, kMaxTime]); batch setters check every entry before
+// changing anything. The job operations that answer a Status (submit, cancel, finish, requeue,
+// restore) answer kInvalidArgument for an unknown job instead, as for a job in the wrong state.
 class QueueScheduler {
  public:
+  // Throws std::invalid_argument for a grace period or calendar horizon outside [0, kMaxTime],
+  // a calendar resolution outside [1, kMaxTime] or a negative backfill budget.
   QueueScheduler(Engine& engine, QueueOptions options);
 
   // Register a job (not yet pending). `requested` is the run-time estimate used for
-  // reservations and backfilling (> 0). Returns the job's index.
+  // reservations and backfilling (clamped to [1, kMaxTime]). Returns the job's index. Throws
+  // std::invalid_argument for a submit time outside [-kMaxTime, kMaxTime], a NaN priority or
+  // a full table (2^31 - 1 jobs). The task and the task count are checked by submit (and
+  // restore), which refuse a job whose request is not valid() or whose count is outside
+  // [1, kMaxTasks].
   int32_t add_job(int64_t submit, int64_t requested, int32_t num_tasks, const Request& task,
                   double priority);
+  // Register several jobs, all or none (the same checks first); returns the first index.
+  int32_t add_jobs(std::span<const JobSpec> jobs);
   // Queue-sort plugins (fair share, DRF, multifactor) set priorities before a cycle; with the
-  // `priority` order, higher goes first.
-  void set_priority(int32_t job, double priority) { priority_[static_cast<size_t>(job)] = priority; }
+  // `priority` order, higher goes first. NaN is refused: it has no place in the order.
+  void set_priority(int64_t job, double priority);
+  void set_priorities(std::span<const int64_t> jobs, std::span<const double> priorities);
   // Pending jobs in submission order.
   [[nodiscard]] std::vector<int32_t> pending_jobs();
   // Quotas per project (index = project id) and each job's project (-1 = no quota) and
-  // checkpoint rhythm (interval and cost in seconds; 0 = never checkpoints).
+  // checkpoint rhythm (interval and cost in seconds; 0 = never checkpoints). Quota amounts
+  // must be non-negative (a cohort's borrowing limit: -1 = none); cohort ids must be -1 or a
+  // cohort; cohort parents must be -1 or another cohort, without cycles. A project naming a
+  // cohort beyond the table gets a root cohort of its own. Jobs of projects the new table
+  // lacks lose their project.
   void set_quotas(std::vector<QuotaSpec> quotas, std::vector<CohortSpec> cohorts = {});
-  void set_job_meta(int32_t job, int32_t project, int64_t checkpoint_interval,
+  // A project outside the quota table means no quota; negative checkpoint times mean 0.
+  void set_job_meta(int64_t job, int32_t project, int64_t checkpoint_interval,
                     int64_t checkpoint_cost);
+  void set_job_meta(std::span<const int64_t> jobs, std::span<const int32_t> projects,
+                    std::span<const int64_t> intervals, std::span<const int64_t> costs);
   // Elastic jobs run with any task count in [min_tasks, num_tasks]: they start as large as
   // fits, grow into idle capacity (when nobody waits) and shrink instead of being evicted.
-  void set_min_tasks(int32_t job, int32_t min_tasks);
-  [[nodiscard]] int32_t tasks_of(int32_t job) const;
+  // `min_tasks` must be >= 1; above num_tasks it means num_tasks (not elastic).
+  void set_min_tasks(int64_t job, int32_t min_tasks);
+  void set_min_tasks(std::span<const int64_t> jobs, std::span<const int32_t> min_tasks);
+  [[nodiscard]] int32_t tasks_of(int64_t job) const;
   // Running jobs whose task count changed in the last cycle.
   [[nodiscard]] const std::vector<int32_t>& resized() const { return resized_; }
-  // Exclusive jobs get nodes nobody else uses while they run.
-  void set_exclusive(int32_t job, bool exclusive) {
-    exclusive_[static_cast<size_t>(job)] = exclusive ? 1 : 0;
-  }
-  // Returns the reservation's index; its nodes must exist.
+  // Exclusive jobs get nodes nobody else uses while they run (not to be changed while the job
+  // runs: its nodes' flags follow the setting).
+  void set_exclusive(int64_t job, bool exclusive);
+  void set_exclusive(std::span<const int64_t> jobs, std::span<const uint8_t> exclusive);
+  // Returns the reservation's index. Throws std::out_of_range for a node outside the
+  // cluster, std::invalid_argument unless start < end (both within kMaxTime).
   int32_t add_reservation(Reservation r);
   [[nodiscard]] const std::vector<Reservation>& reservations_list() const { return reservations_; }
-  [[nodiscard]] const Calendar::Vec& usage(int32_t project) const {
-    return usage_[static_cast<size_t>(project)];
-  }
+  [[nodiscard]] const Calendar::Vec& usage(int64_t project) const;
   // Jobs evicted by the last cycle: already back in the queue, or with a grace period still
   // running (terminating) until the caller requeues them.
   [[nodiscard]] const std::vector<int32_t>& preempted() const { return preempted_; }
-  [[nodiscard]] bool terminating(int32_t job) const {
-    return terminating_[static_cast<size_t>(job)] != 0;
-  }
+  [[nodiscard]] bool terminating(int64_t job) const;
   // Work a running job would lose if stopped now: resource-seconds since its last checkpoint.
-  [[nodiscard]] double lost_work(int32_t job, int64_t now) const;
-  Status submit(int32_t job);
-  Status cancel(int32_t job);
+  [[nodiscard]] double lost_work(int64_t job, int64_t now) const;
+  Status submit(int64_t job);
+  // How many of `jobs` were submitted (unknown jobs and jobs not new are skipped).
+  int32_t submit_many(std::span<const int64_t> jobs);
+  Status cancel(int64_t job);
   // Start every job the policy allows at `now`; returns the jobs started, in order.
   const std::vector<int32_t>& cycle(int64_t now);
   // Release a running job's resources.
-  Status finish(int32_t job);
+  Status finish(int64_t job);
+  // How many of `jobs` were running and are now finished (the others are skipped).
+  int32_t finish_many(std::span<const int64_t> jobs);
   // A running job goes back to pending (preemption, node failure): resources released.
-  Status requeue(int32_t job);
+  Status requeue(int64_t job);
   // Crash recovery / rebuild: a new or pending job becomes running since `start` exactly where
   // it already runs, without the placement policy. `nodes` has one node per task (elastic
   // jobs: min_tasks..num_tasks entries, others exactly num_tasks) and `gpus` the local devices
@@ -141,28 +174,34 @@ class QueueScheduler {
   // not checked; exclusivity is kept: an exclusive job needs idle nodes and flags them, no job
   // joins a node flagged exclusive (kNodeUnavailable, "Exclusive"). On any failure every task
   // allocated so far is released and nothing changes (kInvalidArgument for a bad job, state,
-  // start < 0, count or layout; the engine's status when resources are not free).
-  Status restore(int32_t job, int64_t start, std::span<const int32_t> nodes,
+  // start outside [0, kMaxTime], count or layout; the engine's status when resources are not
+  // free).
+  Status restore(int64_t job, int64_t start, std::span<const int32_t> nodes,
                  std::span<const int32_t> gpus);
 
   [[nodiscard]] const std::vector<int64_t>& reservations() const { return reservation_; }
   [[nodiscard]] int32_t num_jobs() const { return static_cast<int32_t>(submit_.size()); }
-  [[nodiscard]] JobState state(int32_t job) const { return state_[static_cast<size_t>(job)]; }
-  [[nodiscard]] int64_t start_time(int32_t job) const { return start_[static_cast<size_t>(job)]; }
-  [[nodiscard]] Code reason(int32_t job) const { return reason_[static_cast<size_t>(job)]; }
+  [[nodiscard]] JobState state(int64_t job) const { return state_[index(job)]; }
+  [[nodiscard]] int64_t start_time(int64_t job) const { return start_[index(job)]; }
+  [[nodiscard]] Code reason(int64_t job) const { return reason_[index(job)]; }
   // The first reservation a blocked job was given (EASY/rlsched head, conservative: every
   // job), -1 if none. With exact estimates a job starts no later than this.
-  [[nodiscard]] int64_t reservation(int32_t job) const {
-    return reservation_[static_cast<size_t>(job)];
-  }
-  [[nodiscard]] std::span<const int32_t> nodes_of(int32_t job) const { return nodes_[static_cast<size_t>(job)]; }
-  [[nodiscard]] std::span<const int32_t> gpus_of(int32_t job) const { return gpus_[static_cast<size_t>(job)]; }
+  [[nodiscard]] int64_t reservation(int64_t job) const { return reservation_[index(job)]; }
+  [[nodiscard]] std::span<const int32_t> nodes_of(int64_t job) const { return nodes_[index(job)]; }
+  [[nodiscard]] std::span<const int32_t> gpus_of(int64_t job) const { return gpus_[index(job)]; }
   [[nodiscard]] int32_t num_pending() const { return pending_count_; }
   [[nodiscard]] int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
   [[nodiscard]] const QueueOptions& options() const { return opts_; }
 
  private:
   using Vec = Calendar::Vec;
+  // A job index from outside, checked (std::out_of_range naming "job").
+  size_t index(int64_t job) const;
+  // Unchecked views for the internal loops (indices come from the queue's own tables).
+  [[nodiscard]] JobState state_of(int32_t job) const { return state_[static_cast<size_t>(job)]; }
+  [[nodiscard]] int32_t tasks_now(int32_t job) const;
+  [[nodiscard]] double lost_work_now(int32_t job, int64_t now) const;
+  static void check_job(const JobSpec& job);
   [[nodiscard]] Vec need_of(int32_t job) const;
   [[nodiscard]] double key(int32_t job, int64_t now) const;
   bool key_less(int32_t a, int32_t b, int64_t now) const;

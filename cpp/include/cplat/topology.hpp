@@ -46,10 +46,12 @@ struct TopologyIndex {
   }
 };
 
-// How many copies of `r` node n can hold right now (0 when it fails a filter), at most `cap`.
+// How many copies of `r` node n can hold right now (0 when it fails a filter or `r` is not
+// valid()), at most `cap`. Unchecked node id: callers loop over the cluster's nodes.
 [[nodiscard]] int32_t tasks_fit(const ClusterState& state, int32_t n, const Request& r, int32_t cap);
 
-// Domains spanned by a set of nodes (repeats allowed).
+// Domains spanned by a set of nodes (repeats allowed; std::out_of_range for a node the index
+// does not have).
 struct GangSpan {
   int32_t spines = 0;
   int32_t racks = 0;

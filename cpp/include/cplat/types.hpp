@@ -20,7 +20,23 @@ inline constexpr int32_t kMilliGpu = 1000;    // one whole GPU
 inline constexpr int kMaxGpuModels = 64;       // GPU models are bits of a uint64 mask
 inline constexpr int kMaxGpusPerNodeKey = 8;   // nodes up to this size get compact memo keys
 
+// Bounds every entry point enforces, chosen so that no sum or product the engine and the queue
+// form can overflow int64 (signed overflow is undefined behaviour), with room far beyond any
+// real cluster. Per node and per task: milli-CPU and MiB (2^36 milli-CPU = 68.7 million cores;
+// it also keeps the dot-product score of a node below 2^44, so weighted sums fit) and devices.
+inline constexpr int64_t kMaxQuantity = int64_t{1} << 36;
+inline constexpr int32_t kMaxGpusPerNode = 1 << 16;  // a node's milli-GPU still fits int32
+// Whole cluster: free and total milli-CPU, MiB and milli-GPU.
+inline constexpr int64_t kMaxClusterTotal = int64_t{1} << 50;
+// Tasks of one job (or gang): a job's total need stays below 2^56.
+inline constexpr int32_t kMaxTasks = 1 << 20;
+// Times and durations in seconds (2^56 s is two billion years), either sign: the queue adds
+// a few of them (a start and a run time, rounded to the calendar's resolution) and the sums
+// stay far inside int64 and inside the calendar's own bound.
+inline constexpr int64_t kMaxTime = int64_t{1} << 56;
+
 using ModelMask = uint64_t;  // bit m set = GPU model m allowed; 0 = any model
+__extension__ using Int128 = __int128;  // for sums that must not overflow int64
 
 // Node flags (bit set).
 enum NodeFlag : uint8_t {
@@ -44,12 +60,17 @@ struct Request {
 
   [[nodiscard]] bool wants_gpu() const { return num_gpu > 0 && gpu_milli > 0; }
   [[nodiscard]] bool is_share() const { return num_gpu == 1 && gpu_milli < kMilliGpu; }
+  // Every amount within [0, its per-task bound]; the inspection entry points (filter and
+  // score every node) accept any such request, whatever its shape.
+  [[nodiscard]] bool in_bounds() const {
+    return cpu_milli >= 0 && cpu_milli <= kMaxQuantity && memory_mib >= 0 &&
+           memory_mib <= kMaxQuantity && num_gpu >= 0 && num_gpu <= kMaxGpusPerNode &&
+           gpu_milli >= 0 && gpu_milli <= kMilliGpu;
+  }
   // The shapes the engine accepts: CPU-only (no GPU fields), one device or a share of one,
-  // or several whole devices; amounts never negative.
+  // or several whole devices; amounts in bounds.
   [[nodiscard]] bool valid() const {
-    if (cpu_milli < 0 || memory_mib < 0 || num_gpu < 0 || gpu_milli < 0 || gpu_milli > kMilliGpu) {
-      return false;
-    }
+    if (!in_bounds()) return false;
     if (num_gpu == 0) return gpu_milli == 0;
     if (num_gpu == 1) return gpu_milli > 0;
     return gpu_milli == kMilliGpu;

@@ -4,6 +4,10 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "cplat/check.hpp"
 
 namespace cplat {
 
@@ -28,13 +32,40 @@ std::string_view backfill_name(BackfillMode b) { return kBackfillNames[static_ca
 std::string_view preemption_name(Preemption p) { return kPreemptionNames[static_cast<size_t>(p)]; }
 
 QueueScheduler::QueueScheduler(Engine& engine, QueueOptions options)
-    : engine_(&engine), opts_(options), victim_rng_(options.seed) {}
+    : engine_(&engine), opts_(options), victim_rng_(options.seed) {
+  check_range(opts_.grace_period, 0, kMaxTime, "grace_period");
+  check_range(opts_.calendar_resolution, 1, kMaxTime, "calendar_resolution");
+  check_range(opts_.calendar_horizon, 0, kMaxTime, "calendar_horizon");
+  check_range(opts_.max_backfill_jobs, 0, std::numeric_limits<int32_t>::max(), "max_backfill_jobs");
+}
+
+size_t QueueScheduler::index(int64_t job) const { return checked_index(job, num_jobs(), "job"); }
+
+void QueueScheduler::check_job(const JobSpec& job) {
+  check_range(job.submit, -kMaxTime, kMaxTime, "submit");
+  // NaN breaks the strict weak order the queue's sorts rely on (undefined behaviour).
+  if (std::isnan(job.priority)) throw std::invalid_argument("priority must not be NaN");
+}
+
+int32_t QueueScheduler::add_jobs(std::span<const JobSpec> jobs) {
+  for (const JobSpec& j : jobs) check_job(j);
+  if (jobs.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max() - num_jobs())) {
+    throw std::invalid_argument("a queue holds at most 2^31 - 1 jobs");
+  }
+  const int32_t first = num_jobs();
+  for (const JobSpec& j : jobs) add_job(j.submit, j.requested, j.num_tasks, j.task, j.priority);
+  return first;
+}
 
 int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_tasks,
                                 const Request& task, double priority) {
+  check_job(JobSpec{submit, requested, num_tasks, task, priority});
+  if (num_jobs() == std::numeric_limits<int32_t>::max()) {
+    throw std::invalid_argument("a queue holds at most 2^31 - 1 jobs");
+  }
   const auto id = static_cast<int32_t>(submit_.size());
   submit_.push_back(submit);
-  requested_.push_back(std::max<int64_t>(requested, 1));
+  requested_.push_back(std::clamp<int64_t>(requested, 1, kMaxTime));
   start_.push_back(-1);
   reservation_.push_back(-1);
   num_tasks_.push_back(num_tasks);
@@ -55,8 +86,37 @@ int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_t
 }
 
 void QueueScheduler::set_quotas(std::vector<QuotaSpec> quotas, std::vector<CohortSpec> cohorts) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  const auto num_cohorts = static_cast<int64_t>(cohorts.size());
+  for (size_t p = 0; p < quotas.size(); ++p) {
+    const QuotaSpec& q = quotas[p];
+    const std::string at = "project " + std::to_string(p) + ": ";
+    // Beyond the table: a root cohort of its own (added below, at most one per project).
+    check_range(q.cohort, -1, num_cohorts + static_cast<int64_t>(quotas.size()) - 1, at + "cohort");
+    for (size_t d = 0; d < q.nominal.size(); ++d) {
+      check_range(q.nominal[d], 0, kMax, at + "nominal");
+      check_range(q.borrowing_limit[d], 0, kMax, at + "borrowing_limit");
+      check_range(q.lending_limit[d], 0, kMax, at + "lending_limit");
+    }
+  }
+  for (size_t c = 0; c < cohorts.size(); ++c) {
+    const std::string at = "cohort " + std::to_string(c) + ": ";
+    const int32_t parent = cohorts[c].parent;
+    if (parent != -1) checked_index(parent, num_cohorts, at + "parent");
+    for (const int64_t v : cohorts[c].borrowing_limit) check_range(v, -1, kMax, at + "borrowing_limit");
+    // Walking up from any cohort must reach a root within the table's size.
+    int32_t up = static_cast<int32_t>(c);
+    for (int64_t hops = 0; up >= 0; ++hops) {
+      if (hops > num_cohorts) throw std::invalid_argument(at + "its parents form a cycle");
+      up = cohorts[static_cast<size_t>(up)].parent;
+    }
+  }
   quotas_ = std::move(quotas);
   cohorts_ = std::move(cohorts);
+  // Jobs keep their project only where the new table has it.
+  for (int32_t& p : project_) {
+    if (p >= static_cast<int32_t>(quotas_.size())) p = -1;
+  }
   // A project naming a cohort the table lacks gets a root cohort of its own id space.
   for (const QuotaSpec& q : quotas_) {
     while (q.cohort >= static_cast<int32_t>(cohorts_.size())) cohorts_.push_back(CohortSpec{});
@@ -65,15 +125,87 @@ void QueueScheduler::set_quotas(std::vector<QuotaSpec> quotas, std::vector<Cohor
   for (const int32_t j : running_) charge(j, +1);
 }
 
-void QueueScheduler::set_job_meta(int32_t job, int32_t project, int64_t checkpoint_interval,
+void QueueScheduler::set_job_meta(int64_t job, int32_t project, int64_t checkpoint_interval,
                                   int64_t checkpoint_cost) {
-  const auto j = static_cast<size_t>(job);
-  if (state_[j] == JobState::kRunning) charge(job, -1);
+  const size_t j = index(job);
+  check_range(checkpoint_interval, std::numeric_limits<int64_t>::min(), kMaxTime,
+              "checkpoint_interval");
+  check_range(checkpoint_cost, std::numeric_limits<int64_t>::min(), kMaxTime, "checkpoint_cost");
+  const auto id = static_cast<int32_t>(j);
+  if (state_[j] == JobState::kRunning) charge(id, -1);
   project_[j] = (project >= 0 && project < static_cast<int32_t>(quotas_.size())) ? project : -1;
-  if (state_[j] == JobState::kRunning) charge(job, +1);
+  if (state_[j] == JobState::kRunning) charge(id, +1);
   ckpt_interval_[j] = std::max<int64_t>(checkpoint_interval, 0);
   ckpt_cost_[j] = std::max<int64_t>(checkpoint_cost, 0);
 }
+
+namespace {
+void check_lengths(size_t a, size_t b, const char* what) {
+  if (a != b) {
+    throw std::invalid_argument(std::string(what) + " must have one entry per job (" +
+                                std::to_string(a) + "), got " + std::to_string(b));
+  }
+}
+}  // namespace
+
+void QueueScheduler::set_job_meta(std::span<const int64_t> jobs, std::span<const int32_t> projects,
+                                  std::span<const int64_t> intervals,
+                                  std::span<const int64_t> costs) {
+  check_lengths(jobs.size(), projects.size(), "projects");
+  check_lengths(jobs.size(), intervals.size(), "checkpoint intervals");
+  check_lengths(jobs.size(), costs.size(), "checkpoint costs");
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    index(jobs[i]);
+    check_range(intervals[i], std::numeric_limits<int64_t>::min(), kMaxTime, "checkpoint_interval");
+    check_range(costs[i], std::numeric_limits<int64_t>::min(), kMaxTime, "checkpoint_cost");
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) set_job_meta(jobs[i], projects[i], intervals[i], costs[i]);
+}
+
+void QueueScheduler::set_priority(int64_t job, double priority) {
+  const size_t j = index(job);
+  if (std::isnan(priority)) throw std::invalid_argument("priority must not be NaN");
+  priority_[j] = priority;
+}
+
+void QueueScheduler::set_priorities(std::span<const int64_t> jobs,
+                                    std::span<const double> priorities) {
+  check_lengths(jobs.size(), priorities.size(), "priorities");
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    index(jobs[i]);
+    if (std::isnan(priorities[i])) throw std::invalid_argument("priority must not be NaN");
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) priority_[static_cast<size_t>(jobs[i])] = priorities[i];
+}
+
+void QueueScheduler::set_exclusive(int64_t job, bool exclusive) {
+  const size_t j = index(job);
+  // A running exclusive job has flagged its nodes; finish clears them only if it still is.
+  if (state_[j] == JobState::kRunning && (exclusive_[j] != 0) != exclusive) {
+    throw std::invalid_argument("job " + std::to_string(job) +
+                                " is running: its exclusivity cannot change");
+  }
+  exclusive_[j] = exclusive ? 1 : 0;
+}
+
+void QueueScheduler::set_exclusive(std::span<const int64_t> jobs,
+                                   std::span<const uint8_t> exclusive) {
+  check_lengths(jobs.size(), exclusive.size(), "exclusive flags");
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const size_t j = index(jobs[i]);
+    if (state_[j] == JobState::kRunning && exclusive_[j] != (exclusive[i] != 0 ? 1 : 0)) {
+      throw std::invalid_argument("job " + std::to_string(jobs[i]) +
+                                  " is running: its exclusivity cannot change");
+    }
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) set_exclusive(jobs[i], exclusive[i] != 0);
+}
+
+const Calendar::Vec& QueueScheduler::usage(int64_t project) const {
+  return usage_[checked_index(project, static_cast<int64_t>(usage_.size()), "project")];
+}
+
+bool QueueScheduler::terminating(int64_t job) const { return terminating_[index(job)] != 0; }
 
 void QueueScheduler::charge(int32_t job, int64_t sign) {
   const int32_t p = project_[static_cast<size_t>(job)];
@@ -90,27 +222,31 @@ bool QueueScheduler::quota_admits(int32_t job) const {
 }
 
 bool QueueScheduler::quota_admits_need(int32_t job, const Vec& need) const {
+  // Quota amounts may be anything up to INT64_MAX ("unlimited") and a cohort sums many of
+  // them: the arithmetic is 128-bit so that no sum can overflow.
+  using Wide = Int128;
   const int32_t p = project_[static_cast<size_t>(job)];
   if (p < 0) return true;
   const QuotaSpec& q = quotas_[static_cast<size_t>(p)];
   const Vec& use = usage_[static_cast<size_t>(p)];
   for (size_t d = 0; d < need.size(); ++d) {
-    if (use[d] + need[d] > q.nominal[d] + q.borrowing_limit[d]) return false;  // hard limit
+    const Wide after = Wide{use[d]} + need[d];
+    if (after > Wide{q.nominal[d]} + q.borrowing_limit[d]) return false;  // hard limit
     // All the project would borrow with this job, against what the rest of the cohort can
     // lend (its members' unused nominal within their lending limits, less their own borrowing).
-    const int64_t borrow = std::max<int64_t>(0, use[d] + need[d] - q.nominal[d]);
+    const Wide borrow = std::max<Wide>(0, after - q.nominal[d]);
     if (borrow <= 0) continue;
     if (q.cohort < 0) return false;
     const int32_t root = cohort_root(q.cohort);
-    int64_t pool = 0;
+    Wide pool = 0;
     for (size_t k = 0; k < quotas_.size(); ++k) {
       if (static_cast<int32_t>(k) == p || quotas_[k].cohort < 0 ||
           cohort_root(quotas_[k].cohort) != root) {
         continue;
       }
-      const int64_t unused = std::max<int64_t>(0, quotas_[k].nominal[d] - usage_[k][d]);
-      pool += std::min(quotas_[k].lending_limit[d], unused);
-      pool -= std::max<int64_t>(0, usage_[k][d] - quotas_[k].nominal[d]);
+      const Wide unused = std::max<Wide>(0, Wide{quotas_[k].nominal[d]} - usage_[k][d]);
+      pool += std::min<Wide>(quotas_[k].lending_limit[d], unused);
+      pool -= std::max<Wide>(0, Wide{usage_[k][d]} - quotas_[k].nominal[d]);
     }
     if (borrow > pool) return false;
   }
@@ -118,8 +254,8 @@ bool QueueScheduler::quota_admits_need(int32_t job, const Vec& need) const {
   for (int32_t c = q.cohort, hops = 0; c >= 0 && hops < 64;
        c = cohorts_[static_cast<size_t>(c)].parent, ++hops) {
     const CohortSpec& cs = cohorts_[static_cast<size_t>(c)];
-    Vec used{0, 0, 0};
-    Vec nominal{0, 0, 0};
+    std::array<Wide, Calendar::kDims> used{};
+    std::array<Wide, Calendar::kDims> nominal{};
     bool capped = false;
     for (size_t d = 0; d < need.size(); ++d) capped = capped || cs.borrowing_limit[d] >= 0;
     if (!capped) continue;
@@ -139,7 +275,13 @@ bool QueueScheduler::quota_admits_need(int32_t job, const Vec& need) const {
   return true;
 }
 
-double QueueScheduler::lost_work(int32_t job, int64_t now) const {
+double QueueScheduler::lost_work(int64_t job, int64_t now) const {
+  const size_t j = index(job);
+  check_range(now, -kMaxTime, kMaxTime, "now");
+  return lost_work_now(static_cast<int32_t>(j), now);
+}
+
+double QueueScheduler::lost_work_now(int32_t job, int64_t now) const {
   const auto j = static_cast<size_t>(job);
   if (state_[j] != JobState::kRunning) return 0.0;
   const int64_t elapsed = std::max<int64_t>(0, now - start_[j]);
@@ -250,8 +392,8 @@ bool QueueScheduler::preempt_on_one_node(int32_t head, int64_t now) {
       for (size_t i = cand.size(); i > 1; --i) std::swap(cand[i - 1], cand[victim_rng_.below(i)]);
     } else {
       std::sort(cand.begin(), cand.end(), [&](int32_t a, int32_t b) {
-        const double ca = lost_work(a, now);
-        const double cb = lost_work(b, now);
+        const double ca = lost_work_now(a, now);
+        const double cb = lost_work_now(b, now);
         return ca < cb || (ca == cb && a < b);
       });
     }
@@ -285,13 +427,13 @@ bool QueueScheduler::preempt_on_one_node(int32_t head, int64_t now) {
       if (fits() || cost >= best_cost) break;
       give_back(j, +1);
       chosen.push_back(j);
-      cost += lost_work(j, now);
+      cost += lost_work_now(j, now);
     }
     if (!fits() || chosen.empty() || cost >= best_cost) continue;
     for (size_t i = chosen.size(); i-- > 0;) {  // drop victims the head does not need
       give_back(chosen[i], -1);
       if (fits()) {
-        cost -= lost_work(chosen[i], now);
+        cost -= lost_work_now(chosen[i], now);
         chosen.erase(chosen.begin() + static_cast<std::ptrdiff_t>(i));
       } else {
         give_back(chosen[i], +1);
@@ -339,7 +481,9 @@ bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
     for (size_t d = 0; d < need.size(); ++d) {
       const int64_t per = d == 0 ? t.cpu_milli : d == 1 ? t.memory_mib : t.total_gpu_milli();
       if (per > 0 && need[d] > free[d]) {
-        tasks = std::max<int32_t>(tasks, static_cast<int32_t>((need[d] - free[d] + per - 1) / per));
+        // At most the whole job: the quotient alone may exceed int32.
+        const int64_t short_by = std::min<int64_t>((need[d] - free[d] + per - 1) / per, kMaxTasks);
+        tasks = std::max<int32_t>(tasks, static_cast<int32_t>(short_by));
       }
     }
     const Vec got = shrink(j, tasks);
@@ -378,7 +522,7 @@ bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
         }
       }
     }
-    if (eligible) candidates.emplace_back(lost_work(j, now), j);
+    if (eligible) candidates.emplace_back(lost_work_now(j, now), j);
   }
   std::sort(candidates.begin(), candidates.end(), [&](const auto& a, const auto& b) {
     if (a.first != b.first) return a.first < b.first;
@@ -414,18 +558,31 @@ bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
   return !victims.empty();
 }
 
-Status QueueScheduler::submit(int32_t job) {
-  if (job < 0 || job >= num_jobs() || state(job) != JobState::kNew) {
+Status QueueScheduler::submit(int64_t job_id) {
+  if (job_id < 0 || job_id >= num_jobs()) return {Code::kInvalidArgument, "Queue"};
+  const auto job = static_cast<int32_t>(job_id);
+  if (state_of(job) != JobState::kNew) return {Code::kInvalidArgument, "Queue"};
+  const auto j = static_cast<size_t>(job);
+  if (!task_[j].valid() || num_tasks_[j] < 1 || num_tasks_[j] > kMaxTasks) {
     return {Code::kInvalidArgument, "Queue"};
   }
-  if (!task_[static_cast<size_t>(job)].valid() || num_tasks_[static_cast<size_t>(job)] < 1) {
-    return {Code::kInvalidArgument, "Queue"};
-  }
-  state_[static_cast<size_t>(job)] = JobState::kPending;
+  state_[j] = JobState::kPending;
   if (!pending_.empty() && submitted_before(job, pending_.back())) fcfs_sorted_ = false;
   pending_.push_back(job);
   ++pending_count_;
   return Status::Ok();
+}
+
+int32_t QueueScheduler::submit_many(std::span<const int64_t> jobs) {
+  int32_t ok = 0;
+  for (const int64_t j : jobs) ok += submit(j).ok() ? 1 : 0;
+  return ok;
+}
+
+int32_t QueueScheduler::finish_many(std::span<const int64_t> jobs) {
+  int32_t ok = 0;
+  for (const int64_t j : jobs) ok += finish(j).ok() ? 1 : 0;
+  return ok;
 }
 
 bool QueueScheduler::submitted_before(int32_t a, int32_t b) const {
@@ -439,8 +596,8 @@ std::vector<int32_t> QueueScheduler::pending_jobs() {
   return pending_;
 }
 
-Status QueueScheduler::cancel(int32_t job) {
-  if (job < 0 || job >= num_jobs() || state(job) != JobState::kPending) {
+Status QueueScheduler::cancel(int64_t job) {
+  if (job < 0 || job >= num_jobs() || state_of(static_cast<int32_t>(job)) != JobState::kPending) {
     return {Code::kInvalidArgument, "Queue"};
   }
   state_[static_cast<size_t>(job)] = JobState::kCancelled;
@@ -449,19 +606,36 @@ Status QueueScheduler::cancel(int32_t job) {
   return Status::Ok();
 }
 
-void QueueScheduler::set_min_tasks(int32_t job, int32_t min_tasks) {
-  const auto j = static_cast<size_t>(job);
-  min_tasks_[j] = std::clamp(min_tasks, 1, num_tasks_[j]);
+void QueueScheduler::set_min_tasks(int64_t job, int32_t min_tasks) {
+  const size_t j = index(job);
+  check_range(min_tasks, 1, std::numeric_limits<int32_t>::max(), "min_tasks");
+  // A job registered with fewer than one task (which submit refuses) is simply not elastic;
+  // std::clamp with hi < lo would be undefined.
+  min_tasks_[j] = std::clamp(min_tasks, 1, std::max(num_tasks_[j], 1));
 }
 
-int32_t QueueScheduler::tasks_of(int32_t job) const {
+void QueueScheduler::set_min_tasks(std::span<const int64_t> jobs,
+                                   std::span<const int32_t> min_tasks) {
+  check_lengths(jobs.size(), min_tasks.size(), "minimums");
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    index(jobs[i]);
+    check_range(min_tasks[i], 1, std::numeric_limits<int32_t>::max(), "min_tasks");
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) set_min_tasks(jobs[i], min_tasks[i]);
+}
+
+int32_t QueueScheduler::tasks_of(int64_t job) const {
+  return tasks_now(static_cast<int32_t>(index(job)));
+}
+
+int32_t QueueScheduler::tasks_now(int32_t job) const {
   const auto j = static_cast<size_t>(job);
   return state_[j] == JobState::kRunning ? static_cast<int32_t>(nodes_[j].size()) : num_tasks_[j];
 }
 
 Calendar::Vec QueueScheduler::need_of(int32_t job) const {
   const Request& t = task_[static_cast<size_t>(job)];
-  const int64_t n = tasks_of(job);
+  const int64_t n = tasks_now(job);
   return {t.cpu_milli * n, t.memory_mib * n, t.total_gpu_milli() * n};
 }
 
@@ -497,7 +671,7 @@ bool QueueScheduler::key_less(int32_t a, int32_t b, int64_t now) const {
 
 void QueueScheduler::compact_pending() {
   if (static_cast<int32_t>(pending_.size()) == pending_count_) return;
-  std::erase_if(pending_, [&](int32_t j) { return state(j) != JobState::kPending; });
+  std::erase_if(pending_, [&](int32_t j) { return state_of(j) != JobState::kPending; });
   if (!fcfs_sorted_) {
     std::stable_sort(pending_.begin(), pending_.end(),
                      [&](int32_t a, int32_t b) { return submitted_before(a, b); });
@@ -509,7 +683,7 @@ int32_t QueueScheduler::select_head(int64_t now) {
   // Jobs whose project has no quota left do not block the queue: they wait aside.
   const bool quotas = !quotas_.empty();
   auto eligible = [&](int32_t j) {
-    if (state(j) != JobState::kPending) return false;
+    if (state_of(j) != JobState::kPending) return false;
     if (quotas && !quota_admits(j)) {
       reason_[static_cast<size_t>(j)] = Code::kQuotaExceeded;
       return false;
@@ -553,6 +727,17 @@ void QueueScheduler::sorted_pending(int64_t now, std::vector<int32_t>& out) cons
 }
 
 int32_t QueueScheduler::add_reservation(Reservation r) {
+  check_range(r.start, -kMaxTime, kMaxTime, "start");
+  check_range(r.end, -kMaxTime, kMaxTime, "end");
+  if (r.end <= r.start) {
+    throw std::invalid_argument("a reservation must end after it starts (start " +
+                                std::to_string(r.start) + ", end " + std::to_string(r.end) + ")");
+  }
+  const int32_t num_nodes = engine_->state().num_nodes();
+  for (const int32_t n : r.nodes) checked_index(n, num_nodes, "reservation node");
+  if (reservations_.size() >= static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    throw std::invalid_argument("a queue holds at most 2^31 - 1 reservations");
+  }
   std::sort(r.nodes.begin(), r.nodes.end());
   r.nodes.erase(std::unique(r.nodes.begin(), r.nodes.end()), r.nodes.end());
   reservations_.push_back(std::move(r));
@@ -567,7 +752,7 @@ void QueueScheduler::mask_nodes(int32_t job, int64_t now) {
   const auto j = static_cast<size_t>(job);
   auto mask = [&](int32_t n) {
     if ((st.flags(n) & kNodeReserved) == 0) {
-      st.set_flags(n, static_cast<uint8_t>(st.flags(n) | kNodeReserved));
+      st.set_flags_unchecked(n, static_cast<uint8_t>(st.flags(n) | kNodeReserved));
       masked_.push_back(n);
     }
   };
@@ -591,7 +776,7 @@ void QueueScheduler::mask_nodes(int32_t job, int64_t now) {
 void QueueScheduler::unmask_nodes() {
   ClusterState& st = engine_->state();
   for (const int32_t n : masked_) {
-    st.set_flags(n, static_cast<uint8_t>(st.flags(n) & ~kNodeReserved));
+    st.set_flags_unchecked(n, static_cast<uint8_t>(st.flags(n) & ~kNodeReserved));
   }
   masked_.clear();
 }
@@ -601,7 +786,7 @@ void QueueScheduler::set_exclusive_flags(int32_t job, bool on) {
   for (const int32_t n : nodes_[static_cast<size_t>(job)]) {
     const auto f = static_cast<uint8_t>(on ? (st.flags(n) | kNodeExclusive)
                                            : (st.flags(n) & ~kNodeExclusive));
-    if (f != st.flags(n)) st.set_flags(n, f);
+    if (f != st.flags(n)) st.set_flags_unchecked(n, f);
   }
 }
 
@@ -731,10 +916,12 @@ void QueueScheduler::remove_running(int32_t job) {
   running_pos_[static_cast<size_t>(job)] = -1;
 }
 
-Status QueueScheduler::finish(int32_t job) {
-  if (job < 0 || job >= num_jobs() || state(job) != JobState::kRunning) {
+Status QueueScheduler::finish(int64_t job_id) {
+  if (job_id < 0 || job_id >= num_jobs() ||
+      state_of(static_cast<int32_t>(job_id)) != JobState::kRunning) {
     return {Code::kInvalidArgument, "Queue"};
   }
+  const auto job = static_cast<int32_t>(job_id);
   const auto j = static_cast<size_t>(job);
   if (exclusive_[j] != 0) set_exclusive_flags(job, false);
   const Request& t = task_[j];
@@ -772,10 +959,12 @@ Calendar::Vec QueueScheduler::terminating_free() const {
   return soon;
 }
 
-Status QueueScheduler::requeue(int32_t job) {
-  if (job < 0 || job >= num_jobs() || state(job) != JobState::kRunning) {
+Status QueueScheduler::requeue(int64_t job_id) {
+  if (job_id < 0 || job_id >= num_jobs() ||
+      state_of(static_cast<int32_t>(job_id)) != JobState::kRunning) {
     return {Code::kInvalidArgument, "Queue"};
   }
+  const auto job = static_cast<int32_t>(job_id);
   const Status s = finish(job);
   if (!s.ok()) return s;
   // A job started by the last cycle may still have its stale entry in pending_; drop it now,
@@ -792,16 +981,18 @@ Status QueueScheduler::requeue(int32_t job) {
   return Status::Ok();
 }
 
-Status QueueScheduler::restore(int32_t job, int64_t start, std::span<const int32_t> nodes,
+Status QueueScheduler::restore(int64_t job_id, int64_t start, std::span<const int32_t> nodes,
                                std::span<const int32_t> gpus) {
   constexpr Status kInvalid{Code::kInvalidArgument, "Queue"};
-  if (job < 0 || job >= num_jobs()) return kInvalid;
+  if (job_id < 0 || job_id >= num_jobs()) return kInvalid;
+  const auto job = static_cast<int32_t>(job_id);
   const auto j = static_cast<size_t>(job);
   const JobState was = state_[j];
   if (was != JobState::kNew && was != JobState::kPending) return kInvalid;
   const Request& t = task_[j];
   const auto count = static_cast<int64_t>(nodes.size());
-  if (!t.valid() || start < 0 || count < 1 || count < min_tasks_[j] || count > num_tasks_[j]) {
+  if (!t.valid() || start < 0 || start > kMaxTime || num_tasks_[j] > kMaxTasks || count < 1 ||
+      count < min_tasks_[j] || count > num_tasks_[j]) {
     return kInvalid;
   }
   const auto per = static_cast<size_t>(t.wants_gpu() ? t.num_gpu : 0);
@@ -853,7 +1044,7 @@ Status QueueScheduler::restore(int32_t job, int64_t start, std::span<const int32
   CPLAT_ASSERT(pending_count_ >= 0);
   CPLAT_ASSERT(running_[static_cast<size_t>(running_pos_[j])] == job);
   CPLAT_ASSERT(std::find(pending_.begin(), pending_.end(), job) == pending_.end());
-  CPLAT_ASSERT(tasks_of(job) == static_cast<int32_t>(count));
+  CPLAT_ASSERT(tasks_now(job) == static_cast<int32_t>(count));
   return Status::Ok();
 }
 
@@ -911,7 +1102,7 @@ void QueueScheduler::backfill_easy(int32_t head, int64_t now) {
   sorted_pending(now, scratch_);
   int32_t tested = 0;
   for (const int32_t j : scratch_) {
-    if (j == head || state(j) != JobState::kPending) continue;
+    if (j == head || state_of(j) != JobState::kPending) continue;
     if (opts_.max_backfill_jobs > 0 && tested++ >= opts_.max_backfill_jobs) break;
     const int64_t end = now + requested_[static_cast<size_t>(j)];
     const Vec need = need_of(j);
@@ -955,7 +1146,7 @@ void QueueScheduler::backfill_rlsched(int32_t head, int64_t now) {
   }
   int32_t tested = 0;
   for (const int32_t j : order) {
-    if (j == head || state(j) != JobState::kPending) continue;
+    if (j == head || state_of(j) != JobState::kPending) continue;
     if (opts_.max_backfill_jobs > 0 && tested++ >= opts_.max_backfill_jobs) break;
     if (now + requested_[static_cast<size_t>(j)] < est) try_start(j, now);
   }
@@ -968,7 +1159,7 @@ void QueueScheduler::backfill_conservative(int64_t now) {
   sorted_pending(now, scratch_);
   int32_t tested = 0;
   for (const int32_t j : scratch_) {
-    if (state(j) != JobState::kPending) continue;
+    if (state_of(j) != JobState::kPending) continue;
     if (opts_.max_backfill_jobs > 0 && tested++ >= opts_.max_backfill_jobs) break;
     const int64_t req = requested_[static_cast<size_t>(j)];
     const Vec need = need_of(j);
@@ -989,13 +1180,14 @@ void QueueScheduler::backfill_conservative(int64_t now) {
 }
 
 const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
+  check_range(now, -kMaxTime, kMaxTime, "now");
   started_.clear();
   preempted_.clear();
   resized_.clear();
   compact_pending();
   while (pending_count_ > 0) {
     int32_t head = -1;
-    if (opts_.lock_head && locked_head_ >= 0 && state(locked_head_) == JobState::kPending) {
+    if (opts_.lock_head && locked_head_ >= 0 && state_of(locked_head_) == JobState::kPending) {
       head = locked_head_;
     } else {
       head = select_head(now);

@@ -11,6 +11,12 @@ does afterwards could succeed.
 A task report is kept, in memory and in the state file, until a heartbeat answer
 acknowledges it, so a restarted agent or server still hears every exit. See docs/service.md
 for the protocol.
+
+The node's lease (see ``cplat_server.loop``): registration and heartbeat answers name its
+length and grace, and renew it from the moment the request was sent. A fifth loop, the lease
+watchdog, stops every task (SIGTERM, SIGKILL after the grace) once the lease has run out, and
+no task starts until a heartbeat renews it; the stopped tasks are reported ``lease expired``.
+A tether process (:mod:`cplat.runtime.tether`) stops the tasks if the agent itself dies.
 """
 
 from __future__ import annotations
@@ -19,17 +25,31 @@ import asyncio
 import logging
 import random
 import signal
+import socket
+import ssl
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from cplat.client import tls_context
+from cplat.errors import InputError
 from cplat.runtime.discovery import GpuMonitor, discover
-from cplat.runtime.launch import Launcher, LaunchError, TaskKey, TaskProcess, TaskRecord
+from cplat.runtime.isolation import Isolation, IsolationError, IsolationSettings
+from cplat.runtime.launch import (
+    OOM_REASON,
+    Launcher,
+    LaunchError,
+    TaskKey,
+    TaskProcess,
+    TaskRecord,
+)
+from cplat.runtime.tether import Tether
 
 __all__ = ["Agent", "AgentAuthError", "AgentError", "run_agent"]
 
@@ -41,6 +61,12 @@ CANCEL_MEMORY = 4096
 DONE_MEMORY = 65536
 #: Shortest time between polls that bring nothing new.
 MIN_POLL_PERIOD = 0.5
+#: The agent gives up its lease this much before it runs out (at most this share of it): the
+#: server requeues ``lease + grace`` after the renewal, and the SIGKILL must come first even
+#: when this agent's event loop runs late.
+LEASE_MARGIN, LEASE_MARGIN_SHARE = 1.0, 0.1
+#: Exit reason of the tasks stopped because the lease ran out (requeued by the server).
+LEASE_EXPIRED = "lease expired"
 
 
 class AgentError(Exception):
@@ -204,7 +230,8 @@ class Agent:
     name : str, optional
         Node name (default: the hostname).
     work_dir : Path
-        The agent's state file and per-task directories.
+        The agent's state file (the directory is kept at mode 0700; task folders live
+        elsewhere unless tasks run as the agent's own user, see ``isolation``).
     heartbeat_interval : float
         Seconds between heartbeats.
     nvml : module-like, optional
@@ -235,9 +262,20 @@ class Agent:
     straggler_grace : float
         See :class:`~cplat.runtime.launch.TaskProcess`.
     base_env : Mapping, optional
-        Environment tasks start from (default: the agent's own).
+        Variables every task starts with (default: none; the agent's own environment
+        never reaches a task).
     root : Path
         Filesystem root for discovery (tests point it at a fake tree).
+    tls : ssl.SSLContext or aiohttp.Fingerprint, optional
+        How to verify an ``https://`` server: a context (e.g. with a CA bundle), or the
+        pinned SHA-256 of its certificate; default: the system's trust store.
+    tether : bool
+        Start a tether process that stops the tasks if this agent dies (see
+        :mod:`cplat.runtime.tether`).
+    isolation : IsolationSettings, optional
+        Task users, task root and limits (see :mod:`cplat.runtime.isolation`).
+    task_user : str, optional
+        Overrides ``isolation.task_user``: ``"dynamic"``, ``"self"`` or an account.
     """
 
     def __init__(
@@ -264,6 +302,10 @@ class Agent:
         straggler_grace: float = 2.0,
         base_env: Mapping[str, str] | None = None,
         root: Path = Path("/"),
+        tls: ssl.SSLContext | aiohttp.Fingerprint | None = None,
+        tether: bool = True,
+        isolation: IsolationSettings | None = None,
+        task_user: str | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.token = token
@@ -282,12 +324,16 @@ class Agent:
         self._root = root
         self._log_options = (log_flush_interval, log_flush_bytes, log_buffer_bytes)
         self.gpus = GpuMonitor(nvml, root=root)
+        settings = isolation or IsolationSettings()
+        if task_user is not None:
+            settings = replace(settings, task_user=task_user)
         self.launcher = Launcher(
             self.work_dir,
             self.server,
             self._on_output,
             base_env=base_env,
             straggler_grace=straggler_grace,
+            isolation=Isolation(settings, self.work_dir),
         )
         #: The body of the last successful registration.
         self.registration: dict[str, Any] | None = None
@@ -306,6 +352,17 @@ class Agent:
         self._cancelled: OrderedDict[tuple[int, int | None], None] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
         self._starting: asyncio.Task[bool] | None = None
+        self._tls = tls
+        self._use_tether = tether
+        self._tether: Tether | None = None
+        #: The lease: its length and grace as the server last told them (None: the server
+        #: grants none), and when the request that last renewed it was sent (monotonic).
+        self.lease: float | None = None
+        self.lease_grace = 0.0
+        self._renewed = 0.0
+        self._lease_changed: asyncio.Event | None = None
+        self._lease_lost = False
+        self._lease_stopped: set[TaskKey] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -323,6 +380,7 @@ class Agent:
         self._stop_event = asyncio.Event()
         self._finished = asyncio.Event()
         self._reg_lock = asyncio.Lock()
+        self._lease_changed = asyncio.Event()
         self._reports = asyncio.Queue()
         flush_interval, flush_bytes, cap = self._log_options
         self._logs = _LogShipper(
@@ -353,8 +411,14 @@ class Agent:
 
     async def _run(self) -> None:
         assert self._stop_event is not None and self._reports is not None
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.name is None:
+            self.name = socket.gethostname()
+        try:
+            await asyncio.to_thread(self.launcher.isolation.start, self.name)
+        except IsolationError as err:
+            raise AgentError(f"cannot isolate tasks: {err}") from err
         await asyncio.to_thread(self.gpus.open)
+        self.launcher.gpu_minors = self.gpus.minor_numbers()
         for rec in self.launcher.recover():
             self._remember_done(rec.key)
             self._reports.put_nowait(rec.report())
@@ -362,8 +426,11 @@ class Agent:
         loops: list[asyncio.Task[None]] = []
         fatal: BaseException | None = None
         cancelled = False
+        if self._use_tether:
+            self._tether = Tether.start(self.stop_grace, self.work_dir / "tether.log")
+        connector = aiohttp.TCPConnector(ssl=True if self._tls is None else self._tls)
         try:
-            async with aiohttp.ClientSession(headers=headers) as session:
+            async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
                 self._session = session
                 try:
                     if await self._until_stopped(self._register()):
@@ -372,6 +439,7 @@ class Agent:
                             asyncio.create_task(self._poll_loop(), name="poll"),
                             asyncio.create_task(self._report_loop(), name="reports"),
                             asyncio.create_task(self._log_loop(), name="logs"),
+                            asyncio.create_task(self._lease_loop(), name="lease"),
                         ]
                         stop = asyncio.create_task(self._stop_event.wait())
                         done, _ = await asyncio.wait(
@@ -391,6 +459,9 @@ class Agent:
         finally:
             self._session = None
             await asyncio.to_thread(self.gpus.close)
+            await asyncio.to_thread(self.launcher.close)
+            if self._tether is not None:
+                await asyncio.to_thread(self._tether.close)
         if fatal is not None:
             raise fatal
 
@@ -520,6 +591,7 @@ class Agent:
         if self._address:
             body["address"] = self._address
         body["labels"] = dict(self._labels)
+        body["isolation"] = self.launcher.isolation.describe()
         if self._rack is not None:
             body["rack"] = self._rack
         if self._spine is not None:
@@ -532,6 +604,7 @@ class Agent:
         while True:
             body = await asyncio.to_thread(self._registration_body)
             self.name = str(body["name"])
+            sent = time.monotonic()
             try:
                 status, answer = await self._request("POST", "/v1/nodes", json=body)
             except _UnreachableError:
@@ -540,6 +613,7 @@ class Agent:
             if 200 <= status < 300:
                 self._reg_gen += 1
                 self.registration = body
+                self._renew(sent, answer)
                 log.info(
                     "registered node %s: %d mCPU, %d MiB, %d GPUs",
                     self.name,
@@ -587,6 +661,7 @@ class Agent:
             "gpus": await asyncio.to_thread(self.gpus.health),
         }
         generation = self._reg_gen
+        sent = time.monotonic()
         status, answer = await self._request("POST", self._node_path("/heartbeat"), json=body)
         if status == 404:
             await self._reregister(generation)
@@ -597,9 +672,105 @@ class Agent:
         # The answer acknowledges every exit it carried (and only those: a task that ended
         # while it was in flight is reported again).
         self.launcher.forget(exited)
+        self._renew(sent, answer)
         if isinstance(answer, dict):
             self._apply_cancel(answer.get("cancel"))
         return True
+
+    # -- the lease -------------------------------------------------------------------------
+
+    def _renew(self, sent: float, answer: Any) -> None:
+        """Take a registration or heartbeat answer sent at ``sent`` as a lease renewal."""
+        terms = answer.get("lease") if isinstance(answer, dict) else None
+        if not isinstance(terms, dict):
+            return  # a server that grants no lease
+        try:
+            seconds = float(terms["seconds"])
+            grace = float(terms["grace"])
+        except (TypeError, KeyError, ValueError):
+            log.error("ignoring malformed lease terms %r", terms)
+            return
+        if not (seconds > 0 and grace >= 0):
+            log.error("ignoring invalid lease terms %r", terms)
+            return
+        if seconds != self.lease and seconds < 3 * self.heartbeat_interval:
+            log.warning(
+                "the lease (%.1fs) is shorter than 3 heartbeats (every %.1fs): one late "
+                "heartbeat will stop every task",
+                seconds,
+                self.heartbeat_interval,
+            )
+        if self._tether is not None and (seconds, grace) != (self.lease, self.lease_grace):
+            # Tasks of a dead agent must be gone as soon as those of a partitioned one.
+            self._tether.set_grace(min(self.stop_grace, grace))
+        self.lease, self.lease_grace = seconds, grace
+        self._renewed = max(self._renewed, sent)
+        if self._lease_lost:
+            log.warning("lease renewed: accepting tasks again")
+            self._lease_lost = False
+        if self._lease_changed is not None:
+            self._lease_changed.set()
+
+    def _lease_deadline(self) -> float | None:
+        """When the lease is given up (monotonic), or None without a lease."""
+        if self.lease is None:
+            return None
+        margin = min(LEASE_MARGIN, LEASE_MARGIN_SHARE * self.lease)
+        return self._renewed + self.lease - margin
+
+    async def _lease_loop(self) -> None:
+        assert self._lease_changed is not None
+        while True:
+            self._lease_changed.clear()
+            deadline = self._lease_deadline()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left > 0:
+                # Not wait_for: before Python 3.12 it swallows a cancel that arrives as the
+                # event is set, and the last heartbeat of a stopping agent does both.
+                waiter = asyncio.ensure_future(self._lease_changed.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=left)
+                finally:
+                    waiter.cancel()
+                continue
+            if left is not None and not self._lease_lost:
+                await self._lose_lease()
+            await self._lease_changed.wait()
+
+    async def _lose_lease(self) -> None:
+        """Stop every task: the server may requeue them once lease and grace have passed."""
+        self._lease_lost = True  # first, so nothing starts from here on
+        if self._starting is not None:
+            # A launch under way finishes first, so its task is stopped too.
+            await asyncio.gather(asyncio.shield(self._starting), return_exceptions=True)
+        procs = [p for p in self.launcher.processes.values() if p.returncode is None]
+        log.error(
+            "lease lost: no heartbeat answered for %.1fs; stopping %d tasks (grace %.1fs)",
+            time.monotonic() - self._renewed,
+            len(procs),
+            self._lease_kill_after(),
+        )
+        for proc in procs:
+            self._lease_stopped.add(proc.key)
+        self._spawn(self._stop_by_deadline(procs, self._lease_kill_after()))
+
+    def _lease_kill_after(self) -> float:
+        # The server's grace bounds ours: it requeues lease + its grace after the renewal.
+        return min(self.stop_grace, self.lease_grace)
+
+    async def _stop_by_deadline(self, procs: list[TaskProcess], grace: float) -> None:
+        """SIGTERM ``procs``; SIGKILL each group still there after ``grace``, without fail.
+
+        :meth:`TaskProcess.stop` alone may SIGKILL stragglers of a group later than ``grace``
+        (its leader exited in time, the rest get their own grace); a lease cannot wait.
+        """
+        stops = [asyncio.ensure_future(p.stop(grace)) for p in procs]
+        if stops:
+            await asyncio.wait(stops, timeout=grace)
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+        await asyncio.gather(*stops, return_exceptions=True)
 
     # -- assignments -----------------------------------------------------------------------
 
@@ -628,16 +799,18 @@ class Agent:
             backoff.reset()
             assignments = answer.get("assignments") or []
             news = False
-            try:
-                for item in assignments:
+            for item in assignments if isinstance(assignments, list) else []:
+                # One assignment that cannot be handled must not hold up the others.
+                try:
                     # Shielded: cancelling the poll must not cut a spawn in half, leaving a
                     # process nobody recorded.
                     self._starting = asyncio.create_task(self._start(item))
                     news |= await asyncio.shield(self._starting)
-            except AgentError:
-                raise
-            except Exception:
-                log.exception("cannot handle assignments %r", assignments)
+                except AgentError:
+                    raise
+                except Exception:
+                    # Ids only: an assignment holds the job's env and token.
+                    log.exception("cannot handle the assignment of %s", _ids(item))
             # After the starts, so a cancel in the same answer reaches its task.
             news |= self._apply_cancel(answer.get("cancel"))
             if not news:
@@ -650,11 +823,13 @@ class Agent:
         """Start an assignment unless it is known; True when it was new."""
         try:
             key = TaskKey.of(assignment)
-        except (KeyError, ValueError, TypeError):
-            log.error("ignoring an assignment without job_id/attempt/rank: %r", assignment)
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError):
+            log.error("ignoring an assignment without valid job_id/attempt/rank")
             return False
         if key in self.launcher.records or key in self._done or self._stopping:
             return False
+        if self._lease_lost:
+            return False  # handed out again once the lease is renewed
         if (key.job_id, key.attempt) in self._cancelled or (key.job_id, None) in self._cancelled:
             rec = self.launcher.set_exited(key, -signal.SIGTERM, "cancelled before start")
             self._remember_done(key)
@@ -674,11 +849,20 @@ class Agent:
         return True
 
     async def _watch(self, proc: TaskProcess) -> None:
+        if self._tether is not None:
+            self._tether.track(proc.pgid)
         code = await proc.wait()
-        if self._stopping and proc.stop_requested:
-            reason: str | None = "agent stopped"
+        if self._tether is not None:
+            self._tether.untrack(proc.pgid)
+        if proc.key in self._lease_stopped:
+            self._lease_stopped.discard(proc.key)
+            reason: str | None = LEASE_EXPIRED
+        elif self._stopping and proc.stop_requested:
+            reason = "agent stopped"
         elif proc.stop_requested:
             reason = "cancelled"
+        elif proc.oom_killed and code != 0:
+            reason = OOM_REASON
         elif code < 0:
             reason = f"killed by {_signal_name(-code)}"
         else:
@@ -695,8 +879,8 @@ class Agent:
             try:
                 job_id = int(item["job_id"])
                 attempt = None if item.get("attempt") is None else int(item["attempt"])
-            except (KeyError, ValueError, TypeError, AttributeError):
-                log.error("ignoring a malformed cancel entry: %r", item)
+            except (KeyError, ValueError, TypeError, AttributeError, OverflowError):
+                log.error("ignoring a malformed cancel entry")
                 continue
             self._cancelled[(job_id, attempt)] = None
             while len(self._cancelled) > CANCEL_MEMORY:
@@ -736,7 +920,7 @@ class Agent:
             except AgentError:
                 raise
             except Exception:
-                log.exception("cannot deliver task report %r", body)
+                log.exception("cannot deliver the report of task %s", _ids(body))
             finally:
                 self._reports.task_done()
 
@@ -805,6 +989,14 @@ def _message(body: Any) -> str:
     return str(body)
 
 
+def _ids(item: Any) -> str:
+    """Name an assignment or report by its ids alone (it may hold env values and a token)."""
+    try:
+        return str(TaskKey.of(item))
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError):
+        return "a malformed entry"
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -825,6 +1017,9 @@ async def run_agent(
     rack: int | None = None,
     spine: int | None = None,
     stop_grace: float = 10.0,
+    ca: str | None = None,
+    isolation: IsolationSettings | None = None,
+    task_user: str | None = None,
 ) -> None:
     """Run an agent until SIGINT or SIGTERM, then stop its tasks and report them.
 
@@ -844,14 +1039,25 @@ async def run_agent(
         Seconds between heartbeats.
     nvml : module-like, optional
         NVML binding (default ``pynvml``).
-    address, labels, rack, spine, stop_grace
+    address, labels, rack, spine, stop_grace, isolation, task_user
         See :class:`Agent`.
+    ca : str, optional
+        PEM CA bundle that verifies an ``https://`` server (default: ``CPLAT_CA``, else the
+        system's trust store).
 
     Raises
     ------
     AgentError
         When the server rejects the registration or the token.
+    InputError
+        When the CA bundle cannot be read.
     """
+    tls = None
+    if urlsplit(server).scheme == "https":
+        try:
+            tls = tls_context(ca)
+        except ValueError as err:
+            raise InputError(str(err), field="--ca") from None
     agent = Agent(
         server,
         token,
@@ -864,6 +1070,9 @@ async def run_agent(
         rack=rack,
         spine=spine,
         stop_grace=stop_grace,
+        tls=tls,
+        isolation=isolation,
+        task_user=task_user,
     )
     loop = asyncio.get_running_loop()
     signals_seen = 0

@@ -236,6 +236,18 @@ class GpuMonitor:
             return []
         return gpu_health(self.handles, nvml=self.nvml, xids=self.poll_xids())
 
+    def minor_numbers(self) -> dict[int, int]:
+        """Map each GPU index to the minor number of its ``/dev/nvidia<minor>`` node.
+
+        The minor usually equals the index, but not always (NVML orders by PCI bus, the
+        driver numbers device nodes as it probes); the index stands in when NVML cannot say.
+        """
+        out: dict[int, int] = {}
+        for index, handle in enumerate(self.handles):
+            minor = self._query(handle, "nvmlDeviceGetMinorNumber")
+            out[index] = int(minor) if minor is not None else index
+        return out
+
     def devices(self) -> list[dict[str, Any]]:
         """Describe every GPU for registration (see :func:`discover` for the fields)."""
         if self.nvml is None:

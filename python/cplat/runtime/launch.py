@@ -7,6 +7,13 @@ work directory; an agent restarted after a crash reads it back, kills the proces
 previous life left behind (they are not its children, so it can neither wait for nor adopt
 them) and reports those tasks exited with :data:`RESTART_EXIT_CODE`. Exit codes follow
 Python's convention: a task killed by signal N exits with ``-N``.
+
+Who a task runs as, where its folder is and what bounds it come from
+:mod:`cplat.runtime.isolation`: the child joins its cgroup and drops to its user between
+fork and exec. Its environment is built from scratch (never the agent's, which holds the
+agent's token), and an assignment that cannot be started for any reason (a field of the
+wrong type, text no program can receive, a cgroup that cannot be made) ends as a task that
+exited with a reason, so the agent goes on with the others.
 """
 
 from __future__ import annotations
@@ -18,11 +25,21 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from cplat.runtime.isolation import (
+    AssignmentError,
+    Isolation,
+    IsolationError,
+    IsolationSettings,
+    Sandbox,
+    remove_tree,
+)
 
 __all__ = [
     "MANAGED_ENV",
@@ -71,6 +88,9 @@ RESTART_REASON = "agent restarted"
 #: Output is read in pieces this large; a line longer than this is handed on in pieces.
 MAX_LINE = 64 * 1024
 STATE_FILE = "tasks.json"
+
+#: Reason of a task whose cgroup's OOM killer struck it.
+OOM_REASON = "oom_killed"
 
 #: ``on_output(key, stream, text)``: ``text`` is one or more whole lines of ``stream``
 #: ("stdout" or "stderr"); only the last piece of a stream may lack its newline.
@@ -126,7 +146,41 @@ def task_argv(command: Any) -> list[str]:
         and command[0]
     ):
         return list(command)
-    raise LaunchError(f"bad command {command!r}: a non-empty string or list of strings", 126)
+    # The command itself stays out of the message: it may hold secrets, and it ends in logs.
+    raise LaunchError("bad command: expected a non-empty string or list of strings", 126)
+
+
+def printable(text: str) -> str:
+    """``text`` with anything JSON or a log cannot carry (lone surrogates) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(value: str, what: str) -> None:
+    """Refuse text no program can receive: a NUL, or a lone surrogate (not encodable)."""
+    if "\0" in value:
+        raise LaunchError(f"{what} contains a NUL character", 126)
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        raise LaunchError(f"{what} contains a lone surrogate (not valid text)", 126) from None
+
+
+def check_launchable(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+    """Check that argv, environment and working directory can be handed to a program.
+
+    Raises
+    ------
+    LaunchError
+        Naming the field (``command``, ``env NAME`` or ``workdir``), never its value.
+    """
+    for arg in argv:
+        _check_text(arg, "command")
+    for name, value in env.items():
+        _check_text(name, "env name")
+        if "=" in name or not name:
+            raise LaunchError(f"env name {printable(name)!r} is not a variable name", 126)
+        _check_text(value, f"env {printable(name)}")
+    _check_text(str(cwd), "workdir")
 
 
 def write_hostfile(hosts: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -142,6 +196,16 @@ def write_hostfile(hosts: Sequence[Mapping[str, Any]], path: Path) -> Path:
         lines.append(f"{host} slots={int(h.get('slots', 1))}\n")
     path.write_text("".join(lines))
     return path
+
+
+def _int_field(assignment: Mapping[str, Any], name: str, default: int | None = None) -> int:
+    """Return an integer field of an assignment; LaunchError names it when missing or bad."""
+    value = assignment.get(name)
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LaunchError(f"bad assignment: {name} must be an integer", 126)
+    return value
 
 
 def task_env(
@@ -167,7 +231,8 @@ def task_env(
         ``local_world_size`` 1, ``master_addr`` 127.0.0.1, ``master_port`` 29500, ``gpus``,
         ``hosts`` and ``env`` empty, ``resume_from`` none.
     base_env : Mapping
-        The environment to start from (the agent passes its own).
+        The environment to start from: the launcher passes the task's minimal one
+        (:func:`~cplat.runtime.isolation.minimal_env`), never the agent's own.
     server : str
         The API's base URL, for ``CPLAT_SERVER``.
     token : str or None
@@ -181,14 +246,24 @@ def task_env(
     dict
         The complete environment.
     """
-    rank = int(assignment["rank"])
-    world = int(assignment["world_size"])
-    local_rank = int(assignment.get("local_rank") or 0)
-    local_world = int(assignment.get("local_world_size") or 1)
-    gpus = [int(g) for g in assignment.get("gpus") or []]
-    hostfile = write_hostfile(assignment.get("hosts") or [], task_dir / "hostfile")
+    rank = _int_field(assignment, "rank")
+    world = _int_field(assignment, "world_size")
+    local_rank = _int_field(assignment, "local_rank", 0)
+    local_world = _int_field(assignment, "local_world_size", 1)
+    gpus = assignment.get("gpus") or []
+    if not isinstance(gpus, list) or not all(isinstance(g, int) for g in gpus):
+        raise LaunchError("bad assignment: gpus must be a list of integers", 126)
+    hosts = assignment.get("hosts") or []
+    if not isinstance(hosts, list) or not all(isinstance(h, Mapping) for h in hosts):
+        raise LaunchError("bad assignment: hosts must be a list of objects", 126)
+    try:
+        hostfile = write_hostfile(hosts, task_dir / "hostfile")
+    except (ValueError, TypeError):
+        raise LaunchError("bad assignment: hosts need an address or node and slots", 126) from None
     env = {k: v for k, v in base_env.items() if k not in MANAGED_ENV and not k.startswith("CPLAT_")}
     job_env = assignment.get("env") or {}
+    if not isinstance(job_env, Mapping):
+        raise LaunchError("bad assignment: env must be an object", 126)
     env.update({str(k): str(v) for k, v in job_env.items() if str(k) not in MANAGED_ENV})
     env.update(
         {
@@ -199,14 +274,14 @@ def task_env(
             "LOCAL_RANK": str(local_rank),
             "LOCAL_WORLD_SIZE": str(local_world),
             "MASTER_ADDR": str(assignment.get("master_addr") or "127.0.0.1"),
-            "MASTER_PORT": str(int(assignment.get("master_port") or 29500)),
+            "MASTER_PORT": str(_int_field(assignment, "master_port", 29500)),
             "OMPI_COMM_WORLD_RANK": str(rank),
             "OMPI_COMM_WORLD_SIZE": str(world),
             "OMPI_COMM_WORLD_LOCAL_RANK": str(local_rank),
             "OMPI_COMM_WORLD_LOCAL_SIZE": str(local_world),
             "CPLAT_HOSTFILE": str(hostfile),
-            "CPLAT_JOB_ID": str(int(assignment["job_id"])),
-            "CPLAT_ATTEMPT": str(int(assignment["attempt"])),
+            "CPLAT_JOB_ID": str(_int_field(assignment, "job_id")),
+            "CPLAT_ATTEMPT": str(_int_field(assignment, "attempt")),
             "CPLAT_SERVER": server,
         }
     )
@@ -296,11 +371,15 @@ class TaskProcess:
         on_output: OutputCallback,
         *,
         straggler_grace: float = 2.0,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.key = key
         self.pid = proc.pid
         self.pgid = proc.pid
         self.stop_requested = False
+        self.sandbox = sandbox
+        #: Whether the OOM killer struck the task's cgroup (known once it has ended).
+        self.oom_killed = False
         self._proc = proc
         self._on_output = on_output
         self._straggler_grace = straggler_grace
@@ -321,31 +400,52 @@ class TaskProcess:
         on_output: OutputCallback,
         *,
         straggler_grace: float = 2.0,
+        sandbox: Sandbox | None = None,
     ) -> TaskProcess:
         """Start ``argv`` in a new session with ``env`` in ``cwd``.
+
+        With a ``sandbox`` the child joins its cgroup, becomes its user and takes its
+        rlimits before it executes ``argv``.
 
         Raises
         ------
         LaunchError
             When the working directory is missing or the program cannot be started.
         """
+        check_launchable(argv, env, cwd)
         if not cwd.is_dir():
-            raise LaunchError(f"working directory {cwd} does not exist", 126)
+            raise LaunchError(f"working directory {printable(str(cwd))} does not exist", 126)
+        extra: dict[str, Any] = {"cwd": str(cwd)}
+        if sandbox is not None:
+            # The sandbox enters cwd after dropping to the task's user (see preexec_fn).
+            extra = {"preexec_fn": sandbox.preexec_fn(str(cwd)), "umask": sandbox.umask}
+        name = printable(argv[0])
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                cwd=str(cwd),
                 env=dict(env),
                 start_new_session=True,
+                **extra,
             )
         except FileNotFoundError as err:
-            raise LaunchError(f"cannot start {argv[0]!r}: {err.strerror}", 127) from err
+            raise LaunchError(f"cannot start {name!r}: {err.strerror}", 127) from err
         except OSError as err:
-            raise LaunchError(f"cannot start {argv[0]!r}: {err.strerror or err}", 126) from err
-        return cls(key, proc, on_output, straggler_grace=straggler_grace)
+            raise LaunchError(f"cannot start {name!r}: {err.strerror or err}", 126) from err
+        except subprocess.SubprocessError as err:
+            # preexec_fn failed: the cgroup, the user switch or the working directory (entered
+            # as the task's user) was refused.
+            raise LaunchError(
+                f"cannot enter the task's sandbox (cgroup, user, or working directory "
+                f"{printable(str(cwd))} as the task's user): {err}",
+                126,
+            ) from err
+        finally:
+            if sandbox is not None:
+                sandbox.spawned()
+        return cls(key, proc, on_output, straggler_grace=straggler_grace, sandbox=sandbox)
 
     @property
     def returncode(self) -> int | None:
@@ -395,6 +495,12 @@ class TaskProcess:
                 await asyncio.sleep(0.05)
             if _group_alive(self.pgid):
                 _signal_group(self.pgid, signal.SIGKILL)
+        if self.sandbox is not None:
+            # A daemon that left the process group is still in the cgroup (or the uid).
+            try:
+                self.oom_killed = await asyncio.to_thread(self.sandbox.finish)
+            except Exception:
+                log.exception("cleaning up after task %s failed", self.key)
         # Something outside the group (a daemon that called setsid) may still hold the
         # pipes; its output is not the task's, so stop reading after a moment.
         _, pending = await asyncio.wait([*self._readers, waiter], timeout=1.0)
@@ -448,6 +554,10 @@ class TaskRecord:
     #: they tell our process group from one that reused its id.
     start_time: int | None = None
     boot_id: str | None = None
+    #: Who it ran as, its folder and its cgroup directories: what a restarted agent cleans.
+    uid: int | None = None
+    task_dir: str | None = None
+    cgroups: list[str] | None = None
 
     @property
     def key(self) -> TaskKey:
@@ -500,16 +610,19 @@ class Launcher:
     Parameters
     ----------
     work_dir : Path
-        The agent's work directory: ``tasks.json`` and per-task directories
-        (``tasks/<job>.<attempt>.<rank>/``, which also hold the hostfiles) live there.
+        The agent's work directory (mode 0700): ``tasks.json`` lives there.
     server : str
         The API's base URL, for ``CPLAT_SERVER``.
     on_output : OutputCallback
         Receives every task's output.
     base_env : Mapping, optional
-        Environment tasks start from (default: the agent's own).
+        Variables every task starts from, over :func:`~cplat.runtime.isolation.minimal_env`
+        (default: none; the agent's own environment never reaches a task).
     straggler_grace : float
         See :class:`TaskProcess`.
+    isolation : Isolation, optional
+        Users, folders and limits of the tasks (default: the agent's own user, tasks in
+        ``<work_dir>/tasks/<job>.<attempt>.<rank>/``, rlimits only).
     """
 
     def __init__(
@@ -520,26 +633,36 @@ class Launcher:
         *,
         base_env: Mapping[str, str] | None = None,
         straggler_grace: float = 2.0,
+        isolation: Isolation | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.server = server
         self.state_path = work_dir / STATE_FILE
         self.records: dict[TaskKey, TaskRecord] = {}
         self.processes: dict[TaskKey, TaskProcess] = {}
+        #: GPU index -> minor number of its /dev/nvidia node (the index when unknown).
+        self.gpu_minors: dict[int, int] = {}
         self._on_output = on_output
         self._base_env = base_env
         self._straggler_grace = straggler_grace
+        self._sandboxes: dict[TaskKey, Sandbox] = {}
+        if isolation is None:
+            isolation = Isolation(IsolationSettings(task_user="self", cgroup="none"), work_dir)
+            isolation.start("launcher")
+        self.isolation = isolation
 
     def task_dir(self, key: TaskKey) -> Path:
         """Return the private directory of task ``key``."""
-        return self.work_dir / "tasks" / str(key)
+        sandbox = self._sandboxes.get(key)
+        return sandbox.task_dir if sandbox is not None else self.isolation.task_root / str(key)
 
     def recover(self) -> list[TaskRecord]:
         """Load the state file a previous agent left; kill and close out its running tasks.
 
         Running tasks become exited with :data:`RESTART_EXIT_CODE` and
         :data:`RESTART_REASON`; exited ones keep their codes (their reports were never
-        acknowledged). All of them are kept until :meth:`forget`.
+        acknowledged). All of them are kept until :meth:`forget`; their folders and
+        cgroups are removed at once.
 
         Returns
         -------
@@ -567,6 +690,10 @@ class Launcher:
                     "killed it" if killed else "it is gone or not ours",
                 )
                 rec.state, rec.exit_code, rec.reason = "exited", RESTART_EXIT_CODE, RESTART_REASON
+            try:
+                self.isolation.cleanup(rec.task_dir, rec.cgroups or [])
+            except OSError as err:
+                log.warning("cannot clean up after task %s: %s", rec.key, err)
             self.records[rec.key] = rec
         self._save()
         return records
@@ -580,38 +707,74 @@ class Launcher:
         Raises
         ------
         LaunchError
-            When the task cannot start; it is then recorded as exited with the error's code.
+            When the task cannot start, whatever the cause; it is then recorded as exited
+            with the error's code and reason.
         ValueError, KeyError, TypeError
             When the assignment lacks its key fields (nothing is recorded).
         """
         key = TaskKey.of(assignment)
+        sandbox: Sandbox | None = None
         try:
-            argv = task_argv(assignment.get("command"))
-            tdir = self.task_dir(key)
-            tdir.mkdir(parents=True, exist_ok=True)
-            base = os.environ if self._base_env is None else self._base_env
             try:
+                argv = task_argv(assignment.get("command"))
+                try:
+                    sandbox = self.isolation.prepare(str(key), assignment, self.gpu_minors)
+                except AssignmentError as err:
+                    raise LaunchError(str(err), 126) from err
+                except (IsolationError, OSError) as err:
+                    raise LaunchError(f"cannot isolate the task: {err}", 126) from err
+                tdir = sandbox.task_dir
+                base = sandbox.base_env()
+                if self._base_env is not None:
+                    base.update(self._base_env)
                 env = task_env(assignment, base, self.server, assignment.get("token"), tdir)
-            except (KeyError, ValueError, TypeError) as err:
-                raise LaunchError(f"bad assignment: {err!r}", 126) from err
-            workdir = assignment.get("workdir")
-            cwd = Path(workdir) if workdir else tdir
-            proc = await TaskProcess.spawn(
-                key, argv, env, cwd, self._on_output, straggler_grace=self._straggler_grace
-            )
+                sandbox.own(Path(env["CPLAT_HOSTFILE"]))
+                workdir = assignment.get("workdir")
+                if workdir is not None and not isinstance(workdir, str):
+                    raise LaunchError("bad assignment: workdir must be a string", 126)
+                cwd = Path(workdir) if workdir else tdir
+                proc = await TaskProcess.spawn(
+                    key,
+                    argv,
+                    env,
+                    cwd,
+                    self._on_output,
+                    straggler_grace=self._straggler_grace,
+                    sandbox=sandbox,
+                )
+            except LaunchError:
+                raise
+            except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as err:
+                # The message names the problem but no value: env values are secrets.
+                what = err.args[0] if isinstance(err, KeyError) and err.args else None
+                detail = f"missing field {what!r}" if what else type(err).__name__
+                raise LaunchError(f"bad assignment: {printable(str(detail))}", 126) from err
+            except Exception as err:
+                log.exception("task %s could not start", key)
+                raise LaunchError(f"cannot start the task: {type(err).__name__}", 126) from err
         except LaunchError as err:
+            if sandbox is not None:
+                try:
+                    sandbox.finish()
+                finally:
+                    sandbox.release()
+            err.args = (printable(str(err)),)
             self.records[key] = TaskRecord(
                 *key, state="exited", exit_code=err.exit_code, reason=str(err)
             )
             self._save()
             raise
         self.processes[key] = proc
+        self._sandboxes[key] = sandbox
         self.records[key] = TaskRecord(
             *key,
             pid=proc.pid,
             pgid=proc.pgid,
             start_time=_start_time(proc.pid),
             boot_id=_boot_id(),
+            uid=sandbox.identity.uid,
+            task_dir=str(sandbox.task_dir),
+            cgroups=[str(p) for p in sandbox.cgroup.paths] if sandbox.cgroup else None,
         )
         self._save()
         return proc
@@ -621,26 +784,48 @@ class Launcher:
         self.processes.pop(key, None)
         rec = self.records.setdefault(key, TaskRecord(*key))
         rec.state, rec.exit_code, rec.reason = "exited", exit_code, reason
+        # Its cgroup is gone by now (see TaskProcess.wait).
+        rec.cgroups = None
         self._save()
         return rec
 
     def forget(self, keys: Iterable[TaskKey]) -> None:
-        """Drop acknowledged exited tasks from the state file."""
+        """Drop acknowledged exited tasks from the state file; remove their folders."""
         changed = False
         for key in keys:
             rec = self.records.get(key)
             if rec is not None and rec.state == "exited":
                 del self.records[key]
+                self._release(key, rec)
                 changed = True
         if changed:
             self._save()
+
+    def _release(self, key: TaskKey, rec: TaskRecord) -> None:
+        sandbox = self._sandboxes.pop(key, None)
+        try:
+            if sandbox is not None:
+                sandbox.release()
+            elif rec.task_dir:
+                remove_tree(Path(rec.task_dir))
+        except OSError as err:
+            log.warning("cannot remove the folder of task %s: %s", key, err)
+
+    def close(self) -> None:
+        """Give back what ended tasks still hold (folders, uids); the agent is leaving."""
+        for key in [k for k in self._sandboxes if k not in self.processes]:
+            rec = self.records.get(key)
+            if rec is not None:
+                self._release(key, rec)
+        self.isolation.close()
 
     def _save(self) -> None:
         # Write-then-rename so a crash leaves the old file or the new one, never half of one.
         self.work_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(STATE_FILE + ".tmp")
         body = {"version": 1, "tasks": [asdict(r) for r in self.records.values()]}
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
             json.dump(body, f)
             f.flush()
             os.fsync(f.fileno())

@@ -38,6 +38,10 @@ class NewJob:
     name: str
     spec: dict[str, Any]
     submitted_at: float
+    #: Id (``jti``) and expiry of the token that submitted the job: the job's own tokens are
+    #: derived from it, never outlive it, and are revoked with it. Empty/None: not recorded.
+    token_id: str = ""
+    token_expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class JobRecord:
     exit_code: int | None = None
     placement: list[dict[str, Any]] = field(default_factory=list)
     attempt: int = 0
+    token_id: str = ""
+    token_expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,46 @@ class AuditRecord:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class IdempotencyIn:
+    """The ``Idempotency-Key`` of a submission, as the store keeps it.
+
+    The key is scoped to the caller: ``project`` and ``user`` are those of the token that
+    sent it. ``fingerprint`` identifies the request, so that a retry can be told apart from a
+    different request reusing the key.
+    """
+
+    project: str
+    user: str
+    key: str
+    fingerprint: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class IdempotentResult:
+    """What a keyed submission did.
+
+    ``created`` is False when the key was already in use (and unexpired): ``job`` is then the
+    job that first submission created, and ``fingerprint`` the fingerprint stored with it.
+    """
+
+    job: JobRecord
+    created: bool
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class RevokedToken:
+    """A revoked token id (``jti``); the entry may be forgotten after ``expires_at``."""
+
+    token_id: str
+    revoked_at: float
+    expires_at: float
+    revoked_by: str = ""
+
+
 def audit_rows(
     audit: Sequence[AuditIn], ids: Sequence[int]
 ) -> list[tuple[float, str, str, str, str, int, dict[str, Any]]]:
@@ -251,6 +297,18 @@ class Store(Protocol):
         ``audit`` entries are recorded in the same transaction (one commit for a submission
         and its audit entry); ``{id}`` in an entry's target becomes the id of the job at the
         same position.
+        """
+        ...
+
+    async def create_job_idempotent(
+        self, job: NewJob, key: IdempotencyIn, audit: Sequence[AuditIn] = ()
+    ) -> IdempotentResult:
+        """Insert a job under an idempotency key, unless the key is already in use.
+
+        The key is scoped to ``(key.project, key.user)``. When an unexpired entry holds it,
+        nothing is written and the job it names is returned (``created`` False). Otherwise the
+        job, its first event, the key and ``audit`` commit in one transaction, so that a
+        crash cannot keep one without the others.
         """
         ...
 
@@ -355,4 +413,17 @@ class Store(Protocol):
         self, *, project: str | None = None, after: int | None = None, limit: int = 100
     ) -> list[AuditRecord]:
         """Audit entries with id > ``after`` ascending (``project`` None = all)."""
+        ...
+
+    # Tokens and keys -------------------------------------------------------------------
+    async def revoke_token(self, entry: RevokedToken) -> bool:
+        """Record a revoked token id; returns False when it was revoked already."""
+        ...
+
+    async def revoked_tokens(self, now: float) -> list[RevokedToken]:
+        """Revocations whose ``expires_at`` is still ahead of ``now``, by token id."""
+        ...
+
+    async def prune_expired(self, now: float) -> int:
+        """Forget revocations and idempotency keys expired by ``now``; returns how many."""
         ...

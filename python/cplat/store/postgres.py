@@ -21,6 +21,8 @@ from cplat.store.base import (
     CheckpointIn,
     CheckpointRecord,
     EventRecord,
+    IdempotencyIn,
+    IdempotentResult,
     JobChange,
     JobRecord,
     LogChunk,
@@ -29,6 +31,7 @@ from cplat.store.base import (
     NodeRecord,
     PoolRecord,
     QuotaRecord,
+    RevokedToken,
     StoreError,
     audit_rows,
 )
@@ -41,6 +44,7 @@ from cplat.store.schema import (
     NODE_COLUMNS,
     POOL_COLUMNS,
     QUOTA_COLUMNS,
+    REVOKED_COLUMNS,
     UNFINISHED,
     audit_from_row,
     change_params,
@@ -56,6 +60,7 @@ from cplat.store.schema import (
     pool_params,
     quota_from_row,
     quota_params,
+    revoked_from_row,
 )
 
 __all__ = ["PostgresStore"]
@@ -69,16 +74,19 @@ _MAX_BATCH = 512
 # The events go in the same statement, so a batch of jobs is one round trip and one commit.
 _CREATE_JOBS = """
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
-        WITH ORDINALITY AS i(project, "user", name, spec, submitted_at, ord)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
+                         $6::text[], $7::float8[])
+        WITH ORDINALITY AS i(project, "user", name, spec, submitted_at, token_id,
+                             token_expires_at, ord)
 ), ids AS (
     SELECT id, row_number() OVER (ORDER BY id) AS ord
     FROM (SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id
           FROM generate_series(1, cardinality($1::text[]))) AS drawn
 ), inserted AS (
-    INSERT INTO jobs (id, project, "user", name, state, spec, reason, submitted_at, updated_at)
+    INSERT INTO jobs (id, project, "user", name, state, spec, reason, submitted_at, updated_at,
+                      token_id, token_expires_at)
     SELECT ids.id, i.project, i."user", i.name, 'PENDING', i.spec::jsonb, 'queued',
-           i.submitted_at, i.submitted_at
+           i.submitted_at, i.submitted_at, i.token_id, i.token_expires_at
     FROM input AS i JOIN ids USING (ord)
     ORDER BY ids.id
     RETURNING id, submitted_at
@@ -150,6 +158,29 @@ INSERT INTO checkpoints (job_id, attempt, step, uri, size_bytes, kind, parent, c
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id
 """
 
+_FIND_KEY = """
+SELECT job_id, fingerprint FROM idempotency_keys
+WHERE project = $1 AND "user" = $2 AND idem_key = $3 AND expires_at > $4
+"""
+
+# An expired entry under the same key is replaced: the key is free again. A live one that a
+# concurrent transaction (another server) committed first makes the WHERE false: no row.
+_PUT_KEY = """
+INSERT INTO idempotency_keys
+    (project, "user", idem_key, fingerprint, job_id, created_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (project, "user", idem_key) DO UPDATE SET fingerprint = excluded.fingerprint,
+    job_id = excluded.job_id, created_at = excluded.created_at, expires_at = excluded.expires_at
+WHERE idempotency_keys.expires_at <= excluded.created_at
+RETURNING job_id
+"""
+
+_REVOKE = f"""
+INSERT INTO revoked_tokens ({REVOKED_COLUMNS}) VALUES ($1, $2, $3, $4)
+ON CONFLICT (token_id) DO NOTHING
+RETURNING 1
+"""
+
 _INSERT_AUDIT = """
 INSERT INTO audit (at, "user", project, action, target, status, detail)
 SELECT at, "user", project, action, target, status, detail::jsonb
@@ -196,7 +227,17 @@ def _errors() -> Iterator[None]:
 _WriteFn = Callable[[Any], Awaitable[Any]]
 
 
-_JobRow = tuple[str, str, str, str, float]  # project, user, name, spec JSON, submitted_at
+# project, user, name, spec JSON, submitted_at, token_id, token_expires_at
+_JobRow = tuple[str, str, str, str, float, str, float | None]
+
+
+class _KeyTakenError(Exception):
+    """A concurrent transaction committed the same idempotency key first."""
+
+
+def _job_row(j: NewJob, spec: str) -> _JobRow:
+    exp = None if j.token_expires_at is None else float(j.token_expires_at)
+    return (j.project, j.user, j.name, spec, float(j.submitted_at), j.token_id, exp)
 
 
 async def _insert_jobs(conn: Any, rows: Sequence[_JobRow]) -> list[int]:
@@ -472,10 +513,7 @@ class PostgresStore:
         if not jobs:
             return []
         specs = [dumps(j.spec) for j in jobs]
-        rows: list[_JobRow] = [
-            (j.project, j.user, j.name, spec, float(j.submitted_at))
-            for j, spec in zip(jobs, specs, strict=True)
-        ]
+        rows = [_job_row(j, spec) for j, spec in zip(jobs, specs, strict=True)]
 
         async def run(conn: Any) -> list[int]:
             # Used alone only when a merged batch failed and each write is redone by itself.
@@ -496,9 +534,85 @@ class PostgresStore:
                 reason="queued",
                 submitted_at=float(j.submitted_at),
                 updated_at=float(j.submitted_at),
+                token_id=row[5],
+                token_expires_at=row[6],
             )
-            for job_id, j, spec in zip(ids, jobs, specs, strict=True)
+            for job_id, j, spec, row in zip(ids, jobs, specs, rows, strict=True)
         ]
+
+    async def create_job_idempotent(
+        self, job: NewJob, key: IdempotencyIn, audit: Sequence[AuditIn] = ()
+    ) -> IdempotentResult:
+        """Insert a job under an idempotency key, unless the key is already in use.
+
+        Parameters
+        ----------
+        job : NewJob
+            The job.
+        key : IdempotencyIn
+            The key with its scope (the caller's project and user), the request's
+            fingerprint and the key's lifetime.
+        audit : sequence of AuditIn
+            Entries recorded with the job (not when the key was in use).
+
+        Returns
+        -------
+        IdempotentResult
+            The new job, or the one the key already named.
+        """
+        spec = dumps(job.spec)
+        row = _job_row(job, spec)
+        find = (key.project, key.user, key.key, float(key.created_at))
+
+        async def run(conn: Any) -> tuple[int, bool, str]:
+            found = await conn.fetchrow(_FIND_KEY, *find)
+            if found is not None:
+                return int(found[0]), False, str(found[1])
+            [job_id] = await _insert_jobs(conn, [row])
+            if audit:
+                await _insert_audit(conn, audit_rows(audit, [job_id]))
+            stored = await conn.fetchrow(
+                _PUT_KEY,
+                *find[:3],
+                key.fingerprint,
+                job_id,
+                float(key.created_at),
+                float(key.expires_at),
+            )
+            if stored is None:
+                # Another server's transaction holds the key. Raising undoes this job with
+                # the whole batch; the writer then redoes each write alone, and this one finds
+                # the committed key at its first statement.
+                raise _KeyTakenError(key.key)
+            return job_id, True, key.fingerprint
+
+        for _ in range(3):
+            try:
+                job_id, created, fingerprint = await self._write(run)
+                break
+            except _KeyTakenError:
+                continue  # lost a race twice in a row to the same key: look again
+        else:
+            raise StoreError(f"idempotency key {key.key!r} is contended; retry the submission")
+        if created:
+            rec = JobRecord(
+                id=job_id,
+                project=job.project,
+                user=job.user,
+                name=job.name,
+                state="PENDING",
+                spec=json.loads(spec),
+                reason="queued",
+                submitted_at=row[4],
+                updated_at=row[4],
+                token_id=row[5],
+                token_expires_at=row[6],
+            )
+            return IdempotentResult(rec, True, fingerprint)
+        existing = await self.get_job(job_id)
+        if existing is None:  # the key's foreign key keeps its job: only a damaged database
+            raise StoreError(f"idempotency key {key.key!r} names job {job_id}, which is gone")
+        return IdempotentResult(existing, False, fingerprint)
 
     async def update_jobs(self, changes: Sequence[JobChange]) -> None:
         """Apply changes (and their events) in one transaction; unknown ids are skipped.
@@ -955,3 +1069,72 @@ class PostgresStore:
             *args,
         )
         return [audit_from_row(r) for r in rows]
+
+    # Tokens and keys ---------------------------------------------------------------------
+
+    async def revoke_token(self, entry: RevokedToken) -> bool:
+        """Record a revoked token id.
+
+        Parameters
+        ----------
+        entry : RevokedToken
+            The token id, when, until when the entry matters, and who revoked it.
+
+        Returns
+        -------
+        bool
+            False when the id was revoked already (the first entry stays).
+        """
+        rows = await self._write_fetch(
+            _REVOKE,
+            entry.token_id,
+            float(entry.revoked_at),
+            float(entry.expires_at),
+            entry.revoked_by,
+        )
+        return bool(rows)
+
+    async def revoked_tokens(self, now: float) -> list[RevokedToken]:
+        """Revocations whose ``expires_at`` is still ahead of ``now``, by token id.
+
+        Parameters
+        ----------
+        now : float
+            The current time.
+
+        Returns
+        -------
+        list of RevokedToken
+            The revocations that still matter.
+        """
+        rows = await self._fetch(
+            f"SELECT {REVOKED_COLUMNS} FROM revoked_tokens WHERE expires_at > $1 ORDER BY token_id",
+            float(now),
+        )
+        return [revoked_from_row(r) for r in rows]
+
+    async def prune_expired(self, now: float) -> int:
+        """Forget revocations and idempotency keys expired by ``now``.
+
+        Parameters
+        ----------
+        now : float
+            The current time.
+
+        Returns
+        -------
+        int
+            How many entries were deleted.
+        """
+
+        async def run(conn: Any) -> int:
+            gone = await conn.fetch(
+                "DELETE FROM revoked_tokens WHERE expires_at <= $1 RETURNING 1", float(now)
+            )
+            keys = await conn.fetch(
+                "DELETE FROM idempotency_keys WHERE expires_at <= $1 RETURNING 1", float(now)
+            )
+            return len(gone) + len(keys)
+
+        n: int = await self._write(run)
+        return n

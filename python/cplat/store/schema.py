@@ -32,6 +32,7 @@ from cplat.store.base import (
     NodeRecord,
     PoolRecord,
     QuotaRecord,
+    RevokedToken,
     StoreError,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "NODE_COLUMNS",
     "POOL_COLUMNS",
     "QUOTA_COLUMNS",
+    "REVOKED_COLUMNS",
     "UNFINISHED",
     "Migration",
     "audit_from_row",
@@ -64,6 +66,7 @@ __all__ = [
     "pool_params",
     "quota_from_row",
     "quota_params",
+    "revoked_from_row",
 ]
 
 
@@ -200,6 +203,32 @@ _V1 = (
 )
 
 
+# Version 2: token revocation, idempotent submissions, and the submitting token of each job
+# (so that the job's own tokens are bounded by it and revoked with it).
+_V2 = (
+    "ALTER TABLE jobs ADD COLUMN token_id TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN token_expires_at {FLOAT}",
+    """CREATE TABLE revoked_tokens (
+        token_id TEXT PRIMARY KEY,
+        revoked_at {FLOAT} NOT NULL,
+        expires_at {FLOAT} NOT NULL,
+        revoked_by TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX revoked_tokens_expiry ON revoked_tokens (expires_at)",
+    """CREATE TABLE idempotency_keys (
+        project TEXT NOT NULL,
+        "user" TEXT NOT NULL,
+        idem_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        job_id {REF} NOT NULL REFERENCES jobs (id),
+        created_at {FLOAT} NOT NULL,
+        expires_at {FLOAT} NOT NULL,
+        PRIMARY KEY (project, "user", idem_key)
+    )""",
+    "CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at)",
+)
+
+
 def _dialect(statements: Sequence[str], dialect: str) -> tuple[str, ...]:
     out = []
     for statement in statements:
@@ -211,6 +240,12 @@ def _dialect(statements: Sequence[str], dialect: str) -> tuple[str, ...]:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _dialect(_V1, "sqlite"), _dialect(_V1, "postgres")),
+    Migration(
+        2,
+        "token revocation and idempotency keys",
+        _dialect(_V2, "sqlite"),
+        _dialect(_V2, "postgres"),
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -344,7 +379,7 @@ async def migrate_postgres(conn: Any) -> list[int]:
 
 JOB_COLUMNS = (
     'id, project, "user", name, state, spec, reason, submitted_at, updated_at, started_at, '
-    "finished_at, exit_code, placement, attempt"
+    "finished_at, exit_code, placement, attempt, token_id, token_expires_at"
 )
 EVENT_COLUMNS = "id, job_id, at, state, message"
 LOG_COLUMNS = "seq, job_id, attempt, rank, stream, data, at"
@@ -357,6 +392,7 @@ QUOTA_COLUMNS = (
 POOL_COLUMNS = "name, borrowing_cpu_milli, borrowing_memory_mib, borrowing_gpu_milli, description"
 CHECKPOINT_COLUMNS = "id, job_id, attempt, step, uri, size_bytes, kind, parent, complete, at"
 AUDIT_COLUMNS = 'id, at, "user", project, action, target, status, detail'
+REVOKED_COLUMNS = "token_id, revoked_at, expires_at, revoked_by"
 
 _CLEARABLE = ("started_at", "finished_at", "exit_code")
 
@@ -441,6 +477,8 @@ def job_from_row(row: Sequence[Any]) -> JobRecord:
         exit_code=_opt_int(row[11]),
         placement=json.loads(row[12]),
         attempt=int(row[13]),
+        token_id=row[14],
+        token_expires_at=_opt_float(row[15]),
     )
 
 
@@ -644,6 +682,24 @@ def audit_from_row(row: Sequence[Any]) -> AuditRecord:
         target=row[5],
         status=int(row[6]),
         detail=json.loads(row[7]),
+    )
+
+
+def revoked_from_row(row: Sequence[Any]) -> RevokedToken:
+    """Decode a row of :data:`REVOKED_COLUMNS`.
+
+    Parameters
+    ----------
+    row : sequence
+        The columns in :data:`REVOKED_COLUMNS` order.
+
+    Returns
+    -------
+    RevokedToken
+        The revocation.
+    """
+    return RevokedToken(
+        token_id=row[0], revoked_at=float(row[1]), expires_at=float(row[2]), revoked_by=row[3]
     )
 
 

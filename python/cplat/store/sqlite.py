@@ -28,6 +28,8 @@ from cplat.store.base import (
     CheckpointIn,
     CheckpointRecord,
     EventRecord,
+    IdempotencyIn,
+    IdempotentResult,
     JobChange,
     JobRecord,
     LogChunk,
@@ -36,6 +38,7 @@ from cplat.store.base import (
     NodeRecord,
     PoolRecord,
     QuotaRecord,
+    RevokedToken,
     StoreError,
     audit_rows,
 )
@@ -48,6 +51,7 @@ from cplat.store.schema import (
     NODE_COLUMNS,
     POOL_COLUMNS,
     QUOTA_COLUMNS,
+    REVOKED_COLUMNS,
     UNFINISHED,
     audit_from_row,
     change_params,
@@ -63,6 +67,7 @@ from cplat.store.schema import (
     pool_params,
     quota_from_row,
     quota_params,
+    revoked_from_row,
 )
 
 __all__ = ["SqliteStore"]
@@ -77,9 +82,23 @@ _MAX_BATCH = 1024
 _BUSY_TIMEOUT_S = 10.0
 
 _INSERT_JOB = (
-    'INSERT INTO jobs (project, "user", name, state, spec, reason, submitted_at, updated_at) '
-    "VALUES (?, ?, ?, 'PENDING', ?, 'queued', ?, ?) RETURNING id"
+    'INSERT INTO jobs (project, "user", name, state, spec, reason, submitted_at, updated_at, '
+    "token_id, token_expires_at) VALUES (?, ?, ?, 'PENDING', ?, 'queued', ?, ?, ?, ?) "
+    "RETURNING id"
 )
+_FIND_KEY = (
+    'SELECT job_id, fingerprint FROM idempotency_keys WHERE project = ? AND "user" = ? '
+    "AND idem_key = ? AND expires_at > ?"
+)
+# An expired entry under the same key is replaced: the key is free again.
+_PUT_KEY = """INSERT INTO idempotency_keys
+    (project, "user", idem_key, fingerprint, job_id, created_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project, "user", idem_key) DO UPDATE SET fingerprint = excluded.fingerprint,
+    job_id = excluded.job_id, created_at = excluded.created_at, expires_at = excluded.expires_at
+WHERE idempotency_keys.expires_at <= excluded.created_at"""
+_REVOKE = f"""INSERT INTO revoked_tokens ({REVOKED_COLUMNS}) VALUES (?, ?, ?, ?)
+ON CONFLICT (token_id) DO NOTHING"""
 _INSERT_EVENT = "INSERT INTO job_events (job_id, at, state, message) VALUES (?, ?, ?, ?)"
 _UPDATE_JOB = """UPDATE jobs SET
     updated_at = ?2,
@@ -210,6 +229,38 @@ def _fsync_dir(directory: Path) -> None:
         pass  # some filesystems refuse fsync on directories; nothing more can be done there
     finally:
         os.close(fd)
+
+
+# project, user, name, spec JSON, submitted_at, token_id, token_expires_at
+_JobRow = tuple[str, str, str, str, float, str, float | None]
+
+
+def _job_row(j: NewJob) -> _JobRow:
+    exp = None if j.token_expires_at is None else float(j.token_expires_at)
+    return (j.project, j.user, j.name, dumps(j.spec), float(j.submitted_at), j.token_id, exp)
+
+
+def _insert_jobs(
+    conn: sqlite3.Connection, rows: Sequence[_JobRow], audit: Sequence[AuditIn]
+) -> list[int]:
+    # One INSERT per job: SQLite does not promise the order of a multi-row RETURNING.
+    ids = [
+        int(conn.execute(_INSERT_JOB, (*r[:5], r[4], r[5], r[6])).fetchall()[0][0]) for r in rows
+    ]
+    conn.executemany(
+        _INSERT_EVENT,
+        [(job_id, r[4], "PENDING", "submitted") for job_id, r in zip(ids, rows, strict=True)],
+    )
+    if audit:
+        conn.executemany(_INSERT_AUDIT, [(*a[:6], dumps(a[6])) for a in audit_rows(audit, ids)])
+    return ids
+
+
+def _new_record(job_id: int, r: _JobRow) -> JobRecord:
+    return job_from_row(
+        (job_id, *r[:3], "PENDING", r[3], "queued", r[4], r[4])
+        + (None, None, None, "[]", 0, r[5], r[6])
+    )
 
 
 class SqliteStore:
@@ -451,32 +502,69 @@ class SqliteStore:
         """
         if not jobs:
             return []
-        rows = [(j.project, j.user, j.name, dumps(j.spec), j.submitted_at) for j in jobs]
+        rows = [_job_row(j) for j in jobs]
 
         def run(conn: sqlite3.Connection) -> list[int]:
-            # One INSERT per job: SQLite does not promise the order of a multi-row RETURNING.
-            ids = [conn.execute(_INSERT_JOB, (*row, row[4])).fetchall()[0][0] for row in rows]
-            conn.executemany(
-                _INSERT_EVENT,
-                [
-                    (job_id, row[4], "PENDING", "submitted")
-                    for job_id, row in zip(ids, rows, strict=True)
-                ],
-            )
-            if audit:
-                conn.executemany(
-                    _INSERT_AUDIT, [(*r[:6], dumps(r[6])) for r in audit_rows(audit, ids)]
-                )
-            return ids
+            return _insert_jobs(conn, rows, audit)
 
         ids = await self._write(run)
-        return [
-            job_from_row(
-                (job_id, *row[:3], "PENDING", row[3], "queued", row[4], row[4])
-                + (None, None, None, "[]", 0)
-            )
-            for job_id, row in zip(ids, rows, strict=True)
-        ]
+        return [_new_record(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
+
+    async def create_job_idempotent(
+        self, job: NewJob, key: IdempotencyIn, audit: Sequence[AuditIn] = ()
+    ) -> IdempotentResult:
+        """Insert a job under an idempotency key, unless the key is already in use.
+
+        Parameters
+        ----------
+        job : NewJob
+            The job.
+        key : IdempotencyIn
+            The key with its scope (the caller's project and user), the request's
+            fingerprint and the key's lifetime.
+        audit : sequence of AuditIn
+            Entries recorded with the job (not when the key was in use).
+
+        Returns
+        -------
+        IdempotentResult
+            The new job, or the one the key already named.
+        """
+        row = _job_row(job)
+
+        def run(conn: sqlite3.Connection) -> tuple[int, bool, str]:
+            # The check, the job and the key share the write transaction, and SQLite has one
+            # writer at a time (across processes too): two submissions with one key cannot
+            # both miss each other.
+            found = conn.execute(
+                _FIND_KEY, (key.project, key.user, key.key, key.created_at)
+            ).fetchall()
+            if found:
+                return int(found[0][0]), False, str(found[0][1])
+            [job_id] = _insert_jobs(conn, [row], audit)
+            stored = conn.execute(
+                _PUT_KEY + " RETURNING job_id",
+                (
+                    key.project,
+                    key.user,
+                    key.key,
+                    key.fingerprint,
+                    job_id,
+                    key.created_at,
+                    key.expires_at,
+                ),
+            ).fetchall()
+            if not stored:  # cannot happen under the write lock; fail rather than duplicate
+                raise StoreError("the idempotency key was taken concurrently")
+            return job_id, True, key.fingerprint
+
+        job_id, created, fingerprint = await self._write(run)
+        if created:
+            return IdempotentResult(_new_record(job_id, row), True, fingerprint)
+        rec = await self.get_job(job_id)
+        if rec is None:  # the key's foreign key keeps its job: only a damaged database
+            raise StoreError(f"idempotency key {key.key!r} names job {job_id}, which is gone")
+        return IdempotentResult(rec, False, fingerprint)
 
     async def update_jobs(self, changes: Sequence[JobChange]) -> None:
         """Apply changes (and their events) in one transaction; unknown ids are skipped.
@@ -944,3 +1032,65 @@ class SqliteStore:
             params,
         )
         return [audit_from_row(r) for r in rows]
+
+    # Tokens and keys ---------------------------------------------------------------------
+
+    async def revoke_token(self, entry: RevokedToken) -> bool:
+        """Record a revoked token id.
+
+        Parameters
+        ----------
+        entry : RevokedToken
+            The token id, when, until when the entry matters, and who revoked it.
+
+        Returns
+        -------
+        bool
+            False when the id was revoked already (the first entry stays).
+        """
+        row = (entry.token_id, entry.revoked_at, entry.expires_at, entry.revoked_by)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            return conn.execute(_REVOKE, row).rowcount > 0
+
+        return await self._write(run)
+
+    async def revoked_tokens(self, now: float) -> list[RevokedToken]:
+        """Revocations whose ``expires_at`` is still ahead of ``now``, by token id.
+
+        Parameters
+        ----------
+        now : float
+            The current time.
+
+        Returns
+        -------
+        list of RevokedToken
+            The revocations that still matter.
+        """
+        rows = await self._fetch(
+            f"SELECT {REVOKED_COLUMNS} FROM revoked_tokens WHERE expires_at > ? ORDER BY token_id",
+            (now,),
+        )
+        return [revoked_from_row(r) for r in rows]
+
+    async def prune_expired(self, now: float) -> int:
+        """Forget revocations and idempotency keys expired by ``now``.
+
+        Parameters
+        ----------
+        now : float
+            The current time.
+
+        Returns
+        -------
+        int
+            How many entries were deleted.
+        """
+
+        def run(conn: sqlite3.Connection) -> int:
+            gone = conn.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?", (now,))
+            keys = conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,))
+            return int(gone.rowcount) + int(keys.rowcount)
+
+        return await self._write(run)

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from typing import Any
 
 from aiohttp import web
 
-from cplat.store.base import CheckpointIn, CheckpointRecord, JobRecord, LogChunk, NewJob
+from cplat.store.base import (
+    CheckpointIn,
+    CheckpointRecord,
+    IdempotencyIn,
+    JobRecord,
+    LogChunk,
+    NewJob,
+)
+from cplat_server.auth import ROLES, Principal
 from cplat_server.errors import bad_request, conflict, forbidden, not_found
 from cplat_server.keys import (
     AUDITED,
+    CONFIG,
     CONTROLLER,
     STORE,
     audit,
@@ -20,12 +30,32 @@ from cplat_server.keys import (
     json_response,
     path_int,
     principal,
+    query_id,
     query_int,
+    query_name,
     read_json,
 )
-from cplat_server.schemas import CHECKPOINT_IN, JOB_STATES, JOB_SUBMIT, LOGS_POST
+from cplat_server.limits import LIMITS
+from cplat_server.schemas import (
+    CHECKPOINT_IN,
+    JOB_STATES,
+    JOB_SUBMIT,
+    LOGS_POST,
+    NAME_FILTER,
+    TEXT,
+)
 
 DEFAULT_MAX_RUNTIME = 86400
+#: The header that makes a submission idempotent, and its longest value.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 128
+#: States a job never leaves: a log follow of such a job has nothing to wait for.
+FINISHED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+#: Longest ``wait`` of a log follow (seconds).
+MAX_FOLLOW_WAIT = 60
+#: How often a waiting event stream or log follow looks whether its caller hung up, and how
+#: long a stream may stay silent before a keep-alive comment (seconds).
+GONE_CHECK, KEEP_ALIVE = 1.0, 15.0
 
 
 def job_json(rec: JobRecord, reason: str | None = None) -> dict[str, Any]:
@@ -55,6 +85,24 @@ def job_json(rec: JobRecord, reason: str | None = None) -> dict[str, Any]:
         "finished_at": rec.finished_at,
         "exit_code": rec.exit_code,
     }
+
+
+def sees_env_values(who: Principal, project: str) -> bool:
+    """Whether ``who`` may read the values of a ``project`` job's ``env`` (they may be secrets).
+
+    Members and admins of the project and cluster admins may; viewers see the names only.
+    """
+    return who.cluster_admin or (
+        who.project == project and ROLES.index(who.role) >= ROLES.index("member")
+    )
+
+
+def job_view(who: Principal, rec: JobRecord, reason: str | None = None) -> dict[str, Any]:
+    """Return :func:`job_json` as ``who`` may read it: ``env`` values null for viewers."""
+    out = job_json(rec, reason)
+    if not sees_env_values(who, rec.project):
+        out["env"] = dict.fromkeys(out["env"])
+    return out
 
 
 def normalise_spec(body: dict[str, Any]) -> dict[str, Any]:
@@ -108,15 +156,85 @@ async def submit(request: web.Request) -> web.Response:
     spec = normalise_spec(body)
     store = request.app[STORE]
     now = time.time()
+    key = idempotency_key(request)
+    job = NewJob(
+        project=project,
+        user=who.user,
+        name=body["name"],
+        spec=spec,
+        submitted_at=now,
+        token_id=who.token_id,
+        token_expires_at=who.expires_at,
+    )
     # The audit entry commits with the job: one durable write per submission.
     entry = audit_entry(request, 201, "job/{id}", project)
-    [rec] = await store.create_jobs(
-        [NewJob(project=project, user=who.user, name=body["name"], spec=spec, submitted_at=now)],
-        audit=[entry],
-    )
+    if key is None:
+        [rec] = await store.create_jobs([job], audit=[entry])
+    else:
+        fingerprint = submission_fingerprint(project, body["name"], spec)
+        ttl = request.app[CONFIG].idempotency_ttl
+        done = await store.create_job_idempotent(
+            job,
+            IdempotencyIn(who.project, who.user, key, fingerprint, now, now + ttl),
+            audit=[entry],
+        )
+        rec = done.job
+        if not done.created:
+            # A retry: the job the first request created, whatever became of it since (the
+            # middleware audits this answer like any other).
+            audit(request, f"job/{rec.id}", rec.project)
+            if done.fingerprint != fingerprint:
+                raise conflict(
+                    f"this Idempotency-Key was used for another request (job {rec.id}); "
+                    "use a fresh key for a new submission",
+                    IDEMPOTENCY_HEADER,
+                )
+            resp = json_response(
+                job_view(who, rec, request.app[CONTROLLER].reason(rec.id)), status=200
+            )
+            resp.headers["Idempotent-Replayed"] = "true"
+            return resp
     request.app[CONTROLLER].accept([rec])
     request[AUDITED] = True
     return json_response(job_json(rec, "queued"), status=201)
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """Return the request's ``Idempotency-Key`` (None without one).
+
+    Raises
+    ------
+    ApiError
+        400 naming the header when it is repeated, empty, longer than 128 characters or not
+        printable ASCII.
+    """
+    values = request.headers.getall(IDEMPOTENCY_HEADER, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise bad_request(f"give one {IDEMPOTENCY_HEADER} header", IDEMPOTENCY_HEADER)
+    key = values[0]
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
+        raise bad_request(
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII "
+            "characters (a UUID will do)",
+            IDEMPOTENCY_HEADER,
+        )
+    return key
+
+
+def submission_fingerprint(project: str, name: str, spec: dict[str, Any]) -> str:
+    """Return what identifies a submission for its idempotency key.
+
+    It hashes the job as it would be created, so a retry that spells a default out matches.
+    """
+    text = json.dumps(
+        {"project": project, "name": name, "spec": spec},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 async def _visible_job(request: web.Request) -> JobRecord:
@@ -130,25 +248,21 @@ async def _visible_job(request: web.Request) -> JobRecord:
 async def get_job(request: web.Request) -> web.Response:
     """``GET /v1/jobs/{id}``."""
     rec = await _visible_job(request)
-    return json_response(job_json(rec, request.app[CONTROLLER].reason(rec.id)))
+    reason = request.app[CONTROLLER].reason(rec.id)
+    return json_response(job_view(principal(request), rec, reason))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
     """``GET /v1/jobs``: filters, ascending ids, cursor pagination."""
     who = principal(request)
-    project = request.query.get("project") or None
+    project = query_name(request, "project", NAME_FILTER)
     state = request.query.get("state")
-    user = request.query.get("user") or None
+    user = query_name(request, "user", TEXT)
     if state is not None and state not in JOB_STATES:
         raise bad_request(f"state must be one of {', '.join(JOB_STATES)}", "state")
     limit = query_int(request, "limit", 100, 1, 1000)
     assert limit is not None
-    cursor = request.query.get("cursor")
-    after = None
-    if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 16:
-            raise bad_request("invalid cursor", "cursor")
-        after = int(cursor)
+    after = query_id(request, "cursor")
     if who.cluster_admin:
         projects = None if project is None else [project]
     else:
@@ -165,7 +279,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     ctrl = request.app[CONTROLLER]
     return json_response(
         {
-            "jobs": [job_json(r, ctrl.reason(r.id)) for r in recs],
+            "jobs": [job_view(who, r, ctrl.reason(r.id)) for r in recs],
             "next_cursor": str(recs[-1].id) if more else None,
         }
     )
@@ -180,7 +294,7 @@ async def cancel(request: web.Request) -> web.Response:
         raise conflict(f"job {rec.id} is already {rec.state}", "state")
     fresh = await request.app[STORE].get_job(rec.id)
     assert fresh is not None
-    return json_response(job_json(fresh))
+    return json_response(job_view(principal(request), fresh))
 
 
 async def events(request: web.Request) -> web.Response:
@@ -196,16 +310,38 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def logs(request: web.Request) -> web.Response:
-    """``GET /v1/jobs/{id}/logs``."""
+    """``GET /v1/jobs/{id}/logs``; with ``wait``, a log follow.
+
+    A follow of an unfinished job that has no output after ``after`` yet waits up to
+    ``wait`` seconds for some (or for a change of the job's state), holding one of the
+    caller's stream slots meanwhile.
+    """
     rec = await _visible_job(request)
     rank = query_int(request, "rank", None, 0, 1023)
     attempt = query_int(request, "attempt", None, 0, 10**6)
     after = query_int(request, "after", None)
     limit = query_int(request, "limit", 1000, 1, 10000)
-    assert limit is not None
-    chunks = await request.app[STORE].job_logs(
-        rec.id, rank=rank, attempt=attempt, after=after, limit=limit
-    )
+    wait = query_int(request, "wait", 0, 0, MAX_FOLLOW_WAIT)
+    assert limit is not None and wait is not None
+    store = request.app[STORE]
+    chunks = await store.job_logs(rec.id, rank=rank, attempt=attempt, after=after, limit=limit)
+    if not chunks and wait and rec.state not in FINISHED:
+        ctrl = request.app[CONTROLLER]
+        who = principal(request)
+        with (
+            request.app[LIMITS].stream_slot(who.user, "log_follow"),
+            ctrl.watching_logs(rec.id) as arrived,
+        ):
+            # Read again now that arrivals are watched: output posted since the first read
+            # would otherwise wait out the whole follow.
+            chunks = await store.job_logs(
+                rec.id, rank=rank, attempt=attempt, after=after, limit=limit
+            )
+            if not chunks:
+                await _wait_unless_gone(request, arrived, wait)
+                chunks = await store.job_logs(
+                    rec.id, rank=rank, attempt=attempt, after=after, limit=limit
+                )
     return json_response(
         {
             "logs": [
@@ -238,6 +374,7 @@ async def post_logs(request: web.Request) -> web.Response:
             for c in body["chunks"]
         ]
     )
+    request.app[CONTROLLER].logs_arrived(job_id)
     return json_response({"accepted": len(body["chunks"])})
 
 
@@ -296,30 +433,67 @@ async def list_checkpoints(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """``GET /v1/jobs/stream``: server-sent events, one per job state change."""
     who = principal(request)
-    project = request.query.get("project") or None
+    project = query_name(request, "project", NAME_FILTER)
     if project is not None and not who.can_see(project):
         raise not_found("project")
+    with request.app[LIMITS].stream_slot(who.user, "stream"):
+        return await _stream(request, who, project)
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the caller hung up (handlers are not cancelled when that happens)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _wait_unless_gone(request: web.Request, event: asyncio.Event, timeout: float) -> None:
+    """Wait up to ``timeout`` for ``event``, ending early when the caller hangs up."""
+    deadline = time.monotonic() + timeout
+    while not event.is_set() and not _gone(request):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        # Not wait_for, which before Python 3.12 may swallow a cancel (a server stopping).
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=min(left, GONE_CHECK))
+        finally:
+            waiter.cancel()
+
+
+async def _stream(request: web.Request, who: Principal, project: str | None) -> web.StreamResponse:
     ctrl = request.app[CONTROLLER]
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await resp.prepare(request)
     queue = ctrl.subscribe()
+    getter: asyncio.Future[dict[str, Any]] | None = None
     try:
         await resp.write(b": cplat job stream\n\n")
-        while True:
-            try:
-                ev = await asyncio.wait_for(queue.get(), timeout=15)
-            except asyncio.TimeoutError:
-                await resp.write(b": keep-alive\n\n")
+        written = time.monotonic()
+        # Checked every GONE_CHECK seconds, so a caller that hung up gives its slot back
+        # promptly even when none of the events is for it.
+        while not _gone(request):
+            if getter is None:
+                getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter}, timeout=GONE_CHECK)
+            if not done:
+                if time.monotonic() - written >= KEEP_ALIVE:
+                    await resp.write(b": keep-alive\n\n")
+                    written = time.monotonic()
                 continue
+            ev, getter = getter.result(), None
             if not ev:
                 break  # the server is shutting down
             if not who.can_see(ev["project"]) or (project and ev["project"] != project):
                 continue
             await resp.write(f"event: job\ndata: {json.dumps(ev)}\n\n".encode())
+            written = time.monotonic()
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
+        if getter is not None:
+            getter.cancel()
         ctrl.unsubscribe(queue)
     return resp

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -14,13 +13,16 @@ from cplat_server.keys import (
     STORE,
     audit,
     json_response,
+    path_name,
     principal,
     query_int,
+    query_name,
     read_json,
 )
 from cplat_server.schemas import (
     HEARTBEAT,
     NAME,
+    NAME_FILTER,
     NODE_REGISTER,
     PATH_NAME,
     POOL_PUT,
@@ -63,12 +65,14 @@ def _node_json(request: web.Request, rec: NodeRecord) -> dict[str, Any]:
         "heartbeat_at": rec.heartbeat_at,
         "allocated": {"cpu_milli": cpu, "memory_mib": mem, "gpu_milli": gpu},
         "jobs": jobs,
+        # None for an agent older than task isolation.
+        "isolation": spec.get("isolation"),
     }
 
 
 def _node_name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if not re.match(NAME, name) or name not in request.app[CONTROLLER].nodes:
+    name = path_name(request, "name", NAME, "node")
+    if name not in request.app[CONTROLLER].nodes:
         raise not_found("node")
     return name
 
@@ -89,9 +93,11 @@ async def register_node(request: web.Request) -> web.Response:
     """``POST /v1/nodes`` (agents): register or update this node."""
     principal(request).require_cluster_admin("registering a node")
     body = await read_json(request, NODE_REGISTER)
-    rec, created = await request.app[CONTROLLER].register_node(body)
+    ctrl = request.app[CONTROLLER]
+    rec, created = await ctrl.register_node(body)
     audit(request, f"node/{rec.name}")
-    return json_response(_node_json(request, rec), status=201 if created else 200)
+    answer = {**_node_json(request, rec), "lease": ctrl.lease_terms()}
+    return json_response(answer, status=201 if created else 200)
 
 
 def _state_changer(state: str) -> Any:
@@ -122,8 +128,10 @@ async def heartbeat(request: web.Request) -> web.Response:
     principal(request).require_cluster_admin("heartbeats")
     name = _node_name(request)
     body = await read_json(request, HEARTBEAT)
-    cancel = await request.app[CONTROLLER].heartbeat(name, body)
-    return json_response({"cancel": cancel})
+    ctrl = request.app[CONTROLLER]
+    cancel = await ctrl.heartbeat(name, body)
+    # The lease this heartbeat renewed, so agent and server count with the same terms.
+    return json_response({"cancel": cancel, "lease": ctrl.lease_terms()})
 
 
 async def task_report(request: web.Request) -> web.Response:
@@ -155,13 +163,6 @@ def _pool_json(p: PoolRecord) -> dict[str, Any]:
     }
 
 
-def _path_name(request: web.Request, key: str, pattern: str, what: str) -> str:
-    value = request.match_info[key]
-    if not re.match(pattern, value):
-        raise not_found(what)
-    return value
-
-
 async def list_pools(request: web.Request) -> web.Response:
     """``GET /v1/pools``."""
     pools = request.app[CONTROLLER].pools
@@ -171,7 +172,7 @@ async def list_pools(request: web.Request) -> web.Response:
 async def put_pool(request: web.Request) -> web.Response:
     """``PUT /v1/pools/{name}`` (cluster admins)."""
     principal(request).require_cluster_admin("managing pools")
-    name = _path_name(request, "name", PATH_NAME, "pool")
+    name = path_name(request, "name", PATH_NAME, "pool", creates=True)
     body = await read_json(request, POOL_PUT)
     rec = PoolRecord(name, _vec(body.get("borrowing_limit")), body.get("description", ""))
     audit(request, f"pool/{name}")
@@ -182,7 +183,7 @@ async def put_pool(request: web.Request) -> web.Response:
 async def delete_pool(request: web.Request) -> web.Response:
     """``DELETE /v1/pools/{name}`` (cluster admins)."""
     principal(request).require_cluster_admin("managing pools")
-    name = _path_name(request, "name", PATH_NAME, "pool")
+    name = path_name(request, "name", PATH_NAME, "pool")
     audit(request, f"pool/{name}")
     if not await request.app[CONTROLLER].delete_pool(name):
         raise not_found("pool")
@@ -213,7 +214,7 @@ async def list_quotas(request: web.Request) -> web.Response:
 
 async def put_quota(request: web.Request) -> web.Response:
     """``PUT /v1/quotas/{project}`` (project admins, cluster admins)."""
-    project = _path_name(request, "project", NAME, "quota")
+    project = path_name(request, "project", NAME, "quota", creates=True)
     principal(request).require(project, "admin", "quota")
     body = await read_json(request, QUOTA_PUT)
     nominal = _vec(body["nominal"])
@@ -233,7 +234,7 @@ async def put_quota(request: web.Request) -> web.Response:
 
 async def delete_quota(request: web.Request) -> web.Response:
     """``DELETE /v1/quotas/{project}`` (project admins, cluster admins)."""
-    project = _path_name(request, "project", NAME, "quota")
+    project = path_name(request, "project", NAME, "quota")
     principal(request).require(project, "admin", "quota")
     audit(request, f"quota/{project}", project)
     if not await request.app[CONTROLLER].delete_quota(project):
@@ -250,7 +251,7 @@ async def cluster(request: web.Request) -> web.Response:
 async def list_audit(request: web.Request) -> web.Response:
     """``GET /v1/audit``: admins read their project's entries, cluster admins all."""
     who = principal(request)
-    project = request.query.get("project") or None
+    project = query_name(request, "project", NAME_FILTER)
     if not who.cluster_admin:
         if project not in (None, who.project):
             raise not_found("project")
