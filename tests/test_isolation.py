@@ -597,6 +597,30 @@ def test_v2_limits_on_a_fake_tree(tmp_path: Path) -> None:
     assert sorted(p.name for p in (agent / "8.1.0").iterdir()) == ["pids.max"]
 
 
+def test_v2_setup_reads_the_nvidia_majors(tmp_path: Path) -> None:
+    # A v2-only node (as GPU nodes usually are): the task's device rules must name
+    # nvidia-uvm and nvidia-caps by their majors from /proc/devices, or CUDA cannot start
+    # in a task that was given its GPU (seen on an H200 node: uvm refused, "CUDA unknown error").
+    from cplat.runtime.isolation import _setup_v2
+
+    proc, mount = tmp_path / "proc", tmp_path / "cg2"
+    (proc / "self").mkdir(parents=True)
+    mount.mkdir()
+    (proc / "self/mountinfo").write_text(
+        f"30 25 0:26 / {mount} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    )
+    (proc / "self/cgroup").write_text("0::/\n")
+    (proc / "devices").write_text(
+        "Character devices:\n  1 mem\n136 pts\n195 nvidia-frontend\n"
+        "238 nvidia-uvm\n241 nvidia-caps\n\nBlock devices:\n  8 sd\n"
+    )
+    (mount / "cgroup.controllers").write_text("cpu memory pids\n")
+    cg = _setup_v2(proc, "node-a")
+    rules = device_rules([0], cg.proc_devices)
+    assert {"c 195:0 rwm", "c 195:255 rwm", "c 238:* rwm", "c 241:* rwm"} <= set(rules), rules
+    assert "c 195:1 rwm" not in rules
+
+
 def test_settings_and_gpu_minor_numbers(tmp_path: Path) -> None:
     conf = tmp_path / "agent.toml"
     conf.write_text(

@@ -915,7 +915,7 @@ def _setup_v2(proc: Path, agent: str) -> Cgroups:
         _write(path / "cgroup.subtree_control", enable)
     except OSError as err:
         raise IsolationError(f"cannot enable {enable} under {path}: {err.strerror}") from err
-    return Cgroups(2, {"unified": path}, devices=False)
+    return Cgroups(2, {"unified": path}, devices=False, proc_devices=_read(proc / "devices") or "")
 
 
 def _v2_device_base(proc: Path, agent: str) -> Path:
