@@ -198,6 +198,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             "user_map": args.user_map,
             "cgroup": args.cgroup,
             "pids_max": args.pids_max,
+            "devices": args.devices,
         },
     )
     asyncio.run(
@@ -315,6 +316,12 @@ def add_service_commands(sub: Any) -> None:
         help="task limits: cgroup v2, v1, or none (rlimits only); default auto",
     )
     iso.add_argument("--pids-max", type=int, help="processes per task (default 4096)")
+    iso.add_argument(
+        "--devices",
+        choices=("auto", "bpf", "none"),
+        help="device restriction: auto (v1 devices controller, else an eBPF device program), "
+        "bpf (the program or refuse to start), none; default auto",
+    )
     agent.set_defaults(func=_cmd_agent)
 
     token = sub.add_parser("token", help="API tokens")
