@@ -6,17 +6,12 @@ import math
 import os
 import secrets
 import ssl
-import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from cplat.errors import InputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from cplat.settings import read_toml
 
 DEFAULT_PORT = 8470
 
@@ -182,12 +177,7 @@ def load_config(
     values: dict[str, Any] = {}
     if file:
         source = str(file)
-        try:
-            data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError("file not found", source=source) from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise InputError(f"cannot read config ({exc})", source=source) from None
+        data = read_toml(file)
         table = data.get("serve", {})
         unknown = set(data) - {"serve"}
         if unknown or not isinstance(table, dict):

@@ -68,7 +68,6 @@ import resource
 import shutil
 import signal
 import stat
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -77,11 +76,7 @@ from typing import Any
 
 from cplat.errors import InputError
 from cplat.runtime import devices_bpf
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from cplat.settings import read_toml
 
 __all__ = [
     "DEFAULT_UID_RANGE",
@@ -275,12 +270,7 @@ def load_isolation_settings(
     values: dict[str, Any] = {}
     if file:
         source = str(file)
-        try:
-            data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError("file not found", source=source) from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise InputError(f"cannot read config ({exc})", source=source) from None
+        data = read_toml(file)
         table = data.get("agent", {})
         if not isinstance(table, dict):
             raise InputError("[agent] must be a table", source=source, field="agent")
