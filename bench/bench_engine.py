@@ -26,9 +26,11 @@ from cplat.profile import PAPER_POLICIES, POLICIES
 from cplat.synthetic import synthetic_cluster, synthetic_tasks
 from cplat.traces import read_openb_nodes, read_openb_pods
 
-DEFAULT_TRACES = (
-    Path(__file__).resolve().parents[1].parent / "shared/traces/alibaba-gpu-v2023-openb"
+#: Real traces live beside the repository (never copied into it); CPLAT_TRACES overrides.
+TRACES = Path(
+    os.environ.get("CPLAT_TRACES", Path(__file__).resolve().parents[1].parent / "shared/traces")
 )
+DEFAULT_TRACES = TRACES / "alibaba-gpu-v2023-openb"
 
 
 def machine() -> str:
@@ -59,7 +61,8 @@ def single_gpu_tasks(nodes, count: int, seed: int) -> TaskTable:
     return tasks.take(idx)
 
 
-def placement_rate(nodes, tasks: TaskTable, policy: str, repeats: int) -> float:
+def placement_run(nodes, tasks: TaskTable, policy: str) -> Callable[[], None]:
+    """One run: a fresh engine over an empty cluster places ``tasks`` in one batch."""
     target = target_workload(tasks)
 
     def once() -> None:
@@ -68,7 +71,34 @@ def placement_rate(nodes, tasks: TaskTable, policy: str, repeats: int) -> float:
             tasks.cpu_milli, tasks.memory_mib, tasks.num_gpu, tasks.gpu_milli, tasks.models
         )
 
-    return len(tasks) / median_time(once, repeats)
+    return once
+
+
+def placement_rate(nodes, tasks: TaskTable, policy: str, repeats: int) -> float:
+    return len(tasks) / median_time(placement_run(nodes, tasks, policy), repeats)
+
+
+def read_openb(traces: Path):  # type: ignore[no-untyped-def]
+    """(nodes, pods) of the openb default workload, or None when the trace is absent."""
+    csv = traces / "csv"
+    if not (csv / "openb_node_list_gpu_node.csv").is_file():
+        return None
+    nodes = read_openb_nodes(csv / "openb_node_list_gpu_node.csv")
+    return nodes, read_openb_pods(csv / "openb_pod_list_default.csv", nodes.models)
+
+
+def fgd_openb_run(nodes, pods) -> Callable[[], object]:
+    """One FGD static packing run on openb default, tuned to 1.3x (the paper's protocol)."""
+    target_w = target_workload(pods)
+    return lambda: run_pack(
+        nodes, pods, POLICIES["fgd"], 42, 1.3, workload_name="default", target=target_w
+    )
+
+
+def openb_60_runs(nodes, pods) -> None:
+    """The paper's six policies x ten seeds on openb default, on all cores."""
+    profiles = [POLICIES[p] for p in PAPER_POLICIES]
+    run_many(nodes, pods, profiles, list(range(42, 52)), 1.3, workload_name="default")
 
 
 def main() -> int:
@@ -93,17 +123,10 @@ def main() -> int:
             )
         )
 
-    openb = args.traces / "csv"
-    if (openb / "openb_node_list_gpu_node.csv").is_file():
-        nodes = read_openb_nodes(openb / "openb_node_list_gpu_node.csv")
-        pods = read_openb_pods(openb / "openb_pod_list_default.csv", nodes.models)
-        target_w = target_workload(pods)
-        t = median_time(
-            lambda: run_pack(
-                nodes, pods, POLICIES["fgd"], 42, 1.3, workload_name="default", target=target_w
-            ),
-            repeats,
-        )
+    openb = read_openb(args.traces)
+    if openb is not None:
+        nodes, pods = openb
+        t = median_time(fgd_openb_run(nodes, pods), repeats)
         rows.append(
             (
                 "FGD static packing run, openb default (8,152 pods tuned to 1.3x)",
@@ -111,10 +134,8 @@ def main() -> int:
                 "<= 2 s",
             )
         )
-        profiles = [POLICIES[p] for p in PAPER_POLICIES]
-        seeds = list(range(42, 52))
         t0 = time.perf_counter()
-        run_many(nodes, pods, profiles, seeds, 1.3, workload_name="default")
+        openb_60_runs(nodes, pods)
         t60 = time.perf_counter() - t0
         rows.append(
             (

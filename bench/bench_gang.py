@@ -52,6 +52,24 @@ def build(seed: int, load: int):  # type: ignore[no-untyped-def]
     return state, engine
 
 
+def greedy_times(engine, req: GangRequest, rounds: int = 20) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds of ``rounds`` greedy gang placements, each released before the next."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        status, placed, gpus = engine.place_gang_topology(*req.shape(), req.count)
+        times.append(time.perf_counter() - t0)
+        assert status.ok
+        k = req.num_gpu
+        for i, n in enumerate(placed.tolist()):
+            engine.release(n, req.cpu_milli, req.memory_mib, req.num_gpu, req.gpu_milli,
+                           gpus[i * k : i * k + k].tolist())  # fmt: skip
+    return times
+
+
+GANG = GangRequest(count=128, cpu_milli=8000, memory_mib=4096, num_gpu=8, gpu_milli=1000)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -60,7 +78,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     args = ap.parse_args()
     repeats = 2 if args.quick else args.repeats
-    req = GangRequest(count=128, cpu_milli=8000, memory_mib=4096, num_gpu=8, gpu_milli=1000)
+    req = GANG
     print(f"machine: {machine()}")
     print("cluster: 2000 nodes (10 spines x 20 racks x 10 nodes x 8 GPUs), ~40% loaded")
     print("gang: 128 tasks x 8 GPUs = 1024 GPUs")
@@ -69,16 +87,7 @@ def main() -> None:
     rows = []
     for rep in range(repeats):
         state, engine = build(rep, 3200)
-        times = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            status, placed, gpus = engine.place_gang_topology(*req.shape(), req.count)
-            times.append(time.perf_counter() - t0)
-            assert status.ok
-            for i, n in enumerate(placed.tolist()):
-                engine.release(n, req.cpu_milli, req.memory_mib, req.num_gpu, req.gpu_milli,
-                               gpus[i * 8 : i * 8 + 8].tolist())  # fmt: skip
-        greedy_t.append(statistics.median(times))
+        greedy_t.append(statistics.median(greedy_times(engine, req)))
         code, nodes = greedy_gang(engine, req)
         assert code == "ok"
         g_obj = gang_objective(state, req, nodes)

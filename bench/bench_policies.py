@@ -47,25 +47,63 @@ def columns(submit, requested, tasks, priority, groups) -> JobColumns:
     )
 
 
-def victim_search(repeats: int) -> float:
+def victim_scheduler(rng: np.random.Generator) -> Scheduler:
     """1,000 nodes x 10 CPUs full of 10,000 one-CPU jobs; a priority head needs 64 CPUs."""
+    s = Scheduler(cluster(1000, 10), queue=QueuePolicy("priority", preemption="priority"))
+    n = 10_000
+    low = s.add_jobs(
+        columns(np.zeros(n), rng.integers(100, 10_000, n), np.ones(n), np.zeros(n), ["g"] * n)
+    )
+    s.submit(low)
+    s.cycle(0)
+    head = s.add_jobs(columns([500], [100], [64], [10], ["g"]))
+    s.submit(head)
+    return s
+
+
+def victim_cycle(s: Scheduler) -> None:
+    """The measured cycle: the head preempts at least 64 victims and starts."""
+    started = s.cycle(500)
+    assert len(started) == 1 and len(s.preempted()) >= 64
+
+
+def victim_search(repeats: int) -> float:
     times = []
     rng = np.random.default_rng(0)
     for _ in range(repeats):
-        s = Scheduler(cluster(1000, 10), queue=QueuePolicy("priority", preemption="priority"))
-        n = 10_000
-        low = s.add_jobs(
-            columns(np.zeros(n), rng.integers(100, 10_000, n), np.ones(n), np.zeros(n), ["g"] * n)
-        )
-        s.submit(low)
-        s.cycle(0)
-        head = s.add_jobs(columns([500], [100], [64], [10], ["g"]))
-        s.submit(head)
+        s = victim_scheduler(rng)
         t0 = time.perf_counter()
-        started = s.cycle(500)
+        victim_cycle(s)
         times.append(time.perf_counter() - t0)
-        assert len(started) == 1 and len(s.preempted()) >= 64
     return statistics.median(times)
+
+
+def big_cycle_scheduler(nodes: int, pending: int, rng: np.random.Generator) -> Scheduler:
+    """`pending` queued jobs (2 % of them whole-cluster) on `nodes` half-busy nodes."""
+    s = Scheduler(cluster(nodes, 1), queue=QueuePolicy("fcfs", "easy"))
+    busy = s.add_jobs(
+        columns(
+            np.zeros(nodes // 2),
+            rng.integers(100, 5000, nodes // 2),
+            np.ones(nodes // 2),
+            np.zeros(nodes // 2),
+            ["g"] * (nodes // 2),
+        )
+    )
+    s.submit(busy)
+    s.cycle(0)
+    sizes = np.where(rng.random(pending) < 0.02, nodes, rng.integers(1, 8, pending))
+    jobs = s.add_jobs(
+        columns(
+            np.arange(pending) + 1,
+            rng.integers(60, 20_000, pending),
+            sizes,
+            np.zeros(pending),
+            ["g"] * pending,
+        )
+    )
+    s.submit(jobs)
+    return s
 
 
 def big_cycle(nodes: int, pending: int, repeats: int) -> float:
@@ -73,37 +111,15 @@ def big_cycle(nodes: int, pending: int, repeats: int) -> float:
     times = []
     rng = np.random.default_rng(1)
     for _ in range(repeats):
-        s = Scheduler(cluster(nodes, 1), queue=QueuePolicy("fcfs", "easy"))
-        busy = s.add_jobs(
-            columns(
-                np.zeros(nodes // 2),
-                rng.integers(100, 5000, nodes // 2),
-                np.ones(nodes // 2),
-                np.zeros(nodes // 2),
-                ["g"] * (nodes // 2),
-            )
-        )
-        s.submit(busy)
-        s.cycle(0)
-        sizes = np.where(rng.random(pending) < 0.02, nodes, rng.integers(1, 8, pending))
-        jobs = s.add_jobs(
-            columns(
-                np.arange(pending) + 1,
-                rng.integers(60, 20_000, pending),
-                sizes,
-                np.zeros(pending),
-                ["g"] * pending,
-            )
-        )
-        s.submit(jobs)
+        s = big_cycle_scheduler(nodes, pending, rng)
         t0 = time.perf_counter()
         s.cycle(pending + 1)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def quota_admissions(projects: int, jobs_per: int) -> float:
-    """Admissions per second with `projects` quota'd projects sharing one cohort."""
+def quota_scheduler(projects: int, jobs_per: int) -> Scheduler:
+    """`projects` quota'd projects sharing one cohort, `jobs_per` one-CPU jobs each queued."""
     quotas = Quotas(
         [Quota(f"p{i}", nominal=(4000, 0, 0), borrowing_limit=(4000, 0, 0), cohort="c")
          for i in range(projects)]
@@ -113,6 +129,12 @@ def quota_admissions(projects: int, jobs_per: int) -> float:
     groups = [f"p{i % projects}" for i in range(n)]
     idx = s.add_jobs(columns(np.zeros(n), np.full(n, 100), np.ones(n), np.zeros(n), groups))
     s.submit(idx)
+    return s
+
+
+def quota_admissions(projects: int, jobs_per: int) -> float:
+    """Admissions per second with `projects` quota'd projects sharing one cohort."""
+    s = quota_scheduler(projects, jobs_per)
     t0 = time.perf_counter()
     started = s.cycle(0)
     dt = time.perf_counter() - t0

@@ -198,7 +198,8 @@ def rates_by_part(done: list[float], parts: int = 5) -> list[float]:
     return out
 
 
-async def submissions(tmp: Path, db: str, n: int, concurrency: int) -> bool:
+async def submissions(tmp: Path, db: str, n: int, concurrency: int) -> dict[str, float]:
+    """Phase (a); prints it and returns rate, p50/p95/p99 (s), failures and ok (1.0/0.0)."""
     async with server(tmp, "submit", db) as srv:
         conn = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=conn) as session:
@@ -214,7 +215,7 @@ async def submissions(tmp: Path, db: str, n: int, concurrency: int) -> bool:
     print(f"    by fifth of the run (queue growing): {parts} submits/s")
     print(f"    p50 {ms(p50)}  p95 {ms(p95)}  p99 {ms(p99)}   target p99 <= {ms(TARGET_P99)}")
     print(f"    {verdict(ok)}")
-    return ok
+    return {"rate": rate, "p50": p50, "p95": p95, "p99": p99, "failed": failed, "ok": float(ok)}
 
 
 # --- (b) submit to RUNNING ----------------------------------------------------------------------
@@ -256,7 +257,8 @@ class Stream:
                 await asyncio.wait_for(self.changed.wait(), left)
 
 
-async def to_running(tmp: Path, db: str) -> bool:
+async def to_running(tmp: Path, db: str) -> dict[str, float]:
+    """Phase (b); prints it and returns the median and max (s) and ok (1.0/0.0)."""
     async with server(tmp, "run", db) as srv, aiohttp.ClientSession() as session:
         headers = {"Authorization": f"Bearer {ADMIN}"}
         agent = spawn(
@@ -318,7 +320,7 @@ async def to_running(tmp: Path, db: str) -> bool:
         f"SCHEDULED -> RUNNING median {ms(statistics.median(started))} (server clock)"
     )
     print(f"    {verdict(ok)}")
-    return ok
+    return {"median": med, "max": max(total), "ok": float(ok)}
 
 
 def main() -> None:
@@ -334,8 +336,8 @@ def main() -> None:
     print(f"store: {'PostgreSQL' if args.db else 'SQLite (fresh data dir)'}")
     with tempfile.TemporaryDirectory(prefix="cplat-bench-service-") as tmp:
         results = [
-            asyncio.run(submissions(Path(tmp), args.db, n, args.concurrency)),
-            asyncio.run(to_running(Path(tmp), args.db)),
+            bool(asyncio.run(submissions(Path(tmp), args.db, n, args.concurrency))["ok"]),
+            bool(asyncio.run(to_running(Path(tmp), args.db))["ok"]),
         ]
     print(f"overall: {' '.join(verdict(r) for r in results)}")
 

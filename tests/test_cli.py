@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ import pytest
 
 from cplat.cli import main, parse_seeds
 from cplat.errors import InputError
+
+try:
+    import aiohttp  # noqa: F401
+
+    HAVE_SERVICE = True
+except ImportError:
+    HAVE_SERVICE = False
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -96,7 +104,7 @@ def test_real_trace_output_matches_published_layout(openb_dir: Path, tmp_path: P
     ("args", "fragment"),
     [
         (["--policy", "magic"], "unknown policy 'magic' (valid: random, dotprod"),
-        (["--seeds", "x-y"], "column '--seeds'"),
+        (["--seeds", "x-y"], "option '--seeds'"),
         (["--synthetic-nodes", "0"], "positive node count"),
         (["--tune", "-1"], "non-negative ratio"),
     ],
@@ -139,3 +147,92 @@ def test_missing_input_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_tie_break_rejected_by_argparse(tmp_path: Path) -> None:
     res = run_cli("pack", "--synthetic", "--tie-break", "coin", cwd=tmp_path)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    res = run_cli("--version")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"cplat {version('cplat')}"
+
+
+def test_bare_cplat_prints_help_and_exits_0() -> None:
+    res = run_cli()
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("usage: cplat")
+    for command in ("sim", "pack", "trace", "serve"):
+        assert command in res.stdout
+    assert res.stderr == ""
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    res = run_cli("simulate")
+    assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["pack", "--synthetic", "--policy", "magic"], "cplat pack: error: option '--policy': "),
+        (["sim", "--placement", "magic"], "cplat sim: error: option '--placement': "),
+        (["sim", "--policy", "magic"], "cplat sim: error: option '--policy': "),
+        (["sim", "--compare", "fcfs,magic"], "cplat sim: error: option '--compare': "),
+        (["sim", "--backfill", "magic"], "cplat sim: error: option '--backfill': "),
+        (["sim", "--preemption", "magic"], "cplat sim: error: option '--preemption': "),
+        (["sim", "--queue-sort", "magic"], "cplat sim: error: option '--queue-sort': "),
+        (["sim", "--trace", "nokind"], "cplat sim: error: option '--trace': "),
+        (["trace", "info", "nokind"], "cplat trace: error: argument 'KIND:PATH': "),
+    ],
+)
+def test_errors_in_options_name_the_option(args: list[str], expected: str, tmp_path: Path) -> None:
+    res = run_cli(*args, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.startswith(expected), res.stderr
+    assert "column" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_errors_in_config_files_name_the_field(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.toml"
+    profile.write_text('[queue]\norder = "magic"\n')
+    res = run_cli("sim", "--profile", str(profile), cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"cplat sim: error: {profile}: field 'order': "), res.stderr
+
+
+def test_input_error_kinds() -> None:
+    assert str(InputError("bad", field="--port")) == "option '--port': bad"
+    assert str(InputError("bad", source="a.toml", field="port")) == "a.toml: field 'port': bad"
+    assert str(InputError("bad", source="a.csv", row=3, field="x")) == "a.csv:3: column 'x': bad"
+    assert str(InputError("bad", source="j.parquet", field="x")) == "j.parquet: column 'x': bad"
+    assert str(InputError("bad", source="t.swf.gz", field="x")) == "t.swf.gz: column 'x': bad"
+    assert str(InputError("bad", field="ID", kind="argument")) == "argument 'ID': bad"
+    assert str(InputError("bad", source="a.toml")) == "a.toml: bad"
+
+
+@pytest.mark.skipif(not HAVE_SERVICE, reason="needs the service extra (pip install '.[service]')")
+def test_serve_port_clash_exits_2_naming_the_port_without_a_banner(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        res = subprocess.run(
+            [sys.executable, "-m", "cplat.cli", "serve", "--host", "127.0.0.1", "--port",
+             str(port), "--data-dir", str(tmp_path / "data"), "--no-local-agent"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("cplat serve: error: option '--port': cannot listen on ")
+    assert f"127.0.0.1:{port}" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stdout == ""  # the banner is printed only once the socket is bound
+
+
+@pytest.mark.skipif(not HAVE_SERVICE, reason="needs the service extra (pip install '.[service]')")
+def test_serve_option_out_of_range_names_the_option(tmp_path: Path) -> None:
+    res = run_cli("serve", "--port", "70000", "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.startswith("cplat serve: error: option '--port': "), res.stderr

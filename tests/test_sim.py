@@ -252,3 +252,66 @@ def test_gpu_replay_records_allocation_and_fragmentation() -> None:
     assert series.shape[1] == 3 and len(series) >= 2
     assert series[:, 1].max() == 3500  # all three jobs ran at once
     assert np.all(series[:, 2] <= nodes.total_gpu_milli - series[:, 1] + 1e-6)
+
+
+# --- report: plots, table, the shared-utilization note -----------------------------------------
+
+
+def _runs(jobs: pa.Table, nodes: NodeTable, orders: list[str]):  # type: ignore[no-untyped-def]
+    from cplat.sim.report import Run
+
+    return [
+        Run(o, simulate(jobs, nodes, placement=POLICIES["bestfit"], queue=QueuePolicy(o)), 0.1)
+        for o in orders
+    ]
+
+
+def test_plots_have_titles_naming_the_trace_and_a_panel_row_per_run(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from cplat.sim.report import plot_runs, run_figures
+
+    runs = _runs(lublin_feitelson(200, nodes=16, seed=1), cluster(16), ["fcfs", "sjf", "f1"])
+    figures = run_figures(runs, trace="tiny-trace.swf")
+    util = figures["utilization_queue.png"]
+    assert "tiny-trace.swf" in util.get_suptitle() and "utilization" in util.get_suptitle()
+    assert len(util.axes) == 2 * len(runs)  # small multiples: utilization | queue per run
+    assert [ax.get_title(loc="left") for ax in util.axes[::2]] == ["fcfs", "sjf", "f1"]
+    lows = {ax.get_ylim() for ax in util.axes[::2]}
+    assert len(lows) == 1  # every utilization panel on the same scale
+    (cdf_ax,) = figures["wait_cdf.png"].axes
+    assert "tiny-trace.swf" in cdf_ax.get_title() and len(cdf_ax.get_lines()) == len(runs)
+    for fig in figures.values():
+        plt.close(fig)
+    paths = plot_runs(runs, tmp_path, trace="tiny-trace.swf")
+    assert {p.name for p in paths} == {"utilization_queue.png", "wait_cdf.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_equal_utilization_is_explained_when_the_last_job_sets_the_makespan() -> None:
+    from cplat.sim.report import compare_table, summarize, util_note
+
+    # Four jobs contend on one node early; the last arrives at t=100 to an idle node and runs
+    # at once, so every order ends at 105 with the same work done: the same utilization.
+    jobs = jobs_table([0, 1, 2, 100], [30, 20, 10, 5], [1, 1, 1, 1])
+    summaries = [summarize(r) for r in _runs(jobs, cluster(1), ["fcfs", "sjf"])]
+    assert summaries[0]["mean_wait"] != summaries[1]["mean_wait"]
+    assert summaries[0]["mean_utilization"] == summaries[1]["mean_utilization"]
+    note = util_note(summaries)
+    assert note is not None and "every policy" in note and "makespan" in note
+    assert note in str(compare_table(summaries, "t").caption)
+    # A run that ends later does not share the figure: no note for one policy alone.
+    late = dict(summaries[1], policy="late", mean_utilization=0.1, makespan=999)
+    assert util_note([summaries[0], late]) is None
+    shared = util_note([summaries[0], summaries[1], late])
+    assert shared is not None and "2 of 3 policies" in shared
+
+
+def test_cli_prints_the_trace_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cplat.cli import main
+
+    args = ["sim", "--synthetic-jobs", "300", "--synthetic-nodes", "16", "--compare", "fcfs,sjf"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("synthetic Lublin-Feitelson: 300 jobs on 16 nodes") == 1
+    assert "span" in out and "util:" in out

@@ -11,13 +11,32 @@ namespace cplat::py_bind {
 
 namespace {
 
-Profile make_profile(const std::vector<std::pair<std::string, int64_t>>& scorers,
-                     const std::string& gpu_pick, const std::string& tie_break) {
+// Scorers are (name, weight) pairs, and ("python", weight, address, normalize, owner) for a
+// compiled function at `address` (the ExternalScoreFn signature; cplat.scorers checks it). The
+// owner is not read here: the engine keeps the whole list, and so the owner, alive.
+Profile make_profile(const py::sequence& scorers, const std::string& gpu_pick,
+                     const std::string& tie_break) {
   Profile p;
-  for (const auto& [name, weight] : scorers) {
+  for (const py::handle item : scorers) {
+    const auto entry = item.cast<py::tuple>();
+    if (entry.size() < 2) throw std::invalid_argument("a scorer is a (name, weight) pair");
+    const auto name = entry[0].cast<std::string>();
     const auto kind = scorer_from_name(name);
     if (!kind) throw std::invalid_argument("unknown scorer: " + name);
-    p.scorers.push_back({*kind, weight});
+    WeightedScorer ws{*kind, entry[1].cast<int64_t>()};
+    if (*kind == ScorerKind::kPython) {
+      if (entry.size() != 5) {
+        throw std::invalid_argument(
+            "a python scorer is (\"python\", weight, address, normalize, owner)");
+      }
+      const auto address = entry[2].cast<uintptr_t>();
+      if (address == 0) throw std::invalid_argument("a python scorer needs a function address");
+      ws.external = reinterpret_cast<ExternalScoreFn>(address);  // NOLINT: C callback address
+      ws.normalize = entry[3].cast<bool>();
+    } else if (entry.size() != 2) {
+      throw std::invalid_argument("scorer " + name + " is a (name, weight) pair");
+    }
+    p.scorers.push_back(ws);
   }
   const auto pick = gpu_pick_from_name(gpu_pick);
   if (!pick) throw std::invalid_argument("unknown GPU pick: " + gpu_pick);
@@ -71,7 +90,7 @@ void bind_engine(py::module_& m) {
   });
 
   py::class_<Engine>(m, "Engine")
-      .def(py::init([](ClusterState& state, const std::vector<std::pair<std::string, int64_t>>& scorers,
+      .def(py::init([](ClusterState& state, const py::sequence& scorers,
                        const std::string& gpu_pick, const py::object& w_cpu,
                        const py::object& w_num_gpu, const py::object& w_gpu_milli,
                        const py::object& w_models, const py::object& w_weight, uint64_t seed,
@@ -82,7 +101,7 @@ void bind_engine(py::module_& m) {
            py::arg("state"), py::arg("scorers"), py::arg("gpu_pick"), py::arg("workload_cpu_milli"),
            py::arg("workload_num_gpu"), py::arg("workload_gpu_milli"), py::arg("workload_models"),
            py::arg("workload_weight"), py::arg("seed"), py::arg("tie_break") = "rank",
-           py::keep_alive<1, 2>())
+           py::keep_alive<1, 2>(), py::keep_alive<1, 3>())
       .def(
           "place",
           [](Engine& e, int64_t cpu, int64_t mem, int32_t num_gpu, int32_t gpu_milli, uint64_t models) {

@@ -38,16 +38,26 @@ Engine::Engine(ClusterState& state, Profile profile, TargetWorkload workload, ui
                                   std::string(scorer_name(s.kind)));
     }
     weight_sum += s.weight;
+    if ((s.kind == ScorerKind::kPython) != (s.external != nullptr)) {
+      throw std::invalid_argument(s.kind == ScorerKind::kPython
+                                      ? "a python scorer needs a function"
+                                      : "only a python scorer takes a function, not " +
+                                            std::string(scorer_name(s.kind)));
+    }
   }
   if ((uses_fgd_ || profile_.gpu_pick == GpuPick::kFgd) && frag_.workload().empty()) {
     throw std::invalid_argument("the fgd scorer and GPU pick need a non-empty target workload");
   }
-  // One cache block per distinct scorer of the profile.
-  cache_row_.fill(-1);
+  // One cache block per distinct scorer of the profile (python scorers: per function).
+  const std::vector<WeightedScorer>& sc = profile_.scorers;
+  cache_row_.assign(sc.size(), -1);
   int32_t rows = 0;
-  for (const WeightedScorer& s : profile_.scorers) {
-    auto& row = cache_row_[static_cast<size_t>(s.kind)];
-    if (s.kind != ScorerKind::kRandom && row < 0) row = rows++;
+  for (size_t i = 0; i < sc.size(); ++i) {
+    if (sc[i].kind == ScorerKind::kRandom) continue;
+    for (size_t j = 0; j < i && cache_row_[i] < 0; ++j) {
+      if (sc[j].kind == sc[i].kind && sc[j].external == sc[i].external) cache_row_[i] = cache_row_[j];
+    }
+    if (cache_row_[i] < 0) cache_row_[i] = rows++;
   }
   cache_blocks_ = rows;
   // Bound the cache's memory on very large clusters (fewer shapes cached, same answers).
@@ -94,10 +104,6 @@ int32_t Engine::shape_slot(const Request& r) {
   return slot;
 }
 
-int64_t Engine::raw_score(ScorerKind kind, int32_t n, const Request& r) {
-  return compute_score(kind, n, r).score;
-}
-
 size_t Engine::filter_feasible(const Request& r) {
   // Same rules as filter_node for valid requests (place() checks validity first), written over
   // the raw columns so the loop has no branches: every node is written to feasible_ and the
@@ -134,21 +140,22 @@ size_t Engine::filter_feasible(const Request& r) {
   return m;
 }
 
-void Engine::fill_scores(ScorerKind kind, const Request& r) {
+void Engine::fill_scores(size_t entry, const Request& r) {
   // Scores depend only on the node's state and the request's shape, and one task changes one
   // node: cache them per (scorer, shape, node) and recompute a node only when its version moved.
   const size_t m = feasible_.size();
   const int32_t* f = feasible_.data();
   int64_t* out = part_.data();
   const ClusterState& st = *state_;
-  if (kind == ScorerKind::kRandom) {
+  const WeightedScorer& ws = profile_.scorers[entry];
+  if (ws.kind == ScorerKind::kRandom) {
     std::fill(part_.begin(), part_.end(), kMinScore);
     return;
   }
   const int32_t slot = shape_slot(r);
-  const int32_t krow = cache_row_[static_cast<size_t>(kind)];
+  const int32_t krow = cache_row_[entry];
   if (slot < 0 || krow < 0) {
-    for (size_t i = 0; i < m; ++i) out[i] = compute_score(kind, f[i], r).score;
+    for (size_t i = 0; i < m; ++i) out[i] = compute_score(ws, f[i], r).score;
     return;
   }
   CacheEntry* row = score_cache_.data() +
@@ -158,21 +165,22 @@ void Engine::fill_scores(ScorerKind kind, const Request& r) {
   for (size_t i = 0; i < m; ++i) {
     CacheEntry& e = row[f[i]];
     if (e.version != version[f[i]]) {
-      const FgdChoice c = compute_score(kind, f[i], r);
+      const FgdChoice c = compute_score(ws, f[i], r);
       e = {version[f[i]], static_cast<int32_t>(c.score), c.gpu};
     }
     out[i] = e.score;
   }
 }
 
-FgdChoice Engine::compute_score(ScorerKind kind, int32_t n, const Request& r) {
-  switch (kind) {
+FgdChoice Engine::compute_score(const WeightedScorer& s, int32_t n, const Request& r) {
+  switch (s.kind) {
     case ScorerKind::kDotProd: return {score_dotprod(*state_, n, r), -1};
     case ScorerKind::kGpuClustering: return {score_gpu_clustering(*state_, n, r), -1};
     case ScorerKind::kGpuPacking: return {score_gpu_packing(*state_, n, r), -1};
     case ScorerKind::kBestFit: return {score_bestfit(*state_, n, r), -1};
     case ScorerKind::kWorstFit: return {score_worstfit(*state_, n, r), -1};
     case ScorerKind::kFgd: return score_fgd(*state_, frag_, n, r);
+    case ScorerKind::kPython: return {score_external(s.external, *state_, n, r), -1};
     case ScorerKind::kRandom: break;
   }
   return {kMinScore, -1};
@@ -208,8 +216,18 @@ void Engine::filter_all(const Request& r, std::span<uint8_t> codes) const {
 void Engine::score_all(const Request& r, ScorerKind kind, std::span<int64_t> out) {
   check_per_node(out.size(), state_->num_nodes(), "score_all");
   check_in_bounds(r);
+  WeightedScorer ws{kind, 1};
+  if (kind == ScorerKind::kPython) {
+    const auto it = std::find_if(profile_.scorers.begin(), profile_.scorers.end(),
+                                 [](const WeightedScorer& s) { return s.kind == ScorerKind::kPython; });
+    if (it == profile_.scorers.end()) {
+      throw std::invalid_argument("score_all: the profile has no python scorer");
+    }
+    ws = *it;
+  }
   for (int32_t n = 0; n < state_->num_nodes(); ++n) {
-    out[static_cast<size_t>(n)] = filter_node(*state_, n, r).ok() ? raw_score(kind, n, r) : -1;
+    out[static_cast<size_t>(n)] =
+        filter_node(*state_, n, r).ok() ? compute_score(ws, n, r).score : -1;
   }
 }
 
@@ -229,22 +247,22 @@ Status Engine::place(const Request& r, int32_t& node, std::vector<int32_t>& gpus
     // One scorer: rank on its raw scores. Min-max normalisation is strictly increasing when
     // the raw range is at most 100, so it changes neither the best node nor the ties; it is
     // applied only when it could merge scores.
-    const WeightedScorer& ws = profile_.scorers[0];
-    fill_scores(ws.kind, r);
-    if (scorer_normalizes(ws.kind)) {
+    fill_scores(0, r);
+    if (normalizes(profile_.scorers[0])) {
       const auto [lo, hi] = std::minmax_element(part_.begin(), part_.end());
       if (*hi - *lo > kMaxScore - kMinScore) normalize_scores(part_);
     }
     totals = part_.data();
   } else {
     total_.assign(m, 0);
-    for (const WeightedScorer& ws : profile_.scorers) {
+    for (size_t k = 0; k < profile_.scorers.size(); ++k) {
+      const WeightedScorer& ws = profile_.scorers[k];
       if (ws.kind == ScorerKind::kRandom) {
         std::fill(part_.begin(), part_.end(), kMinScore);
         part_[rng_.below(m)] = kMaxScore;
       } else {
-        fill_scores(ws.kind, r);
-        if (scorer_normalizes(ws.kind)) normalize_scores(part_);
+        fill_scores(k, r);
+        if (normalizes(ws)) normalize_scores(part_);
       }
       for (size_t i = 0; i < m; ++i) total_[i] += ws.weight * part_[i];
     }
@@ -307,7 +325,7 @@ Status Engine::count_rejections(const Request& r) {
 int64_t Engine::gang_score(int32_t n, const Request& r) {
   int64_t total = 0;
   for (const WeightedScorer& ws : profile_.scorers) {
-    if (ws.kind != ScorerKind::kRandom) total += ws.weight * compute_score(ws.kind, n, r).score;
+    if (ws.kind != ScorerKind::kRandom) total += ws.weight * compute_score(ws, n, r).score;
   }
   return total;
 }

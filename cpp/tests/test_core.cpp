@@ -1437,10 +1437,11 @@ RefDecision reference_place(Engine& e, const Request& r) {
         case ScorerKind::kBestFit: part[i] = score_bestfit(s, n, r); break;
         case ScorerKind::kWorstFit: part[i] = score_worstfit(s, n, r); break;
         case ScorerKind::kFgd: part[i] = score_fgd(s, e.frag(), n, r).score; break;
+        case ScorerKind::kPython: part[i] = score_external(ws.external, s, n, r); break;
         case ScorerKind::kRandom: break;  // not used with the reference
       }
     }
-    if (scorer_normalizes(ws.kind)) normalize_scores(part);
+    if (normalizes(ws)) normalize_scores(part);
     for (size_t i = 0; i < feasible.size(); ++i) total[i] += ws.weight * part[i];
   }
   size_t pick = 0;
@@ -1565,6 +1566,121 @@ void test_engine_score_cache_slot_reuse() {
     CHECK_EQ(node, 1);
     if (node >= 0) CHECK(e.release(node, b, gpus).ok());
   }
+}
+
+// --- External (python) scorers ---------------------------------------------------------------
+
+// Plain C function pointers with the ExternalScoreFn signature, standing in for numba cfuncs.
+int64_t g_external_calls = 0;
+bool g_external_args_ok = true;
+
+// BestFit over the raw columns, as a researcher would write it in Python; also checks that the
+// engine hands over consistent columns and the request.
+int64_t external_bestfit(int64_t node, int64_t num_nodes, int64_t num_gpus, const int64_t* cpu_cap,
+                         const int64_t* cpu_free, const int64_t* mem_cap, const int64_t* mem_free,
+                         const int32_t* gpu_model, const int32_t* gpu_begin, const int32_t* gpu_free,
+                         const int32_t* gpu_free_total, const int32_t* gpu_whole_free,
+                         const int32_t* gpu_max_free, const int32_t* kind_count,
+                         const int32_t* kinds_present, const int64_t* request) {
+  ++g_external_calls;
+  int32_t sum = 0;
+  for (int32_t g = gpu_begin[node]; g < gpu_begin[node + 1]; ++g) sum += gpu_free[g];
+  g_external_args_ok = g_external_args_ok && node >= 0 && node < num_nodes &&
+                       gpu_begin[num_nodes] == num_gpus && sum == gpu_free_total[node] &&
+                       cpu_free[node] <= cpu_cap[node] && mem_free[node] <= mem_cap[node] &&
+                       gpu_whole_free[node] <= gpu_begin[node + 1] - gpu_begin[node] &&
+                       gpu_max_free[node] <= kMilliGpu &&
+                       kinds_present[node] <= kGpuKindSlots && kind_count[node * kGpuKindSlots] >= 0 &&
+                       gpu_model[node] >= -1 && request[0] >= 0 && request[1] >= 0;
+  double left = static_cast<double>(cpu_free[node] - request[0]) / kMaxSpecCpu * 0.5;
+  left += static_cast<double>(gpu_free_total[node] - request[2] * request[3]) / kMaxSpecGpu * 0.5;
+  return static_cast<int64_t>((1.0 - left) * static_cast<double>(kMaxScore));
+}
+
+// Prefers the last node, with scores outside the external bounds at both ends (clamped).
+int64_t external_last(int64_t node, int64_t num_nodes, int64_t, const int64_t*, const int64_t*,
+                         const int64_t*, const int64_t*, const int32_t*, const int32_t*,
+                         const int32_t*, const int32_t*, const int32_t*, const int32_t*,
+                         const int32_t*, const int32_t*, const int64_t*) {
+  ++g_external_calls;
+  if (node == 0) return std::numeric_limits<int64_t>::min();
+  return node == num_nodes - 1 ? std::numeric_limits<int64_t>::max() : node;
+}
+
+void test_engine_external_scorer() {
+  const std::vector<Request> reqs = random_requests(77, 300);
+  g_external_calls = 0;
+  for (TieBreak tie : {TieBreak::kRank, TieBreak::kRandom}) {
+    const Profile native = profile_of({{ScorerKind::kBestFit, 1}}, GpuPick::kBest, tie);
+    const Profile external =
+        profile_of({{ScorerKind::kPython, 1, &external_bestfit, true}}, GpuPick::kBest, tie);
+    CHECK(run_engine(native, 3, reqs, false) == run_engine(external, 3, reqs, false));
+    // Mixed with another scorer (the general path normalises the python scores as asked).
+    const Profile native2 =
+        profile_of({{ScorerKind::kBestFit, 2}, {ScorerKind::kDotProd, 1}}, GpuPick::kBest, tie);
+    const Profile external2 = profile_of(
+        {{ScorerKind::kPython, 2, &external_bestfit, true}, {ScorerKind::kDotProd, 1}},
+        GpuPick::kBest, tie);
+    CHECK(run_engine(native2, 4, reqs, false) == run_engine(external2, 4, reqs, false));
+  }
+  CHECK(g_external_calls > 0);
+  CHECK(g_external_args_ok);
+
+  // The pointer is really what decides: huge scores are clamped, not overflowed.
+  g_external_calls = 0;
+  ClusterState s = mixed_cluster(2);
+  Engine e(s, profile_of({{ScorerKind::kPython, 1, &external_last, false}}, GpuPick::kBest,
+                         TieBreak::kRank),
+           TargetWorkload{}, 1);
+  int32_t node = -1;
+  std::vector<int32_t> gpus;
+  CHECK(e.place(req(1000, 100, 0, 0), node, gpus).ok());
+  CHECK_EQ(node, s.num_nodes() - 1);
+  CHECK(g_external_calls >= s.num_nodes());
+  std::vector<int64_t> scores(static_cast<size_t>(s.num_nodes()));
+  e.score_all(req(1000, 100, 0, 0), ScorerKind::kPython, scores);
+  CHECK_EQ(scores[0], -kMaxExternalScore);
+  CHECK_EQ(scores[1], 1);
+  CHECK_EQ(scores.back(), kMaxExternalScore);
+
+  // score_all by kind uses the profile's python scorer and agrees with bestfit.
+  ClusterState s2 = mixed_cluster(2);
+  Engine bf(s2, profile_of({{ScorerKind::kPython, 1, &external_bestfit, true}}, GpuPick::kBest,
+                           TieBreak::kRank),
+            TargetWorkload{}, 1);
+  std::vector<int64_t> a(static_cast<size_t>(s2.num_nodes()));
+  std::vector<int64_t> b(a.size());
+  bf.score_all(req(2000, 100, 1, 500), ScorerKind::kPython, a);
+  bf.score_all(req(2000, 100, 1, 500), ScorerKind::kBestFit, b);
+  CHECK(a == b);
+
+  // A python scorer needs a function, and only it takes one.
+  bool threw = false;
+  try {
+    Engine bad(s2, profile_of({{ScorerKind::kPython, 1}}, GpuPick::kBest, TieBreak::kRank),
+               TargetWorkload{}, 1);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
+  threw = false;
+  try {
+    Engine bad(s2, profile_of({{ScorerKind::kBestFit, 1, &external_bestfit, false}},
+                              GpuPick::kBest, TieBreak::kRank),
+               TargetWorkload{}, 1);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
+  threw = false;
+  try {
+    Engine plain(s2, profile_of({{ScorerKind::kBestFit, 1}}, GpuPick::kBest, TieBreak::kRank),
+                 TargetWorkload{}, 1);
+    plain.score_all(req(1000, 100, 0, 0), ScorerKind::kPython, a);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
 }
 
 void test_engine_score_and_filter_all() {
@@ -2256,6 +2372,7 @@ int main() {
       {"engine_matches_reference", test_engine_matches_reference},
       {"engine_score_cache_slot_reuse", test_engine_score_cache_slot_reuse},
       {"engine_score_and_filter_all", test_engine_score_and_filter_all},
+      {"engine_external_scorer", test_engine_external_scorer},
       {"engine_allocate_on", test_engine_allocate_on},
       {"queue_restore", test_queue_restore},
       {"queue_restore_failures", test_queue_restore_failures},

@@ -1,5 +1,7 @@
 """Type stubs of the native module ``cplat._core`` (internal; use the cplat package)."""
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -80,7 +82,7 @@ class Engine:
     def __init__(
         self,
         state: ClusterState,
-        scorers: list[tuple[str, int]],
+        scorers: Sequence[tuple[str, int] | tuple[str, int, int, bool, object]],
         gpu_pick: str,
         workload_cpu_milli: npt.ArrayLike,
         workload_num_gpu: npt.ArrayLike,

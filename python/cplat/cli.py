@@ -1,6 +1,8 @@
 """Command line: ``cplat sim`` (trace replay), ``cplat pack`` (static packing), ``cplat trace``.
 
-Errors in user input print one line naming the file, line and column and exit with code 2.
+``cplat`` alone prints this help and ``cplat --version`` the version, both with exit code 0.
+Errors in user input print one line naming what is at fault (the file, line and trace column;
+the config field; or the command-line option) and exit with code 2.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import csv
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +54,30 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+@contextmanager
+def _from_options(options: str | Mapping[str, str]) -> Iterator[None]:
+    """Report errors in values given on the command line as errors of their options.
+
+    The library names what it validates by its own field (``policy``, ``order``); a user who
+    typed ``--placement nope`` should read ``option '--placement'``.
+
+    Parameters
+    ----------
+    options
+        The option every error inside is about, or a map from the library's field names to
+        the options that carried them (errors about other fields pass unchanged).
+    """
+    try:
+        yield
+    except InputError as exc:
+        if exc.source is not None:  # about a file the option named: keep its file, row, column
+            raise
+        flag = options if isinstance(options, str) else options.get(exc.field or "")
+        if flag is None:
+            raise
+        raise InputError(exc.message, field=flag) from None
+
+
 def _write_rows(path: Path, rows: list[list[str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
@@ -69,13 +96,15 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         if args.policy == "all"
         else [p.strip() for p in args.policy.split(",")]
     )
-    profiles = [policy(n) for n in names]
+    with _from_options("--policy"):
+        profiles = [policy(n) for n in names]
     if args.tie_break != "rank":
         from dataclasses import replace
 
         profiles = [replace(p, tie_break=args.tie_break) for p in profiles]
-        for p in profiles:
-            p.__post_init__()
+        with _from_options("--tie-break"):
+            for p in profiles:
+                p.__post_init__()
     seeds = parse_seeds(args.seeds)
     if not args.tune >= 0:
         raise InputError(f"expected a non-negative ratio, got {args.tune}", field="--tune")
@@ -173,7 +202,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
         cfg = load_scheduler_config(args.profile)
     if args.placement is not None:
-        placement = policy(args.placement)
+        with _from_options("--placement"):
+            placement = policy(args.placement)
     else:
         placement = cfg.placement if cfg is not None else policy("bestfit")
     if args.trace is None:
@@ -189,7 +219,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     else:
         from cplat.traces.cli import load_trace, parse_trace_spec
 
-        kind, path = parse_trace_spec(args.trace)
+        with _from_options("--trace"):
+            kind, path = parse_trace_spec(args.trace)
         trace = load_trace(kind, path, nodes=args.nodes, strict=args.strict)
         jobs = trace.jobs
         if args.cluster is not None:
@@ -222,34 +253,44 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.checkpoint_interval is not None:
         from cplat.scheduler import Checkpointing
 
-        checkpoint = Checkpointing(args.checkpoint_interval, args.checkpoint_cost or 0)
+        with _from_options("--checkpoint-interval"):
+            checkpoint = Checkpointing(args.checkpoint_interval, args.checkpoint_cost or 0)
     quotas = cfg.quotas if cfg is not None else None
     queue_sort_spec = None
     if args.queue_sort is not None or (cfg is not None and cfg.queue_sort is not None):
         from cplat.policy.fairshare import make_queue_sort, parse_queue_sort_spec
 
         if args.queue_sort is not None:
-            queue_sort_spec = parse_queue_sort_spec(args.queue_sort)
+            with _from_options("--queue-sort"):
+                queue_sort_spec = parse_queue_sort_spec(args.queue_sort)
+                make_queue_sort(queue_sort_spec[0], nodes, jobs, queue_sort_spec[1])  # validate
         else:
             assert cfg is not None and cfg.queue_sort is not None
             options = {k: v for k, v in cfg.queue_sort.items() if k != "name"}
             queue_sort_spec = (str(cfg.queue_sort["name"]), options)
-        make_queue_sort(queue_sort_spec[0], nodes, jobs, queue_sort_spec[1])  # validate now
+            make_queue_sort(queue_sort_spec[0], nodes, jobs, queue_sort_spec[1])  # validate now
         orders = ["priority"]  # the plugin sets the priorities
-    queues = [
-        QueuePolicy(
-            o,
-            b,
-            lock_head=args.lock_head or base.lock_head,
-            preemption=args.preemption or base.preemption,
-            max_backfill_jobs=base.max_backfill_jobs,
-            calendar_resolution=base.calendar_resolution,
-            calendar_horizon=base.calendar_horizon,
-            random_victims=base.random_victims,
-        )
-        for o in orders
-        for b in backfills
-    ]
+    # Only the options actually given: values from --profile were checked when it was read.
+    given = {
+        "order": "--compare" if args.compare else "--policy" if args.policy else None,
+        "backfill": "--backfill" if args.backfill else None,
+        "preemption": "--preemption" if args.preemption else None,
+    }
+    with _from_options({k: v for k, v in given.items() if v is not None}):
+        queues = [
+            QueuePolicy(
+                o,
+                b,
+                lock_head=args.lock_head or base.lock_head,
+                preemption=args.preemption or base.preemption,
+                max_backfill_jobs=base.max_backfill_jobs,
+                calendar_resolution=base.calendar_resolution,
+                calendar_horizon=base.calendar_horizon,
+                random_victims=base.random_victims,
+            )
+            for o in orders
+            for b in backfills
+        ]
     faults = None
     if args.mtbf is not None or args.mttr is not None:
         if args.mtbf is None or args.mttr is None or args.mtbf <= 0 or args.mttr <= 0:
@@ -285,8 +326,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             runs.append(Run(name, result, time.perf_counter() - t0))
             progress.advance(task, jobs.num_rows)
     summaries = [summarize(r) for r in runs]
-    console.print(compare_table(summaries, title=f"cplat sim: {label}"))
-    written = write_outputs(runs, args.out, extra)
+    # The banner above already names the trace; the table's title says what the rows are.
+    console.print(compare_table(summaries, title="results per queue policy"))
+    written = write_outputs(runs, args.out, extra, trace=label)
     console.print(
         "wrote " + ", ".join(str(p) for p in written[-3:]) + f" (and {len(written) - 3} more)"
     )
@@ -298,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cplat", description="cplat: scheduling for AI/ML clusters"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # Not required: bare ``cplat`` prints the help (main) rather than a usage error.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sim = sub.add_parser(
         "sim",
         help="replay a job trace through the scheduler (discrete-event simulation)",
@@ -393,13 +437,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_service_commands(sub)
     add_job_commands(sub)
+    from cplat.benchmarks import add_bench_command
+
+    add_bench_command(sub)
     return parser
 
 
+def _version() -> str:
+    """Return the installed distribution's version (or the source tree's, when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cplat")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cplat`` command."""
+    """Entry point of the ``cplat`` command.
+
+    ``cplat`` with no command prints the help and returns 0, like ``cplat --help``; a usage
+    error (an unknown command or option) returns 2, as does an error in the input.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     try:
         return int(args.func(args))
     except InputError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from cplat import _core
@@ -38,9 +40,16 @@ def new_engine(
     w = workload if workload is not None else _EMPTY_WORKLOAD
     if profile.needs_workload and len(w) == 0:
         raise ValueError(f"policy {profile.name!r} needs a non-empty target workload")
+    scorers: list[tuple[Any, ...]] = []
+    for scorer, weight in profile.scorers:
+        if isinstance(scorer, str):
+            scorers.append((scorer, weight))
+        else:
+            # The engine keeps this list, and so the scorer owning the native code, alive.
+            scorers.append(("python", weight, scorer.address, scorer.normalize, scorer))
     return _core.Engine(
         state,
-        list(profile.scorers),
+        scorers,
         profile.gpu_pick,
         w.cpu_milli,
         w.num_gpu,

@@ -50,8 +50,16 @@ class PackRun:
 
     @property
     def failed(self) -> int:
-        """Tasks that fit nowhere."""
+        """Tasks that fit nowhere, over the whole run (up to ``tune`` x capacity)."""
         return int((~self.placed).sum())
+
+    def failed_by(self, column: int) -> int:
+        """Tasks that fit nowhere among those arrived by ``column`` % of GPU capacity.
+
+        Uses the same rounding as the curves, so it counts the failures behind a column's
+        allocation figure.
+        """
+        return int((~self.placed[self._arrived_pct() <= column]).sum())
 
     def allocation_curve(self) -> F64:
         """Allocated GPU (% of capacity) per arrived-workload column; NaN where no step."""

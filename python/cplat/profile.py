@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from cplat import _core
 from cplat.errors import InputError
+from cplat.scorers import Scorer
 
 #: Weight the FGD paper's artifact gives its single active scorer (any positive weight gives
 #: the same ranking).
@@ -26,7 +27,9 @@ class Profile:
     label
         Name used in result files (the FGD paper's policy names for its six policies).
     scorers
-        ``(scorer, weight)`` pairs; scores are normalised per scorer, weighted and summed.
+        ``(scorer, weight)`` pairs; scores are normalised per scorer, weighted and summed. A
+        scorer is a built-in's name or a compiled Python scorer (:func:`cplat.scorer`), which
+        the profile holds, keeping its native code alive.
     gpu_pick
         How devices inside the chosen node are picked: ``best``, ``worst``, ``random``, ``fgd``.
     tie_break
@@ -37,19 +40,27 @@ class Profile:
 
     name: str
     label: str
-    scorers: tuple[tuple[str, int], ...]
+    scorers: tuple[tuple[str | Scorer, int], ...]
     gpu_pick: str
     tie_break: str = "rank"
 
     def __post_init__(self) -> None:
-        valid = _core.scorer_names()
+        valid = [s for s in _core.scorer_names() if s != "python"]
         for scorer, weight in self.scorers:
-            if scorer not in valid:
+            if isinstance(scorer, Scorer):
+                pass
+            elif scorer == "python":
+                raise InputError(
+                    "a python scorer is given as the compiled object (@cplat.scorer), not by name",
+                    field="scorers",
+                )
+            elif scorer not in valid:
                 raise InputError(
                     f"unknown scorer {scorer!r} (valid: {', '.join(valid)})", field="scorers"
                 )
             if weight <= 0:
-                raise InputError(f"scorer {scorer!r} needs a positive weight", field="scorers")
+                name = scorer if isinstance(scorer, str) else scorer.name
+                raise InputError(f"scorer {name!r} needs a positive weight", field="scorers")
         picks = _core.gpu_pick_names()
         if self.gpu_pick not in picks:
             raise InputError(

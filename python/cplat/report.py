@@ -33,8 +33,8 @@ def pack_table(runs: Sequence[PackRun], column: int = 100, title: str | None = N
     """Per policy: unallocated and fragmented GPU at one arrived column, failed tasks."""
     table = Table(
         title=title or f"Static packing at {column}% arrived workload (mean ± sd over seeds)",
-        caption="unalloc: GPU left unallocated; frag: fragmented GPU (% of capacity, "
-        "and % of idle GPU); failed: tasks that fit nowhere",
+        caption=pack_caption(column),
+        caption_justify="left",
     )
     table.add_column("policy", no_wrap=True)
     table.add_column("unalloc %", justify="right", no_wrap=True)
@@ -47,9 +47,19 @@ def pack_table(runs: Sequence[PackRun], column: int = 100, title: str | None = N
             _mean_sd([100 - float(r.allocation_curve()[column]) for r in group]),
             _mean_sd([float(r.fragmentation_curve()[column]) for r in group]),
             _mean_sd([float(r.fragmentation_ratio_curve()[column]) for r in group]),
-            _mean_sd([float(r.failed) for r in group], digits=0),
+            _mean_sd([float(r.failed_by(column)) for r in group], digits=0),
         )
     return table
+
+
+def pack_caption(column: int = 100) -> str:
+    """Footnote of :func:`pack_table`: what each column means, ``failed`` especially."""
+    return (
+        "unalloc: GPU left unallocated, % of capacity (lower is better). frag: idle GPU that "
+        "the typical task cannot use, % of capacity and % of idle GPU. failed: tasks arrived "
+        f"by {column}% that no node could hold (free GPU, CPU and memory at once); static "
+        "packing drops them and never frees anything, so fewer failures mean usable room kept."
+    )
 
 
 def print_pack_table(runs: Sequence[PackRun], console: Console | None = None) -> None:

@@ -43,7 +43,14 @@ def _config(args: argparse.Namespace) -> Any:
         "idempotency_ttl": getattr(args, "idempotency_ttl", None),
         "task_user": getattr(args, "task_user", None),
     }
-    return load_config(args.config, overrides=overrides)
+    try:
+        return load_config(args.config, overrides=overrides)
+    except InputError as exc:
+        # A value typed as an option is reported as that option, not as the key it overrides.
+        if exc.source is None and exc.field is not None and overrides.get(exc.field) is not None:
+            flag = "--no-local-agent" if exc.field == "local_agent" else "--" + exc.field
+            raise InputError(exc.message, field=flag.replace("_", "-")) from None
+        raise
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -71,18 +78,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         lock.release()
         raise
     where = "PostgreSQL" if cfg.store_url.startswith("postgres") else cfg.store_url
-    print(
+    banner = (
         f"cplat serve: {'https' if tls else 'http'}://{cfg.host}:{cfg.port}  store {where}  "
         f"data {cfg.data_dir}\n"
         f"  token: cplat token create --data-dir {cfg.data_dir} --user you --project "
-        "default --role admin",
-        flush=True,
+        "default --role admin"
     )
+
+    def listening(_aiohttp_banner: str) -> None:
+        # run_app calls this once every socket is bound: a port clash never shows the banner.
+        print(banner, flush=True)
+
     try:
-        web.run_app(app, host=cfg.host, port=cfg.port, access_log=None, print=None, ssl_context=tls)
+        web.run_app(
+            app, host=cfg.host, port=cfg.port, access_log=None, print=listening, ssl_context=tls
+        )
     except OSError as exc:
         raise InputError(
-            f"cannot listen on {cfg.host}:{cfg.port} ({exc})", field="--port"
+            f"cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc})", field="--port"
         ) from None
     finally:
         lock.release()

@@ -41,7 +41,7 @@ from cplat_server.limits import LIMITS, Limits
 from cplat_server.loop import Controller
 from cplat_server.metrics import Metrics
 from cplat_server.openapi import docs_page, spec
-from cplat_server.routes import ROUTES, UNAUDITED
+from cplat_server.routes import PAGES, ROUTES, UNAUDITED
 from cplat_server.views.tokens import REVOKED, keep_revocations_fresh, load_revocations
 
 log = logging.getLogger("cplat.server")
@@ -187,6 +187,8 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/openapi.json", openapi_view)
     app.router.add_get("/docs", docs_view)
+    for path, page in PAGES:
+        app.router.add_get(path, page)
     cluster = _scheduler_parts(cfg)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from cplat_server import schemas as s
-from cplat_server.views import jobs, resources, tokens
+from cplat_server.views import jobs, resources, status, tokens
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -349,6 +349,10 @@ ROUTES: tuple[Route, ...] = (
         errors=(400, 401, 403, 413, 415),
     ),
 )
+
+#: Pages for people, outside the API: no token, not audited, not OpenAPI operations (the
+#: spec describes the JSON API; the page reads that API with the visitor's token).
+PAGES: tuple[tuple[str, Handler], ...] = (("/", status.page),)
 
 #: Agent telemetry is not audited: it is not a person's change and would flood the log.
 UNAUDITED = frozenset(

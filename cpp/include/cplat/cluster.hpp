@@ -76,6 +76,9 @@ class ClusterState {
   [[nodiscard]] const std::vector<int32_t>& max_free_array() const { return gpu_max_free_; }
   [[nodiscard]] const std::vector<uint32_t>& version_array() const { return version_; }
   [[nodiscard]] const std::vector<int32_t>& whole_free_array() const { return gpu_whole_free_; }
+  [[nodiscard]] const std::vector<int32_t>& free_total_array() const { return gpu_free_total_; }
+  [[nodiscard]] const std::vector<int32_t>& kind_count_array() const { return kind_count_; }
+  [[nodiscard]] const std::vector<int32_t>& kinds_present_array() const { return kinds_present_; }
   [[nodiscard]] const std::vector<uint8_t>& flags_array() const { return flags_; }
   [[nodiscard]] const std::vector<int32_t>& rack_array() const { return rack_; }
   [[nodiscard]] const std::vector<int32_t>& spine_array() const { return spine_; }

@@ -24,7 +24,17 @@ namespace cplat {
 struct WeightedScorer {
   ScorerKind kind = ScorerKind::kBestFit;
   int64_t weight = 1;
+  // kPython only: the function (required; the caller keeps its code alive as long as the
+  // engine) and whether its raw scores are min-max normalised over the feasible nodes before
+  // weighting, as bestfit's and worstfit's are.
+  ExternalScoreFn external = nullptr;
+  bool normalize = false;
 };
+
+// Whether the scorer's raw scores are min-max normalised before weighting.
+[[nodiscard]] inline bool normalizes(const WeightedScorer& s) {
+  return s.kind == ScorerKind::kPython ? s.normalize : scorer_normalizes(s.kind);
+}
 
 // How equally scored nodes are told apart.
 enum class TieBreak : uint8_t {
@@ -61,7 +71,8 @@ class Engine {
 
   // `state` must outlive the engine. An empty workload disables FGD and fragmentation tracking.
   // Throws std::invalid_argument for weights that are not positive or sum above
-  // kMaxWeightSum, and for an FGD scorer or GPU pick without a workload.
+  // kMaxWeightSum, for an FGD scorer or GPU pick without a workload, and for a python scorer
+  // without a function (or a function given to another kind).
   Engine(ClusterState& state, Profile profile, TargetWorkload workload, uint64_t seed);
 
   [[nodiscard]] const Profile& profile() const { return profile_; }
@@ -112,7 +123,8 @@ class Engine {
   // Inspection (used by tests and "why pending"): per node first failing filter code, and raw
   // (un-normalised) scores of one scorer for feasible nodes (-1 elsewhere). Any shape is
   // inspected, but amounts must be in_bounds() and the output must have one entry per node
-  // (std::invalid_argument otherwise).
+  // (std::invalid_argument otherwise). For `python` the profile's first python scorer is used
+  // (std::invalid_argument when it has none).
   void filter_all(const Request& r, std::span<uint8_t> codes) const;
   void score_all(const Request& r, ScorerKind kind, std::span<int64_t> out);
 
@@ -121,12 +133,12 @@ class Engine {
   void node_changed(int64_t n);
 
  private:
-  int64_t raw_score(ScorerKind kind, int32_t n, const Request& r);
-  void fill_scores(ScorerKind kind, const Request& r);  // part_[i] for feasible_[i]
+  // part_[i] for feasible_[i], from profile entry `entry`.
+  void fill_scores(size_t entry, const Request& r);
   size_t filter_feasible(const Request& r);              // fills feasible_, returns count
   Status count_rejections(const Request& r);             // fills last_rejections_
   int64_t gang_score(int32_t n, const Request& r);
-  FgdChoice compute_score(ScorerKind kind, int32_t n, const Request& r);
+  FgdChoice compute_score(const WeightedScorer& s, int32_t n, const Request& r);
   int32_t shape_slot(const Request& r);
   // Devices for one task of a topology gang on node n (NVLink island first); false if none.
   bool pick_gang_gpus(int32_t n, const Request& r, std::vector<int32_t>& task_gpus);
@@ -177,7 +189,8 @@ class Engine {
   std::array<uint64_t, kShapeSlots> slot_used_{};  // last use, for least-recently-used reuse
   uint64_t tick_ = 0;
   int32_t cache_blocks_ = 0;
-  std::array<int32_t, kNumScorers> cache_row_{};  // scorer -> cache block, -1 = none
+  // Profile entry -> cache block, -1 = none; entries with the same scorer share a block.
+  std::vector<int32_t> cache_row_;
   std::vector<CacheEntry> score_cache_;  // blocks x shape_slots_ x num_nodes (node-contiguous)
 };
 

@@ -32,8 +32,32 @@ enum class ScorerKind : uint8_t {
   kBestFit,
   kWorstFit,
   kFgd,
+  kPython,  // an external function (ExternalScoreFn), e.g. a numba cfunc from cplat.scorers
 };
-inline constexpr int kNumScorers = 7;
+inline constexpr int kNumScorers = 8;
+
+// A scorer compiled outside the engine, called once per feasible node without the GIL (it
+// must not call back into Python). It sees what the built-in scorers see, as the cluster's
+// raw columns (read-only; they must not be written): per node arrays of num_nodes entries,
+// gpu_begin (num_nodes + 1) indexing gpu_free (num_gpus, milli free per device), kind_count
+// (num_nodes x kGpuKindSlots, row-major) and the request as {cpu_milli, memory_mib, num_gpu,
+// gpu_milli, models (the mask's bits)}. Higher is better. Scores are cached per (request
+// shape, node version), so the result must depend only on node `node`'s entries and the
+// request. Results are clamped to [-kMaxExternalScore, kMaxExternalScore].
+using ExternalScoreFn = int64_t (*)(int64_t node, int64_t num_nodes, int64_t num_gpus,
+                                    const int64_t* cpu_capacity, const int64_t* cpu_free,
+                                    const int64_t* memory_capacity, const int64_t* memory_free,
+                                    const int32_t* gpu_model, const int32_t* gpu_begin,
+                                    const int32_t* gpu_free, const int32_t* gpu_free_total,
+                                    const int32_t* gpu_whole_free, const int32_t* gpu_max_free,
+                                    const int32_t* kind_count, const int32_t* kinds_present,
+                                    const int64_t* request);
+// The score cache holds 32-bit scores; the bound also keeps weighted sums inside int64.
+inline constexpr int64_t kMaxExternalScore = (int64_t{1} << 31) - 1;
+
+// Call an external scorer on node n (its result clamped to the bounds above).
+[[nodiscard]] int64_t score_external(ExternalScoreFn fn, const ClusterState& state, int32_t n,
+                                     const Request& r);
 
 enum class GpuPick : uint8_t { kBest, kWorst, kRandom, kFgd };
 inline constexpr int kNumGpuPicks = 4;

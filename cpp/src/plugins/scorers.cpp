@@ -12,7 +12,7 @@ namespace cplat {
 
 namespace {
 constexpr std::array<std::string_view, kNumScorers> kScorerNames = {
-    "random", "dotprod", "clustering", "packing", "bestfit", "worstfit", "fgd"};
+    "random", "dotprod", "clustering", "packing", "bestfit", "worstfit", "fgd", "python"};
 constexpr std::array<std::string_view, kNumGpuPicks> kGpuPickNames = {"best", "worst", "random",
                                                                       "fgd"};
 }  // namespace
@@ -66,6 +66,20 @@ int64_t score_gpu_packing(const ClusterState& state, int32_t n, const Request& r
   if (need != 0) return kMinScore;
   if (whole_used > 0) return std::max<int64_t>(kMaxScore / 2 - whole_used, kMaxScore / 3);
   return std::max<int64_t>(kMaxScore - free_ratio_on_used / 10, kMaxScore / 2);
+}
+
+int64_t score_external(ExternalScoreFn fn, const ClusterState& state, int32_t n, const Request& r) {
+  const std::array<int64_t, 5> request = {r.cpu_milli, r.memory_mib, r.num_gpu, r.gpu_milli,
+                                          static_cast<int64_t>(r.models)};
+  const int64_t s =
+      fn(n, state.num_nodes(), state.num_gpus(), state.cpu_capacity_array().data(),
+         state.cpu_free_array().data(), state.memory_capacity_array().data(),
+         state.memory_free_array().data(), state.gpu_model_array().data(),
+         state.gpu_begin_array().data(), state.gpu_free_array().data(),
+         state.free_total_array().data(), state.whole_free_array().data(),
+         state.max_free_array().data(), state.kind_count_array().data(),
+         state.kinds_present_array().data(), request.data());
+  return std::clamp(s, -kMaxExternalScore, kMaxExternalScore);
 }
 
 void normalize_scores(std::span<int64_t> scores) {

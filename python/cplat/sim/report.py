@@ -7,12 +7,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.table import Table
 
 from cplat import metrics
 from cplat.sim.run import SimResult
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -116,15 +121,64 @@ def _rate(value: float | int | str) -> str:
     return f"{float(value) / 1000:.0f}k" if float(value) >= 1000 else f"{float(value):.0f}"
 
 
-def compare_table(summaries: Sequence[dict[str, float | int | str]], title: str) -> Table:
-    """One row per run: waits, slowdown, utilization, fairness, speed."""
-    table = Table(title=title)
-    table = Table(
-        title=title,
-        caption="wait: mean and 95th percentile; bsld: mean bounded slowdown (10 s); util: "
-        "mean utilization; Jain: fairness of mean slowdown across groups; jobs/s: replay speed",
+def util_note(summaries: Sequence[dict[str, float | int | str]]) -> str | None:
+    """One line explaining why several runs share a utilization figure, or ``None``.
+
+    ``util`` is busy resource-time over capacity x makespan (first submit to last end). When
+    every job finishes, the busy resource-time is the same under every policy, so ``util``
+    differs only where the makespan does; the makespan is set by the last job to end, and on
+    a trace whose last job arrives to an idle cluster and starts at once it ends at the same
+    time under every policy. The note (when most or all runs share the value) says so.
+    """
+    if len(summaries) < 2:
+        return None
+    shared: dict[str, list[str]] = {}
+    for s in summaries:
+        util = s["mean_utilization"]
+        if isinstance(util, str) or math.isnan(float(util)):
+            continue
+        shared.setdefault(f"{float(util):.3f}", []).append(str(s["policy"]))
+    if not shared:
+        return None
+    value, names = max(shared.items(), key=lambda kv: len(kv[1]))
+    if len(names) < 2 or 2 * len(names) <= len(summaries):
+        return None  # a coincidence of a few runs needs no note; most or all of them does
+    same = [s for s in summaries if str(s["policy"]) in names]
+    all_done = all(s["unfinished"] == 0 for s in same)
+    spans = {s["makespan"] for s in same}
+    who = (
+        "every policy"
+        if len(names) == len(summaries)
+        else f"{len(names)} of {len(summaries)} policies"
     )
-    for name in ("policy", "done", "wait", "p95 wait", "bsld", "util", "Jain", "jobs/s"):
+    if all_done and len(spans) == 1:
+        why = (
+            "each finished every job (the same work) and its last job ended at the same time "
+            f"(makespan {_duration(float(spans.pop()))}), so work / (capacity x makespan) "
+            "cannot differ"
+        )
+    else:
+        why = "the same work over about the same makespan"
+    return f"note: util {value} for {who}: {why}."
+
+
+def compare_table(summaries: Sequence[dict[str, float | int | str]], title: str) -> Table:
+    """One row per run: waits, slowdown, makespan, utilization, fairness, speed.
+
+    The caption explains the columns, and :func:`util_note` when runs share a ``util``.
+    """
+    caption = (
+        "wait: mean and 95th percentile; bsld: mean bounded slowdown (10 s); span: makespan, "
+        "first submit to last end; util: busy resource-time / (capacity x span), so with "
+        "every job finished it differs between policies only where span does; Jain: "
+        "fairness of mean slowdown across groups; jobs/s: replay speed"
+    )
+    note = util_note(summaries)
+    if note is not None:
+        caption += "\n" + note
+    table = Table(title=title, caption=caption, caption_justify="left")
+    columns = ("policy", "done", "wait", "p95 wait", "bsld", "span", "util", "Jain", "jobs/s")
+    for name in columns:
         table.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
     for s in summaries:
         table.add_row(
@@ -133,6 +187,7 @@ def compare_table(summaries: Sequence[dict[str, float | int | str]], title: str)
             _duration(s["mean_wait"]),
             _duration(s["p95_wait"]),
             _fmt(s["mean_bounded_slowdown"], 1),
+            _duration(s["makespan"]),
             _fmt(s["mean_utilization"], 3),
             _fmt(s["jain_group_slowdown"], 3),
             _rate(s["jobs_per_second"]),
@@ -141,11 +196,15 @@ def compare_table(summaries: Sequence[dict[str, float | int | str]], title: str)
 
 
 def write_outputs(
-    runs: Sequence[Run], out: Path, extra: dict[str, object] | None = None
+    runs: Sequence[Run],
+    out: Path,
+    extra: dict[str, object] | None = None,
+    trace: str = "",
 ) -> list[Path]:
     """Write per-run ``jobs.parquet`` and decision logs, ``summary.json`` and the plots.
 
-    ``extra`` (e.g. the trace reader's skipped-row counts) is stored with every run's summary.
+    ``extra`` (e.g. the trace reader's skipped-row counts) is stored with every run's summary;
+    ``trace`` names the trace in the plots' titles (default: ``extra["trace"]``).
     """
     import pyarrow.parquet as pq
 
@@ -174,7 +233,7 @@ def write_outputs(
         entries.append(entry)
     summary.write_text(json.dumps(entries, indent=2, allow_nan=False) + "\n")
     written.append(summary)
-    written.extend(plot_runs(runs, out))
+    written.extend(plot_runs(runs, out, trace or str((extra or {}).get("trace", ""))))
     return written
 
 
@@ -195,74 +254,146 @@ def _binned(t: np.ndarray, v: np.ndarray, bins: int) -> tuple[np.ndarray, np.nda
     return (edges[:-1] + edges[1:]) / 2, np.diff(at_edges) / np.where(width > 0, width, 1.0)
 
 
-def plot_runs(runs: Sequence[Run], out: Path) -> list[Path]:
-    """Utilization and queue length over time, and the wait-time CDF, one line per run."""
+def _panel_grid(
+    runs: Sequence[Run], ylabels: tuple[str, str], title: str
+) -> tuple[Figure, list[tuple[Axes, Axes]]]:
+    """Make a figure with a row per run and two columns, panels sharing axes per column.
+
+    Small multiples rather than one overlay: ten policies' utilization curves drawn on one
+    axes cross hundreds of times and cannot be told apart, whereas a row per policy on the
+    same scales lets the eye compare shapes down each column.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = len(runs)
+    fig, axes = plt.subplots(
+        rows,
+        2,
+        figsize=(11, 1.0 + 1.25 * rows),
+        sharex=True,
+        sharey="col",
+        squeeze=False,
+    )
+    fig.suptitle(title)
+    pairs: list[tuple[Axes, Axes]] = []
+    for i, run in enumerate(runs):
+        left, right = axes[i][0], axes[i][1]
+        left.set_title(run.name, loc="left", fontsize=9, fontweight="bold")
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        pairs.append((left, right))
+    axes[0][0].set_title(ylabels[0], loc="right", fontsize=9)
+    axes[0][1].set_title(ylabels[1], loc="right", fontsize=9)
+    axes[-1][0].set_xlabel("time (hours)")
+    axes[-1][1].set_xlabel("time (hours)")
+    return fig, pairs
+
+
+def run_figures(runs: Sequence[Run], trace: str = "") -> dict[str, Figure]:
+    """Build the plots of :func:`plot_runs` as matplotlib figures, keyed by file name.
+
+    ``utilization_queue.png`` and (for GPU traces) ``gpu_allocation_fragmentation.png`` have a
+    row of panels per run; ``wait_cdf.png`` overlays the runs' wait-time distributions (colour
+    per queue order, line style per backfilling). Every figure's title names ``trace``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    fig, (ax_u, ax_q) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    for run in runs:
+    def titled(what: str) -> str:
+        return f"{what}\n{trace}" if trace else what
+
+    figures: dict[str, Figure] = {}
+    dim = _size_and_capacity(runs[0].result)[2] if runs else "cpu"
+    fig, pairs = _panel_grid(
+        runs,
+        (f"{dim} utilization (binned mean)", "queued jobs"),
+        titled("utilization and queue length over time, one row per policy"),
+    )
+    for run, (ax_u, ax_q) in zip(runs, pairs, strict=True):
         r = run.result
-        size, capacity, dim = _size_and_capacity(r)
+        size, capacity, _ = _size_and_capacity(r)
         started = r.start >= 0
         end = np.where(started & (r.end < 0), r.start.max(initial=0), r.end)
         t, u = metrics.utilization_series(r.start[started], end[started], size[started], capacity)
         centers, avg = _binned(t, u, bins=150)
-        ax_u.plot(centers / 3600, avg, label=run.name, linewidth=0.9)
+        ax_u.fill_between(centers / 3600, avg, color="tab:blue", alpha=0.25, linewidth=0)
+        ax_u.plot(centers / 3600, avg, color="tab:blue", linewidth=0.9)
+        ax_u.set_ylim(0, 1.05)
+        s = summarize(run)
+        ax_u.text(
+            0.99,
+            0.92,
+            f"util {_fmt(s['mean_utilization'], 3)}, span {_duration(s['makespan'])}",
+            transform=ax_u.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+            bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0},
+        )
         tq, q = metrics.queue_length_series(r.columns.submit, r.start)
-        ax_q.step(tq / 3600, q, where="post", label=run.name, linewidth=0.8)
-    ax_u.set_ylabel(f"{dim} utilization (binned mean)")
-    ax_u.set_ylim(0, 1.05)
-    ax_q.set_ylabel("queued jobs")
-    ax_q.set_xlabel("time (hours)")
-    ax_u.legend(fontsize=7, ncol=2)
-    for ax in (ax_u, ax_q):
-        ax.grid(alpha=0.3)
+        ax_q.step(tq / 3600, q, where="post", color="tab:red", linewidth=0.8)
+        ax_q.set_ylim(bottom=0)
     fig.tight_layout()
-    p = out / "utilization_queue.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    figures["utilization_queue.png"] = fig
 
-    if any(len(run.result.gpu_series) for run in runs):
-        fig, (ax_a, ax_f) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-        for run in runs:
+    gpu_runs = [run for run in runs if len(run.result.gpu_series)]
+    if gpu_runs:
+        fig, pairs = _panel_grid(
+            gpu_runs,
+            ("GPU allocated (% of capacity)", "GPU fragmented (% of capacity)"),
+            titled("GPU allocation and fragmentation over time, one row per policy"),
+        )
+        for run, (ax_a, ax_f) in zip(gpu_runs, pairs, strict=True):
             g = run.result.gpu_series
-            if not len(g):
-                continue
             cap = max(run.result.capacity_gpu_milli, 1)
-            ax_a.plot(g[:, 0] / 3600, 100 * g[:, 1] / cap, label=run.name, linewidth=0.8)
-            ax_f.plot(g[:, 0] / 3600, 100 * g[:, 2] / cap, label=run.name, linewidth=0.8)
-        ax_a.set_ylabel("GPU allocated (%)")
-        ax_f.set_ylabel("GPU fragmented (%)")
-        ax_f.set_xlabel("time (hours)")
-        ax_a.legend(fontsize=7, ncol=2)
-        for ax in (ax_a, ax_f):
-            ax.grid(alpha=0.3)
+            ax_a.plot(g[:, 0] / 3600, 100 * g[:, 1] / cap, color="tab:blue", linewidth=0.8)
+            ax_f.plot(g[:, 0] / 3600, 100 * g[:, 2] / cap, color="tab:purple", linewidth=0.8)
+            ax_a.set_ylim(bottom=0)
+            ax_f.set_ylim(bottom=0)
         fig.tight_layout()
-        p = out / "gpu_allocation_fragmentation.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        figures["gpu_allocation_fragmentation.png"] = fig
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # One axes is readable for distributions: the CDFs are monotone and rarely cross, and
+    # colour (queue order) plus line style (backfilling) tells ten runs apart.
+    fig, ax = plt.subplots(figsize=(8, 5))
+    orders = list(dict.fromkeys(run.name.split("+")[0] for run in runs))
+    styles = {"easy": "--", "conservative": ":", "rlsched": "-."}
     for run in runs:
         r = run.result
         ok = r.start >= 0
         waits = np.sort(r.start[ok] - r.columns.submit[ok])
         if len(waits):
-            ax.step(np.maximum(waits, 1), np.arange(1, len(waits) + 1) / len(waits), label=run.name)
+            order, _, backfill = run.name.partition("+")
+            ax.step(
+                np.maximum(waits, 1),
+                np.arange(1, len(waits) + 1) / len(waits),
+                label=run.name,
+                color=plt.get_cmap("tab10")(orders.index(order) % 10),
+                linestyle=styles.get(backfill, "-"),
+                linewidth=1.1,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("wait (s, log scale; 0 shown as 1)")
     ax.set_ylabel("fraction of jobs")
+    ax.set_title(titled("wait-time distribution (up and to the left is better)"))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
-    p = out / "wait_cdf.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    figures["wait_cdf.png"] = fig
+    return figures
+
+
+def plot_runs(runs: Sequence[Run], out: Path, trace: str = "") -> list[Path]:
+    """Write the figures of :func:`run_figures` as PNG files under ``out``."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, fig in run_figures(runs, trace).items():
+        p = out / name
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
     return paths

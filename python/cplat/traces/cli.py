@@ -40,11 +40,15 @@ def parse_trace_spec(spec: str) -> tuple[str, Path]:
     kind = kind.strip().lower()
     known = ", ".join(TRACE_KINDS)
     if not sep:
-        raise InputError(f"expected KIND:PATH (kinds: {known}), got {spec!r}", field="KIND:PATH")
+        raise InputError(
+            f"expected KIND:PATH (kinds: {known}), got {spec!r}", field="KIND:PATH", kind="argument"
+        )
     if kind not in TRACE_KINDS:
-        raise InputError(f"unknown trace kind {kind!r} (kinds: {known})", field="KIND:PATH")
+        raise InputError(
+            f"unknown trace kind {kind!r} (kinds: {known})", field="KIND:PATH", kind="argument"
+        )
     if not path.strip():
-        raise InputError(f"missing path after {kind!r}:", field="KIND:PATH")
+        raise InputError(f"missing path after {kind!r}:", field="KIND:PATH", kind="argument")
     return kind, Path(path)
 
 
