@@ -8,7 +8,6 @@ received as text. Multi-row inserts go through ``unnest`` so that each write is 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -55,6 +54,7 @@ from cplat.store.schema import (
     log_from_row,
     log_text,
     migrate_postgres,
+    new_job_record,
     node_from_row,
     pool_from_row,
     pool_params,
@@ -523,22 +523,7 @@ class PostgresStore:
             return ids
 
         ids: list[int] = await self._write(run, rows, list(audit))
-        return [
-            JobRecord(
-                id=job_id,
-                project=j.project,
-                user=j.user,
-                name=j.name,
-                state="PENDING",
-                spec=json.loads(spec),
-                reason="queued",
-                submitted_at=float(j.submitted_at),
-                updated_at=float(j.submitted_at),
-                token_id=row[5],
-                token_expires_at=row[6],
-            )
-            for job_id, j, spec, row in zip(ids, jobs, specs, rows, strict=True)
-        ]
+        return [new_job_record(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
 
     async def create_job_idempotent(
         self, job: NewJob, key: IdempotencyIn, audit: Sequence[AuditIn] = ()
@@ -595,19 +580,7 @@ class PostgresStore:
         else:
             raise StoreError(f"idempotency key {key.key!r} is contended; retry the submission")
         if created:
-            rec = JobRecord(
-                id=job_id,
-                project=job.project,
-                user=job.user,
-                name=job.name,
-                state="PENDING",
-                spec=json.loads(spec),
-                reason="queued",
-                submitted_at=row[4],
-                updated_at=row[4],
-                token_id=row[5],
-                token_expires_at=row[6],
-            )
+            rec = new_job_record(job_id, row)
             return IdempotentResult(rec, True, fingerprint)
         existing = await self.get_job(job_id)
         if existing is None:  # the key's foreign key keeps its job: only a damaged database

@@ -482,6 +482,23 @@ def job_from_row(row: Sequence[Any]) -> JobRecord:
     )
 
 
+def new_job_record(job_id: int, row: Sequence[Any]) -> JobRecord:
+    """Return the record of a job just inserted in state PENDING.
+
+    Parameters
+    ----------
+    job_id : int
+        Its new id.
+    row : sequence
+        ``(project, user, name, spec JSON, submitted_at, token_id, token_expires_at)``, the
+        row both backends insert.
+    """
+    return job_from_row(
+        (job_id, *row[:3], "PENDING", row[3], "queued", row[4], row[4])
+        + (None, None, None, "[]", 0, row[5], row[6])
+    )
+
+
 def event_from_row(row: Sequence[Any]) -> EventRecord:
     """Decode a row of :data:`EVENT_COLUMNS`.
 

@@ -62,6 +62,7 @@ from cplat.store.schema import (
     log_from_row,
     log_text,
     migrate_sqlite,
+    new_job_record,
     node_from_row,
     pool_from_row,
     pool_params,
@@ -254,13 +255,6 @@ def _insert_jobs(
     if audit:
         conn.executemany(_INSERT_AUDIT, [(*a[:6], dumps(a[6])) for a in audit_rows(audit, ids)])
     return ids
-
-
-def _new_record(job_id: int, r: _JobRow) -> JobRecord:
-    return job_from_row(
-        (job_id, *r[:3], "PENDING", r[3], "queued", r[4], r[4])
-        + (None, None, None, "[]", 0, r[5], r[6])
-    )
 
 
 class SqliteStore:
@@ -508,7 +502,7 @@ class SqliteStore:
             return _insert_jobs(conn, rows, audit)
 
         ids = await self._write(run)
-        return [_new_record(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
+        return [new_job_record(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
 
     async def create_job_idempotent(
         self, job: NewJob, key: IdempotencyIn, audit: Sequence[AuditIn] = ()
@@ -560,7 +554,7 @@ class SqliteStore:
 
         job_id, created, fingerprint = await self._write(run)
         if created:
-            return IdempotentResult(_new_record(job_id, row), True, fingerprint)
+            return IdempotentResult(new_job_record(job_id, row), True, fingerprint)
         rec = await self.get_job(job_id)
         if rec is None:  # the key's foreign key keeps its job: only a damaged database
             raise StoreError(f"idempotency key {key.key!r} names job {job_id}, which is gone")
