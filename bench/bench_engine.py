@@ -22,8 +22,8 @@ from cplat.cluster import new_engine, new_state
 from cplat.fragmentation import target_workload
 from cplat.model import TaskTable
 from cplat.pack import run_many, run_pack
+from cplat.pack.synthetic import synthetic_cluster, synthetic_tasks
 from cplat.profile import PAPER_POLICIES, POLICIES
-from cplat.synthetic import synthetic_cluster, synthetic_tasks
 from cplat.traces import read_openb_nodes, read_openb_pods
 
 #: Real traces live beside the repository (never copied into it); CPLAT_TRACES overrides.

@@ -45,7 +45,7 @@ def workload(traces: Path | None, quick: bool) -> tuple[str, NodeTable, TaskTabl
         tasks = read_openb_pods(root / "openb_pod_list_default.csv", nodes.models)
         source = "openb (default pods, GPU nodes)"
     else:
-        from cplat.synthetic import synthetic_cluster, synthetic_tasks
+        from cplat.pack.synthetic import synthetic_cluster, synthetic_tasks
 
         nodes = synthetic_cluster(1213, seed=0)
         tasks = synthetic_tasks(nodes, seed=0, load=1.0)

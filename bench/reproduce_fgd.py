@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from cplat.cli import parse_seeds
+from cplat.cli.main import parse_seeds
 from cplat.pack import run_many
+from cplat.pack.published import compare, load_published
 from cplat.profile import PAPER_POLICIES, POLICIES
-from cplat.published import compare, load_published
 from cplat.traces import read_openb_nodes, read_openb_pods
 
 WORKLOADS = (

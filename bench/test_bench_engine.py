@@ -20,7 +20,7 @@ from bench_engine import (
 from conftest import Interleaved, record
 from reference import reference_bestfit
 
-from cplat.synthetic import synthetic_cluster
+from cplat.pack.synthetic import synthetic_cluster
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,7 @@ def test_figure_keys_are_unique_and_known() -> None:
 def test_cplat_bench_without_suite_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cplat.cli import main
+    from cplat.cli.main import main
 
     assert main(["bench", "--suite", str(tmp_path)]) == 2
     err = capsys.readouterr().err

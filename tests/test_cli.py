@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cplat.cli import main, parse_seeds
+from cplat.cli.main import main, parse_seeds
 from cplat.errors import InputError
 
 try:

@@ -1,4 +1,4 @@
-"""The typed client (cplat.client) and ``cplat job`` (cplat.job_cli) against a fake service.
+"""The typed client (cplat.client) and ``cplat job`` (cplat.cli.jobs) against a fake service.
 
 The fake implements just enough of docs/service.md's Jobs API, in aiohttp on 127.0.0.1 in a
 thread with its own event loop: submit (with validation), get (jobs advance one state per
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from cplat import job_cli
+from cplat.cli import jobs as job_cli
 from cplat.client import (
     DEFAULT_SERVER,
     Allocation,

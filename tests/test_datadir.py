@@ -16,7 +16,7 @@ from cplat.errors import InputError
 from cplat_server.datadir import LOCK_FILE, lock_data_dir, secure_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = "import sys; from cplat.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from cplat.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def mode(path: Path) -> int:

@@ -7,8 +7,8 @@ import pytest
 
 from cplat import _core
 from cplat.cluster import new_engine, new_state
+from cplat.pack.synthetic import synthetic_cluster
 from cplat.profile import POLICIES
-from cplat.synthetic import synthetic_cluster
 
 
 def state_of(cpu: list[int], gpus: list[int], models: list[int]) -> _core.ClusterState:

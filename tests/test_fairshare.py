@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from cplat import metrics
-from cplat.cli import main
+from cplat.cli.main import main
 from cplat.errors import InputError
 from cplat.model import GpuModels, NodeTable
 from cplat.policy.fairshare import (

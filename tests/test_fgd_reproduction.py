@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cplat.pack import run_many
+from cplat.pack.published import compare, load_published
 from cplat.profile import PAPER_POLICIES, POLICIES
-from cplat.published import compare, load_published
 from cplat.traces import read_openb_nodes, read_openb_pods
 
 SEEDS = list(range(42, 52))

@@ -31,9 +31,9 @@ from cplat import _core
 from cplat.cluster import new_engine, new_state
 from cplat.errors import InputError
 from cplat.model import GpuModels, NodeTable
+from cplat.pack.synthetic import synthetic_cluster
 from cplat.profile import POLICIES
 from cplat.scheduler import JobColumns, QueuePolicy, Quota, Quotas, Scheduler
-from cplat.synthetic import synthetic_cluster
 
 #: Bounds of the native core (cpp/include/cplat/types.hpp).
 MAX_TIME = 2**56

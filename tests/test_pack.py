@@ -7,8 +7,8 @@ import pytest
 
 from cplat.fragmentation import target_workload
 from cplat.pack import discretize, run_many, run_pack, tuned_order
+from cplat.pack.synthetic import synthetic_cluster, synthetic_tasks
 from cplat.profile import POLICIES
-from cplat.synthetic import synthetic_cluster, synthetic_tasks
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_target_workload_weights_and_coverage(small) -> None:
 
 
 def test_failed_column_counts_failures_behind_its_arrived_column(small) -> None:
-    from cplat.report import pack_caption, pack_table
+    from cplat.pack.report import pack_caption, pack_table
 
     nodes, tasks = small
     run = run_pack(nodes, tasks, POLICIES["bestfit"], 3, 1.3, workload_name="s")

@@ -16,8 +16,8 @@ from cplat import _core, scorers
 from cplat.cluster import new_engine, new_state
 from cplat.errors import InputError
 from cplat.model import NodeTable, TaskTable
+from cplat.pack.synthetic import synthetic_cluster, synthetic_tasks
 from cplat.profile import POLICIES, Profile
-from cplat.synthetic import synthetic_cluster, synthetic_tasks
 
 
 def test_missing_numba_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 """The native queue scheduler's policy pieces against their Python reference twins.
 
-``cplat.policy.reference_queue`` holds slow, obvious versions of the calendar, quota
+``cplat.testing.reference_queue`` holds slow, obvious versions of the calendar, quota
 admission, lost work, queue keys and the aggregate victim choice; these tests compare the
 C++ (through ``_core.Calendar``, ``Scheduler`` and ``simulate``) against them on random inputs.
 """
@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from cplat import _core
 from cplat.model import GpuModels, NodeTable
-from cplat.policy.reference_queue import (
+from cplat.scheduler import Checkpointing, QueuePolicy, Quota, Quotas, Scheduler, job_columns
+from cplat.sim.run import simulate
+from cplat.testing.reference_queue import (
     NEVER,
     QUEUE_ORDERS,
     QuotaSpec,
@@ -29,8 +31,6 @@ from cplat.policy.reference_queue import (
     quota_admits,
     quota_specs,
 )
-from cplat.scheduler import Checkpointing, QueuePolicy, Quota, Quotas, Scheduler, job_columns
-from cplat.sim.run import simulate
 from cplat.traces.schema import JOB_SCHEMA
 
 CPU = 1000

@@ -218,7 +218,7 @@ def test_pending_reason_names_the_blocking_plugin() -> None:
 
 
 def test_profile_file_drives_the_simulation(tmp_path) -> None:
-    from cplat.cli import main
+    from cplat.cli.main import main
     from cplat.config import load_scheduler_config
 
     profile = tmp_path / "p.toml"

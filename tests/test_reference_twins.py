@@ -1,4 +1,4 @@
-"""The native engine against its Python reference twins (cplat.policy.reference).
+"""The native engine against its Python reference twins (cplat.testing.reference).
 
 Random small clusters: every filter code, raw score, fragmentation value and placement
 decision of the engine must equal the slow, obvious Python version exactly.
@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from cplat import _core
 from cplat.fragmentation import TargetWorkload, node_fragmentation
-from cplat.policy import reference as ref
-from cplat.policy.reference import NodeView, Request
+from cplat.testing import reference as ref
+from cplat.testing.reference import NodeView, Request
 
 CODES = _core.code_names()
 ALL_SCORERS = ("random", *ref.SCORERS)

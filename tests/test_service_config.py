@@ -9,7 +9,7 @@ import jwt
 import pytest
 from service_harness import ADMIN, running_service, token
 
-from cplat.cli import main
+from cplat.cli.main import main
 from cplat.errors import InputError
 from cplat_server.config import jwt_secret, load_config
 

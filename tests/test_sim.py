@@ -196,7 +196,7 @@ def test_fgd_placement_in_replay_uses_the_trace_shapes() -> None:
 
 
 def test_cli_default_run_writes_outputs(tmp_path: Path) -> None:
-    from cplat.cli import main
+    from cplat.cli.main import main
 
     out = tmp_path / "o"
     assert (
@@ -209,7 +209,7 @@ def test_cli_default_run_writes_outputs(tmp_path: Path) -> None:
 def test_cli_bad_swf_line_strict_and_lenient(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cplat.cli import main
+    from cplat.cli.main import main
 
     swf = tmp_path / "bad.swf"
     good = "1 0 -1 10 2 -1 -1 2 -1 -1 1 1 1 -1 0 -1 -1 -1"
@@ -241,7 +241,7 @@ def test_periodic_ticks_delay_starts_to_tick_times() -> None:
 
 
 def test_gpu_replay_records_allocation_and_fragmentation() -> None:
-    from cplat.synthetic import synthetic_cluster
+    from cplat.pack.synthetic import synthetic_cluster
 
     nodes = synthetic_cluster(4, seed=0, gpus_per_node=2)
     jobs = jobs_table([0, 0, 1], [50, 50, 50], [1, 1, 1])
@@ -308,7 +308,7 @@ def test_equal_utilization_is_explained_when_the_last_job_sets_the_makespan() ->
 
 
 def test_cli_prints_the_trace_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cplat.cli import main
+    from cplat.cli.main import main
 
     args = ["sim", "--synthetic-jobs", "300", "--synthetic-nodes", "16", "--compare", "fcfs,sjf"]
     assert main([*args, "--out", str(tmp_path)]) == 0

@@ -17,7 +17,7 @@ import jwt
 import pytest
 from service_harness import ADMIN, PG_DSN, SECRET, Service, running_service, token
 
-from cplat.cli import main
+from cplat.cli.main import main
 from cplat.errors import InputError
 from cplat.store import RevokedToken, open_store
 from cplat_server.auth import (
@@ -321,7 +321,7 @@ def test_short_or_empty_secrets_are_refused(
 
 
 def _serve(data: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from cplat.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from cplat.cli.main import main; sys.exit(main(sys.argv[1:]))"
     cmd = [sys.executable, "-c", code, "serve", "--data-dir", str(data), "--port", "0"]
     return subprocess.run(
         [*cmd, "--no-local-agent"], env=env, capture_output=True, text=True, timeout=120

@@ -349,8 +349,8 @@ def test_simulated_topology_aware_gangs_span_fewer_racks() -> None:
 def test_multi_gpu_tasks_stay_in_one_numa_domain_when_no_island_fits() -> None:
     from cplat import _core
     from cplat.cluster import new_engine, new_state
+    from cplat.pack.synthetic import synthetic_cluster
     from cplat.profile import POLICIES
-    from cplat.synthetic import synthetic_cluster
 
     nodes = synthetic_cluster(1, seed=0, gpus_per_node=8)
     state = new_state(nodes)

@@ -12,10 +12,16 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TRACES
 
+from cplat.cli.traces import add_trace_parser
 from cplat.errors import InputError
-from cplat.traces.cli import add_trace_parser, parse_trace_spec
 from cplat.traces.dlrm import read_dlrm
-from cplat.traces.jobs import (
+from cplat.traces.load import parse_trace_spec
+from cplat.traces.openb_jobs import read_openb_jobs
+from cplat.traces.philly import read_gpu_jobs_csv, read_jobs_table
+from cplat.traces.schema import JOB_SCHEMA, NODE_SCHEMA
+from cplat.traces.spot import read_spot_nodes
+from cplat.traces.swf import read_swf
+from cplat.traces.trace import (
     ReadReport,
     Trace,
     jobs_table,
@@ -27,11 +33,6 @@ from cplat.traces.jobs import (
     validate_nodes,
     write_parquet,
 )
-from cplat.traces.openb_jobs import read_openb_jobs
-from cplat.traces.philly import read_gpu_jobs_csv, read_jobs_table
-from cplat.traces.schema import JOB_SCHEMA, NODE_SCHEMA
-from cplat.traces.spot import read_spot_nodes
-from cplat.traces.swf import read_swf
 
 
 @pytest.fixture(scope="module")

@@ -1,33 +1,7 @@
-"""Placement policies in plain Python.
+"""Queue and placement policies in Python.
 
-:mod:`cplat.policy.reference` holds the slow, obvious "reference twins" of the native engine's
-filters, scorers and GPU-selection rules; the tests compare the engine against them.
+Fair share and DRF queue sorts (:mod:`.fairshare`),
+CP-SAT gang placement with a greedy fallback (:mod:`.gang`) and numba-compiled scorers
+(:mod:`.py_scorers`). The slow reference twins the tests compare the engine against live in
+:mod:`cplat.testing`.
 """
-
-from __future__ import annotations
-
-from cplat.policy.reference import (
-    NodeView,
-    Request,
-    filter_node,
-    node_views,
-    normalize_scores,
-    pick_gpus,
-    place,
-    score_node,
-    score_totals,
-    select_node,
-)
-
-__all__ = [
-    "NodeView",
-    "Request",
-    "filter_node",
-    "node_views",
-    "normalize_scores",
-    "pick_gpus",
-    "place",
-    "score_node",
-    "score_totals",
-    "select_node",
-]

@@ -22,7 +22,7 @@ import numpy as np
 from cplat.profile import POLICIES
 from cplat.scheduler import QueuePolicy, nodes_from_table
 from cplat.sim.run import simulate
-from cplat.traces.jobs import Trace
+from cplat.traces.trace import Trace
 
 SEQUENCE_LENGTH = 1024
 SEQUENCES = 10

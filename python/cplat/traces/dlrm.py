@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from cplat.traces.jobs import (
+from cplat.traces.trace import (
     INT32_MAX,
     FieldError,
     MetaValue,

@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from cplat.errors import InputError
 from cplat.model import NodeTable
-from cplat.traces.jobs import (
+from cplat.traces.openb import POD_OPTIONAL, POD_REQUIRED, read_openb_nodes
+from cplat.traces.trace import (
     FieldError,
     MetaValue,
     RowErrors,
@@ -46,7 +47,6 @@ from cplat.traces.jobs import (
     validate_jobs,
     validate_nodes,
 )
-from cplat.traces.openb import POD_OPTIONAL, POD_REQUIRED, read_openb_nodes
 
 __all__ = ["node_table_to_arrow", "read_openb_jobs"]
 

@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cplat.errors import InputError
-from cplat.traces.jobs import (
+from cplat.traces.schema import JOB_SCHEMA
+from cplat.traces.trace import (
     INT32_MAX,
     FieldError,
     MetaValue,
@@ -51,7 +52,6 @@ from cplat.traces.jobs import (
     parse_int,
     validate_jobs,
 )
-from cplat.traces.schema import JOB_SCHEMA
 
 __all__ = ["read_gpu_jobs_csv", "read_jobs_table"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from cplat.errors import InputError
-from cplat.traces.jobs import (
+from cplat.traces.trace import (
     FieldError,
     RowErrors,
     iter_csv,

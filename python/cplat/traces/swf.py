@@ -46,7 +46,7 @@ import pyarrow as pa
 
 from cplat.errors import InputError
 from cplat.traces._csv import open_text
-from cplat.traces.jobs import (
+from cplat.traces.trace import (
     INT32_MAX,
     FieldError,
     MetaValue,
@@ -148,7 +148,7 @@ def _text_id(value: int) -> str:
 
 
 def read_swf(path: str | Path, *, strict: bool = False) -> Trace:
-    """Read an SWF log (plain or gzip) into a :class:`~cplat.traces.jobs.Trace`.
+    """Read an SWF log (plain or gzip) into a :class:`~cplat.traces.trace.Trace`.
 
     See the module docstring for the mapping, skip and strict rules.
 

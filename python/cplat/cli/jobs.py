@@ -610,7 +610,7 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``cplat job ...`` on its own (``python -m cplat.job_cli job list``).
+    """Run ``cplat job ...`` on its own (``python -m cplat.cli.jobs job list``).
 
     Parameters
     ----------

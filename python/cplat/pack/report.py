@@ -11,7 +11,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from cplat.pack import ARRIVED_COLUMNS, PackRun
+from cplat.pack.runs import ARRIVED_COLUMNS, PackRun
 
 
 def _by_policy(runs: Sequence[PackRun]) -> dict[str, list[PackRun]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cplat.pack import PackRun
+from cplat.pack.runs import PackRun
 from cplat.traces._csv import open_text
 
 #: File names of the published curves by kind.

@@ -87,8 +87,8 @@ def _write_rows(path: Path, rows: list[list[str]]) -> None:
 def _cmd_pack(args: argparse.Namespace) -> int:
 
     from cplat.pack import result_rows, run_many
+    from cplat.pack.report import plot_pack, print_pack_table
     from cplat.profile import PAPER_POLICIES, policy
-    from cplat.report import plot_pack, print_pack_table
 
     console = _console()
     names = (
@@ -110,7 +110,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         raise InputError(f"expected a non-negative ratio, got {args.tune}", field="--tune")
 
     if args.synthetic:
-        from cplat.synthetic import synthetic_cluster, synthetic_tasks
+        from cplat.pack.synthetic import synthetic_cluster, synthetic_tasks
 
         if args.synthetic_nodes <= 0:
             raise InputError("expected a positive node count", field="--synthetic-nodes")
@@ -178,7 +178,7 @@ def _load_cluster(spec: str) -> NodeTable:
         return nodes_from_table(read_spot_nodes(spec[5:]))
     path = Path(spec)
     if path.suffix == ".parquet":
-        from cplat.traces.jobs import read_parquet
+        from cplat.traces.trace import read_parquet
 
         table: pa.Table = read_parquet(path, kind="nodes")
         return nodes_from_table(table)
@@ -217,7 +217,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         skipped = ""
         extra: dict[str, object] = {"trace": "synthetic", "seed": args.seed}
     else:
-        from cplat.traces.cli import load_trace, parse_trace_spec
+        from cplat.traces.load import load_trace, parse_trace_spec
 
         with _from_options("--trace"):
             kind, path = parse_trace_spec(args.trace)
@@ -429,11 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=os.cpu_count() or 1, help="parallel runs (default: cores)"
     )
     pack.set_defaults(func=_cmd_pack)
-    from cplat.traces.cli import add_trace_parser
+    from cplat.cli.traces import add_trace_parser
 
     add_trace_parser(sub)
-    from cplat.job_cli import add_job_commands
-    from cplat.service_cli import add_service_commands
+    from cplat.cli.jobs import add_job_commands
+    from cplat.cli.service import add_service_commands
 
     add_service_commands(sub)
     add_job_commands(sub)
@@ -481,7 +481,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
