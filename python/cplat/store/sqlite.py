@@ -22,53 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cplat.store.base import (
-    AuditIn,
-    AuditRecord,
-    CheckpointIn,
-    CheckpointRecord,
-    EventRecord,
-    IdempotencyIn,
-    IdempotentResult,
-    JobChange,
-    JobRecord,
-    LogChunk,
-    LogRecord,
-    NewJob,
-    NodeRecord,
-    PoolRecord,
-    QuotaRecord,
-    RevokedToken,
-    StoreError,
-    audit_rows,
-)
-from cplat.store.schema import (
-    AUDIT_COLUMNS,
-    CHECKPOINT_COLUMNS,
-    EVENT_COLUMNS,
-    JOB_COLUMNS,
-    LOG_COLUMNS,
-    NODE_COLUMNS,
-    POOL_COLUMNS,
-    QUOTA_COLUMNS,
-    REVOKED_COLUMNS,
-    UNFINISHED,
-    audit_from_row,
-    change_params,
-    checkpoint_from_row,
-    dumps,
-    event_from_row,
-    job_from_row,
-    log_from_row,
-    log_text,
-    migrate_sqlite,
-    new_job_record,
-    node_from_row,
-    pool_from_row,
-    pool_params,
-    quota_from_row,
-    quota_params,
-    revoked_from_row,
+from cplat.store.base import AuditIn, IdempotencyIn, StoreError
+from cplat.store.schema import migrate_sqlite
+from cplat.store.sql import (
+    UPDATE_JOB,
+    AuditRow,
+    JobRow,
+    LogRow,
+    SqlStore,
+    Statement,
+    audit_entries,
 )
 
 __all__ = ["SqliteStore"]
@@ -82,62 +45,16 @@ _MIN_SQLITE = (3, 35, 0)
 _MAX_BATCH = 1024
 _BUSY_TIMEOUT_S = 10.0
 
+# Writes of many rows run one statement per row on the writer's connection (executemany where
+# no id comes back): inside one transaction that costs little in SQLite, and keeps input order.
 _INSERT_JOB = (
     'INSERT INTO jobs (project, "user", name, state, spec, reason, submitted_at, updated_at, '
     "token_id, token_expires_at) VALUES (?, ?, ?, 'PENDING', ?, 'queued', ?, ?, ?, ?) "
     "RETURNING id"
 )
-_FIND_KEY = (
-    'SELECT job_id, fingerprint FROM idempotency_keys WHERE project = ? AND "user" = ? '
-    "AND idem_key = ? AND expires_at > ?"
-)
-# An expired entry under the same key is replaced: the key is free again.
-_PUT_KEY = """INSERT INTO idempotency_keys
-    (project, "user", idem_key, fingerprint, job_id, created_at, expires_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (project, "user", idem_key) DO UPDATE SET fingerprint = excluded.fingerprint,
-    job_id = excluded.job_id, created_at = excluded.created_at, expires_at = excluded.expires_at
-WHERE idempotency_keys.expires_at <= excluded.created_at"""
-_REVOKE = f"""INSERT INTO revoked_tokens ({REVOKED_COLUMNS}) VALUES (?, ?, ?, ?)
-ON CONFLICT (token_id) DO NOTHING"""
 _INSERT_EVENT = "INSERT INTO job_events (job_id, at, state, message) VALUES (?, ?, ?, ?)"
-_UPDATE_JOB = """UPDATE jobs SET
-    updated_at = ?2,
-    state = COALESCE(?3, state),
-    reason = COALESCE(?4, reason),
-    started_at = CASE WHEN ?5 THEN NULL ELSE COALESCE(?6, started_at) END,
-    finished_at = CASE WHEN ?7 THEN NULL ELSE COALESCE(?8, finished_at) END,
-    exit_code = CASE WHEN ?9 THEN NULL ELSE COALESCE(?10, exit_code) END,
-    placement = COALESCE(?11, placement),
-    attempt = COALESCE(?12, attempt)
-WHERE id = ?1
-RETURNING state"""
 _INSERT_LOG = (
     "INSERT INTO job_logs (job_id, attempt, rank, stream, data, at) VALUES (?, ?, ?, ?, ?, ?)"
-)
-_PUT_NODE = f"""INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (name) DO UPDATE SET state = excluded.state, spec = excluded.spec,
-    labels = excluded.labels, registered_at = excluded.registered_at,
-    heartbeat_at = excluded.heartbeat_at"""
-_PUT_QUOTA = f"""INSERT INTO quotas ({QUOTA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (project) DO UPDATE SET nominal_cpu_milli = excluded.nominal_cpu_milli,
-    nominal_memory_mib = excluded.nominal_memory_mib,
-    nominal_gpu_milli = excluded.nominal_gpu_milli,
-    borrowing_cpu_milli = excluded.borrowing_cpu_milli,
-    borrowing_memory_mib = excluded.borrowing_memory_mib,
-    borrowing_gpu_milli = excluded.borrowing_gpu_milli,
-    lending_cpu_milli = excluded.lending_cpu_milli,
-    lending_memory_mib = excluded.lending_memory_mib,
-    lending_gpu_milli = excluded.lending_gpu_milli,
-    pool = excluded.pool, overcommit = excluded.overcommit"""
-_PUT_POOL = f"""INSERT INTO pools ({POOL_COLUMNS}) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (name) DO UPDATE SET borrowing_cpu_milli = excluded.borrowing_cpu_milli,
-    borrowing_memory_mib = excluded.borrowing_memory_mib,
-    borrowing_gpu_milli = excluded.borrowing_gpu_milli,
-    description = excluded.description"""
-_INSERT_CHECKPOINT = (
-    "INSERT INTO checkpoints (job_id, attempt, step, uri, size_bytes, kind, parent, complete, at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
 )
 _INSERT_AUDIT = (
     'INSERT INTO audit (at, "user", project, action, target, status, detail) '
@@ -232,17 +149,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-# project, user, name, spec JSON, submitted_at, token_id, token_expires_at
-_JobRow = tuple[str, str, str, str, float, str, float | None]
-
-
-def _job_row(j: NewJob) -> _JobRow:
-    exp = None if j.token_expires_at is None else float(j.token_expires_at)
-    return (j.project, j.user, j.name, dumps(j.spec), float(j.submitted_at), j.token_id, exp)
-
-
 def _insert_jobs(
-    conn: sqlite3.Connection, rows: Sequence[_JobRow], audit: Sequence[AuditIn]
+    conn: sqlite3.Connection, rows: Sequence[JobRow], audit: Sequence[AuditIn]
 ) -> list[int]:
     # One INSERT per job: SQLite does not promise the order of a multi-row RETURNING.
     ids = [
@@ -253,15 +161,16 @@ def _insert_jobs(
         [(job_id, r[4], "PENDING", "submitted") for job_id, r in zip(ids, rows, strict=True)],
     )
     if audit:
-        conn.executemany(_INSERT_AUDIT, [(*a[:6], dumps(a[6])) for a in audit_rows(audit, ids)])
+        conn.executemany(_INSERT_AUDIT, audit_entries(audit, ids))
     return ids
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
     """The embedded store: one SQLite file in WAL mode, written through group commit.
 
     Open it with :meth:`open`; every method of :class:`cplat.store.base.Store` is a coroutine
-    that never blocks the event loop. A write is committed and synced before its coroutine
+    that never blocks the event loop (their SQL is shared with the PostgreSQL store, in
+    :class:`cplat.store.sql.SqlStore`). A write is committed and synced before its coroutine
     returns; if the waiting coroutine is cancelled, its write may still be committed.
 
     Parameters
@@ -475,616 +384,67 @@ class SqliteStore:
         finally:
             self._close_done.set_result(None)
 
-    # Jobs --------------------------------------------------------------------------------
+    # The backend's part of SqlStore -------------------------------------------------------
 
-    async def create_jobs(
-        self, jobs: Sequence[NewJob], audit: Sequence[AuditIn] = ()
-    ) -> list[JobRecord]:
-        """Insert jobs in state PENDING (ids ascending in input order) with a first event.
+    def placeholder(self, n: int) -> str:
+        """Spell parameter ``n``: ``?n`` (numbered, so a statement may use one twice)."""
+        return f"?{n}"
 
-        Parameters
-        ----------
-        jobs : sequence of NewJob
-            The jobs, all inserted in one transaction.
-        audit : sequence of AuditIn
-            Entries recorded in the same transaction (``{id}`` in a target: that job's id).
+    async def _write_statements(self, statements: Sequence[Statement]) -> list[list[Any]]:
+        spelled = [(self.sql(sql), params) for sql, params in statements]
 
-        Returns
-        -------
-        list of JobRecord
-            The stored jobs, in input order.
-        """
-        if not jobs:
-            return []
-        rows = [_job_row(j) for j in jobs]
+        def run(conn: sqlite3.Connection) -> list[list[Any]]:
+            return [conn.execute(sql, params).fetchall() for sql, params in spelled]
 
+        return await self._write(run)
+
+    async def _insert_jobs(self, rows: list[JobRow], audit: Sequence[AuditIn]) -> list[int]:
         def run(conn: sqlite3.Connection) -> list[int]:
             return _insert_jobs(conn, rows, audit)
 
-        ids = await self._write(run)
-        return [new_job_record(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
+        return await self._write(run)
 
-    async def create_job_idempotent(
-        self, job: NewJob, key: IdempotencyIn, audit: Sequence[AuditIn] = ()
-    ) -> IdempotentResult:
-        """Insert a job under an idempotency key, unless the key is already in use.
-
-        Parameters
-        ----------
-        job : NewJob
-            The job.
-        key : IdempotencyIn
-            The key with its scope (the caller's project and user), the request's
-            fingerprint and the key's lifetime.
-        audit : sequence of AuditIn
-            Entries recorded with the job (not when the key was in use).
-
-        Returns
-        -------
-        IdempotentResult
-            The new job, or the one the key already named.
-        """
-        row = _job_row(job)
+    async def _claim_key(
+        self, row: JobRow, key: IdempotencyIn, audit: Sequence[AuditIn]
+    ) -> tuple[int, bool, str]:
+        find = self._find_key(key)
 
         def run(conn: sqlite3.Connection) -> tuple[int, bool, str]:
             # The check, the job and the key share the write transaction, and SQLite has one
             # writer at a time (across processes too): two submissions with one key cannot
             # both miss each other.
-            found = conn.execute(
-                _FIND_KEY, (key.project, key.user, key.key, key.created_at)
-            ).fetchall()
+            found = conn.execute(*find).fetchall()
             if found:
                 return int(found[0][0]), False, str(found[0][1])
             [job_id] = _insert_jobs(conn, [row], audit)
-            stored = conn.execute(
-                _PUT_KEY + " RETURNING job_id",
-                (
-                    key.project,
-                    key.user,
-                    key.key,
-                    key.fingerprint,
-                    job_id,
-                    key.created_at,
-                    key.expires_at,
-                ),
-            ).fetchall()
-            if not stored:  # cannot happen under the write lock; fail rather than duplicate
+            if not conn.execute(*self._put_key(key, job_id)).fetchall():
+                # Cannot happen under the write lock; fail rather than duplicate.
                 raise StoreError("the idempotency key was taken concurrently")
             return job_id, True, key.fingerprint
 
-        job_id, created, fingerprint = await self._write(run)
-        if created:
-            return IdempotentResult(new_job_record(job_id, row), True, fingerprint)
-        rec = await self.get_job(job_id)
-        if rec is None:  # the key's foreign key keeps its job: only a damaged database
-            raise StoreError(f"idempotency key {key.key!r} names job {job_id}, which is gone")
-        return IdempotentResult(rec, False, fingerprint)
+        return await self._write(run)
 
-    async def update_jobs(self, changes: Sequence[JobChange]) -> None:
-        """Apply changes (and their events) in one transaction; unknown ids are skipped.
-
-        Parameters
-        ----------
-        changes : sequence of JobChange
-            Applied in order (several may name the same job).
-
-        Raises
-        ------
-        ValueError
-            For an invalid change (unknown state, bad ``clear``); nothing is applied then.
-        """
-        if not changes:
-            return
-        params = [change_params(c) for c in changes]
+    async def _apply_changes(self, params: list[tuple[Any, ...]]) -> None:
+        # SQLite cannot put the UPDATE in a CTE: its RETURNING tells whether the job exists and
+        # which state the event records.
+        update = self.sql(UPDATE_JOB + "\nRETURNING state")
 
         def run(conn: sqlite3.Connection) -> None:
             for p in params:
-                updated = conn.execute(_UPDATE_JOB, p[:12]).fetchall()
+                updated = conn.execute(update, p[:12]).fetchall()
                 if updated and p[12] is not None:
                     conn.execute(_INSERT_EVENT, (p[0], p[1], updated[0][0], p[12]))
 
         await self._write(run)
 
-    async def get_job(self, job_id: int) -> JobRecord | None:
-        """Return one job.
-
-        Parameters
-        ----------
-        job_id : int
-            The job's id.
-
-        Returns
-        -------
-        JobRecord or None
-            The job, or None when there is none with that id.
-        """
-        rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return job_from_row(rows[0]) if rows else None
-
-    async def list_jobs(
-        self,
-        *,
-        projects: Sequence[str] | None = None,
-        state: str | None = None,
-        user: str | None = None,
-        after: int | None = None,
-        limit: int = 100,
-    ) -> list[JobRecord]:
-        """Jobs with id > ``after`` in ascending id order (``projects`` None = all).
-
-        Parameters
-        ----------
-        projects : sequence of str, optional
-            Only jobs of these projects (an empty sequence matches nothing).
-        state : str, optional
-            Only jobs in this state.
-        user : str, optional
-            Only jobs of this user.
-        after : int, optional
-            Cursor: only jobs with a larger id.
-        limit : int
-            At most this many jobs.
-
-        Returns
-        -------
-        list of JobRecord
-            The jobs, ascending id.
-        """
-        if limit <= 0 or (projects is not None and not projects):
-            return []
-        where: list[str] = []
-        params: list[Any] = []
-        if projects is not None:
-            where.append(f"project IN ({', '.join('?' * len(projects))})")
-            params.extend(projects)
-        if state is not None:
-            where.append("state = ?")
-            params.append(state)
-        if user is not None:
-            where.append('"user" = ?')
-            params.append(user)
-        if after is not None:
-            where.append("id > ?")
-            params.append(after)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        params.append(limit)
-        rows = await self._fetch(
-            f"SELECT {JOB_COLUMNS} FROM jobs {clause}ORDER BY id LIMIT ?", params
-        )
-        return [job_from_row(r) for r in rows]
-
-    async def unfinished_jobs(self) -> list[JobRecord]:
-        """Jobs not in a terminal state, ascending id (recovery after a restart).
-
-        Returns
-        -------
-        list of JobRecord
-            The jobs.
-        """
-        rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {UNFINISHED} ORDER BY id")
-        return [job_from_row(r) for r in rows]
-
-    async def job_events(
-        self, job_id: int, *, after: int | None = None, limit: int = 1000
-    ) -> list[EventRecord]:
-        """Return a job's events in order.
-
-        Parameters
-        ----------
-        job_id : int
-            The job.
-        after : int, optional
-            Cursor: only events with a larger id.
-        limit : int
-            At most this many events.
-
-        Returns
-        -------
-        list of EventRecord
-            The events, ascending id.
-        """
-        rows = await self._fetch(
-            f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND id > ? "
-            "ORDER BY id LIMIT ?",
-            (job_id, -1 if after is None else after, max(limit, 0)),
-        )
-        return [event_from_row(r) for r in rows]
-
-    # Logs --------------------------------------------------------------------------------
-
-    async def append_logs(self, chunks: Sequence[LogChunk]) -> None:
-        """Store log chunks in order.
-
-        Parameters
-        ----------
-        chunks : sequence of LogChunk
-            Stored together; their ``seq`` follow this order.
-
-        Raises
-        ------
-        StoreError
-            When a chunk names a job that does not exist (none is stored then).
-        """
-        if not chunks:
-            return
-        rows = [(c.job_id, c.attempt, c.rank, c.stream, log_text(c.data), c.at) for c in chunks]
-
+    async def _insert_logs(self, rows: list[LogRow]) -> None:
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(_INSERT_LOG, rows)
 
         await self._write(run)
 
-    async def job_logs(
-        self,
-        job_id: int,
-        *,
-        rank: int | None = None,
-        attempt: int | None = None,
-        after: int | None = None,
-        limit: int = 1000,
-    ) -> list[LogRecord]:
-        """Log chunks of a job with seq > ``after`` in order.
-
-        Parameters
-        ----------
-        job_id : int
-            The job.
-        rank : int, optional
-            Only this task rank.
-        attempt : int, optional
-            Only this attempt.
-        after : int, optional
-            Cursor: only chunks with a larger ``seq``.
-        limit : int
-            At most this many chunks.
-
-        Returns
-        -------
-        list of LogRecord
-            The chunks, ascending ``seq``.
-        """
-        where = ["job_id = ?"]
-        params: list[Any] = [job_id]
-        if rank is not None:
-            where.append("rank = ?")
-            params.append(rank)
-        if attempt is not None:
-            where.append("attempt = ?")
-            params.append(attempt)
-        if after is not None:
-            where.append("seq > ?")
-            params.append(after)
-        params.append(max(limit, 0))
-        rows = await self._fetch(
-            f"SELECT {LOG_COLUMNS} FROM job_logs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-            params,
-        )
-        return [log_from_row(r) for r in rows]
-
-    # Nodes -------------------------------------------------------------------------------
-
-    async def put_node(self, node: NodeRecord) -> None:
-        """Insert or replace a node.
-
-        Parameters
-        ----------
-        node : NodeRecord
-            The node; one with the same name is replaced.
-        """
-        row = (
-            node.name,
-            node.state,
-            dumps(node.spec),
-            dumps(node.labels),
-            node.registered_at,
-            node.heartbeat_at,
-        )
-
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(_PUT_NODE, row)
-
-        await self._write(run)
-
-    async def get_node(self, name: str) -> NodeRecord | None:
-        """Return one node.
-
-        Parameters
-        ----------
-        name : str
-            The node's name.
-
-        Returns
-        -------
-        NodeRecord or None
-            The node, or None when unknown.
-        """
-        rows = await self._fetch(f"SELECT {NODE_COLUMNS} FROM nodes WHERE name = ?", (name,))
-        return node_from_row(rows[0]) if rows else None
-
-    async def list_nodes(self) -> list[NodeRecord]:
-        """All nodes by name.
-
-        Returns
-        -------
-        list of NodeRecord
-            The nodes.
-        """
-        rows = await self._fetch(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")
-        return [node_from_row(r) for r in rows]
-
-    async def _delete(self, sql: str, key: str) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            return conn.execute(sql, (key,)).rowcount > 0
-
-        return await self._write(run)
-
-    async def delete_node(self, name: str) -> bool:
-        """Forget a node; returns whether it existed.
-
-        Parameters
-        ----------
-        name : str
-            The node's name.
-
-        Returns
-        -------
-        bool
-            Whether a node was deleted.
-        """
-        return await self._delete("DELETE FROM nodes WHERE name = ?", name)
-
-    # Quotas and pools --------------------------------------------------------------------
-
-    async def put_quota(self, quota: QuotaRecord) -> None:
-        """Insert or replace a project's quota.
-
-        Parameters
-        ----------
-        quota : QuotaRecord
-            The quota; the project's previous one is replaced.
-        """
-        row = quota_params(quota)
-
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(_PUT_QUOTA, row)
-
-        await self._write(run)
-
-    async def delete_quota(self, project: str) -> bool:
-        """Remove a project's quota; returns whether it existed.
-
-        Parameters
-        ----------
-        project : str
-            The project.
-
-        Returns
-        -------
-        bool
-            Whether a quota was deleted.
-        """
-        return await self._delete("DELETE FROM quotas WHERE project = ?", project)
-
-    async def list_quotas(self) -> list[QuotaRecord]:
-        """All quotas by project.
-
-        Returns
-        -------
-        list of QuotaRecord
-            The quotas.
-        """
-        rows = await self._fetch(f"SELECT {QUOTA_COLUMNS} FROM quotas ORDER BY project")
-        return [quota_from_row(r) for r in rows]
-
-    async def put_pool(self, pool: PoolRecord) -> None:
-        """Insert or replace a pool.
-
-        Parameters
-        ----------
-        pool : PoolRecord
-            The pool; one with the same name is replaced.
-        """
-        row = pool_params(pool)
-
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(_PUT_POOL, row)
-
-        await self._write(run)
-
-    async def delete_pool(self, name: str) -> bool:
-        """Remove a pool; returns whether it existed.
-
-        Parameters
-        ----------
-        name : str
-            The pool's name.
-
-        Returns
-        -------
-        bool
-            Whether a pool was deleted.
-        """
-        return await self._delete("DELETE FROM pools WHERE name = ?", name)
-
-    async def list_pools(self) -> list[PoolRecord]:
-        """All pools by name.
-
-        Returns
-        -------
-        list of PoolRecord
-            The pools.
-        """
-        rows = await self._fetch(f"SELECT {POOL_COLUMNS} FROM pools ORDER BY name")
-        return [pool_from_row(r) for r in rows]
-
-    # Checkpoints -------------------------------------------------------------------------
-
-    async def add_checkpoint(self, ck: CheckpointIn) -> CheckpointRecord:
-        """Record a checkpoint.
-
-        Parameters
-        ----------
-        ck : CheckpointIn
-            The checkpoint.
-
-        Returns
-        -------
-        CheckpointRecord
-            The stored checkpoint, with its id.
-
-        Raises
-        ------
-        StoreError
-            When the job does not exist.
-        """
-        row = (
-            ck.job_id,
-            ck.attempt,
-            ck.step,
-            ck.uri,
-            ck.size_bytes,
-            ck.kind,
-            ck.parent,
-            int(ck.complete),
-            ck.at,
-        )
-
-        def run(conn: sqlite3.Connection) -> int:
-            return int(conn.execute(_INSERT_CHECKPOINT, row).fetchall()[0][0])
-
-        ck_id = await self._write(run)
-        return checkpoint_from_row((ck_id, *row))
-
-    async def list_checkpoints(self, job_id: int) -> list[CheckpointRecord]:
-        """Return a job's checkpoints by id.
-
-        Parameters
-        ----------
-        job_id : int
-            The job.
-
-        Returns
-        -------
-        list of CheckpointRecord
-            The checkpoints, ascending id.
-        """
-        rows = await self._fetch(
-            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? ORDER BY id",
-            (job_id,),
-        )
-        return [checkpoint_from_row(r) for r in rows]
-
-    # Audit -------------------------------------------------------------------------------
-
-    async def append_audit(self, entries: Sequence[AuditIn]) -> None:
-        """Record mutations.
-
-        Parameters
-        ----------
-        entries : sequence of AuditIn
-            Stored together, ids ascending in this order.
-        """
-        if not entries:
-            return
-        rows = [
-            (e.at, e.user, e.project, e.action, e.target, e.status, dumps(e.detail))
-            for e in entries
-        ]
-
+    async def _insert_audit(self, rows: list[AuditRow]) -> None:
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(_INSERT_AUDIT, rows)
 
         await self._write(run)
-
-    async def list_audit(
-        self, *, project: str | None = None, after: int | None = None, limit: int = 100
-    ) -> list[AuditRecord]:
-        """Audit entries with id > ``after`` ascending (``project`` None = all).
-
-        Parameters
-        ----------
-        project : str, optional
-            Only entries of this project.
-        after : int, optional
-            Cursor: only entries with a larger id.
-        limit : int
-            At most this many entries.
-
-        Returns
-        -------
-        list of AuditRecord
-            The entries, ascending id.
-        """
-        where = ["id > ?"]
-        params: list[Any] = [-1 if after is None else after]
-        if project is not None:
-            where.append("project = ?")
-            params.append(project)
-        params.append(max(limit, 0))
-        rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
-            params,
-        )
-        return [audit_from_row(r) for r in rows]
-
-    # Tokens and keys ---------------------------------------------------------------------
-
-    async def revoke_token(self, entry: RevokedToken) -> bool:
-        """Record a revoked token id.
-
-        Parameters
-        ----------
-        entry : RevokedToken
-            The token id, when, until when the entry matters, and who revoked it.
-
-        Returns
-        -------
-        bool
-            False when the id was revoked already (the first entry stays).
-        """
-        row = (entry.token_id, entry.revoked_at, entry.expires_at, entry.revoked_by)
-
-        def run(conn: sqlite3.Connection) -> bool:
-            return conn.execute(_REVOKE, row).rowcount > 0
-
-        return await self._write(run)
-
-    async def revoked_tokens(self, now: float) -> list[RevokedToken]:
-        """Revocations whose ``expires_at`` is still ahead of ``now``, by token id.
-
-        Parameters
-        ----------
-        now : float
-            The current time.
-
-        Returns
-        -------
-        list of RevokedToken
-            The revocations that still matter.
-        """
-        rows = await self._fetch(
-            f"SELECT {REVOKED_COLUMNS} FROM revoked_tokens WHERE expires_at > ? ORDER BY token_id",
-            (now,),
-        )
-        return [revoked_from_row(r) for r in rows]
-
-    async def prune_expired(self, now: float) -> int:
-        """Forget revocations and idempotency keys expired by ``now``.
-
-        Parameters
-        ----------
-        now : float
-            The current time.
-
-        Returns
-        -------
-        int
-            How many entries were deleted.
-        """
-
-        def run(conn: sqlite3.Connection) -> int:
-            gone = conn.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?", (now,))
-            keys = conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,))
-            return int(gone.rowcount) + int(keys.rowcount)
-
-        return await self._write(run)
