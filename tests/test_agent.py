@@ -1181,7 +1181,13 @@ def test_state_file_is_replaced_atomically(tmp_path: Path) -> None:
         assert [(t["state"], t["exit_code"]) for t in state_tasks(tmp_path)] == [("exited", 0)]
         launcher.forget([proc.key])
         assert state_tasks(tmp_path) == []
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["tasks", "tasks.json"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "tasks",
+            "tasks.checkpoints",
+            "tasks.json",
+        ]
+        # The task wrote no checkpoint: its job's empty folder goes with it.
+        assert list((tmp_path / "tasks.checkpoints").iterdir()) == []
 
     asyncio.run(main())
 

@@ -701,7 +701,8 @@ def test_cli_wait_timeout(
     monkeypatch.setattr(fake, "advance", lambda job: None)  # the job never leaves PENDING
     argv = ["job", "submit", "--wait", "--wait-timeout", "0.05", "--", "sleep", "9"]
     assert job_cli.main(argv) == 1
-    assert capsys.readouterr().err == "error: job 1 is still PENDING after 0.05 s\n"
+    err = capsys.readouterr().err
+    assert err == "error: job 1 is still PENDING after 0.05 s (reason: queued)\n"
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from service_harness import ADMIN, PG_DSN, running_service, token
 
+from cplat.runtime.discovery import device_slots
+
 BACKENDS = [
     "sqlite",
     pytest.param(
@@ -315,7 +317,7 @@ def test_metrics_health_and_spec(tmp_path: Path) -> None:
     run(main())
 
 
-def test_mig_mode_gpus_are_kept_out_of_placement(tmp_path: Path) -> None:
+def test_mig_mode_gpus_without_instances_are_kept_out_of_placement(tmp_path: Path) -> None:
     async def main() -> None:
         async with running_service(tmp_path) as svc:
             body = {
@@ -342,7 +344,10 @@ def test_mig_mode_gpus_are_kept_out_of_placement(tmp_path: Path) -> None:
                 tasks={"resources": {"num_gpu": 1, "gpu_models": ["a100"]}},
             )
             placed = await svc.wait(job["id"], MEMBER, {"SCHEDULED"})
-            assert placed["placement"][0]["gpus"] == [1]
+            # Placements name device slots: the MIG-mode GPU has no instance with a UUID, so
+            # it has no slot, and slot 0 is GPU 1 (the agent maps it back the same way).
+            assert placed["placement"][0]["gpus"] == [0]
+            assert [s.gpu for s in device_slots(body["gpus"])] == [1]
             _, cluster = await svc.call("GET", "/v1/cluster", MEMBER)
             assert cluster["gpus"]["mig_mode"] == 1
             assert cluster["capacity"]["gpu_milli"] == 1000

@@ -315,3 +315,62 @@ def test_cli_prints_the_trace_once(tmp_path: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert out.count("synthetic Lublin-Feitelson: 300 jobs on 16 nodes") == 1
     assert "span" in out and "util:" in out
+
+
+# --- the replay's parts: the finished-jobs count, coincident events ---------------------------
+
+
+def test_progress_counts_finished_jobs_after_an_elastic_resize() -> None:
+    # Job 0 holds one of two nodes until 9998; elastic job 1 starts on the other and grows to
+    # both then, banking 9998 s x 1/2 = 4999 s of work. That banked work must not be taken for
+    # a count of finished jobs (it was, and progress then reported 5000 of 2 jobs done).
+    t = jobs_table([0, 0], [9998, 20000], [1, 2])
+    calls: list[tuple[int, int]] = []
+    res = simulate(
+        t,
+        cluster(2),
+        elastic_min=np.array([1, 1]),
+        record_log=True,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert "9998\tresize\t2\t2 tasks" in res.log
+    assert res.end.tolist() == [9998, 9998 + (20000 - 4999)]
+    assert all(done <= total for done, total in calls), calls
+    assert calls[-1] == (2, 2)
+
+
+def test_progress_is_reported_every_5000_finished_jobs_and_at_the_end() -> None:
+    n = 10_001
+    t = jobs_table(list(range(n)), [1] * n, [1] * n)
+    calls: list[tuple[int, int]] = []
+    simulate(t, cluster(1), progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(5000, n), (10_000, n), (n, n)]
+
+
+def test_a_job_that_finishes_as_its_grace_period_ends_is_not_requeued() -> None:
+    # The victim's own end (0 + 760) and its grace end (700 + 60) fall on one instant: it
+    # finished. (It was requeued too and ran a second time, 810..1570.)
+    t = jobs_table([0, 700], [760, 50], [8, 8])
+    t = t.set_column(
+        t.schema.get_field_index("priority"),
+        t.schema.field("priority"),
+        pa.array([0, 5], type=pa.int32()),
+    )
+    q = QueuePolicy("priority", preemption="priority", grace_period=60)
+    res = simulate(t, cluster(8), queue=q, record_log=True)
+    assert res.start.tolist() == [0, 760] and res.end.tolist() == [760, 810]
+    assert res.jobs.column("restarts").to_pylist() == [0, 0]
+    assert not any("requeue" in line for line in res.log)
+
+
+def test_a_job_that_finishes_as_its_node_fails_is_not_requeued() -> None:
+    from cplat.sim.faults import NodeFaults
+
+    # Find a seed whose first failure of node 0 falls at a time a one-node job can end at.
+    model = FaultModel(mtbf=1000.0, mttr=10.0, seed=0)
+    first = dict((node, t) for t, node in NodeFaults(model, 1).first_failures())[0]
+    t = jobs_table([0], [first], [1])
+    res = simulate(t, cluster(1), faults=model, record_log=True)
+    assert res.end.tolist() == [first] and res.start.tolist() == [0]
+    assert res.jobs.column("restarts").to_pylist() == [0]
+    assert f"{first}\tfinish\t1" in res.log

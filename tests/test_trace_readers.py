@@ -610,3 +610,138 @@ def test_cli_convert_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     args = parser().parse_args(["trace", "info", f"dlrm:{tmp_path / 'missing.csv'}"])
     with pytest.raises(InputError, match="file not found"):
         args.func(args)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 10: negative processor counts, Philly gangs, Parquet traces, Philly machine lists
+
+
+@pytest.mark.parametrize(
+    ("alloc", "req", "field"),
+    [(-2, 4, "allocated_processors"), (4, -7, "requested_processors")],
+)
+def test_swf_negative_processors_other_than_minus_one(
+    tmp_path: Path, alloc: int, req: int, field: str
+) -> None:
+    path = write(tmp_path, "n.swf", SWF_HEAD + swf_line(1) + swf_line(2, alloc=alloc, req=req))
+    trace = read_swf(path)
+    assert column(trace.jobs, "job_id") == [1]
+    assert trace.report.skipped == {"negative processors": 1}
+    with pytest.raises(InputError) as info:
+        read_swf(path, strict=True)
+    assert info.value.row == 6 and info.value.field == field
+    assert "-1 (unknown)" in str(info.value)
+    # -1 stays SWF's "unknown": the other count gives the width.
+    ok = read_swf(write(tmp_path, "ok.swf", SWF_HEAD + swf_line(1, alloc=-1, req=3)), strict=True)
+    assert column(ok.jobs, "num_tasks") == [3]
+
+
+def test_philly_wide_jobs_become_gangs_of_machine_sized_tasks(tmp_path: Path) -> None:
+    from cplat.traces.philly import gang_shape
+
+    rows = [(1, 1), (2, 8), (3, 128), (4, 12), (5, 9), (6, 11), (7, 0)]
+    text = "job_id,timestamp,duration,num_gpus\n" + "".join(
+        f"{j},2017-10-03 02:00:{j:02d},5,{g}\n" for j, g in rows
+    )
+    trace = read_gpu_jobs_csv(write(tmp_path, "g.csv", text), strict=True)
+    assert column(trace.jobs, "num_tasks") == [1, 1, 16, 2, 3, 11, 1]
+    assert column(trace.jobs, "num_gpu") == [1, 8, 8, 6, 3, 1, 0]
+    # Every job keeps its exact GPU count, and no task is wider than a machine.
+    for (_, g), tasks, per in zip(
+        rows, column(trace.jobs, "num_tasks"), column(trace.jobs, "num_gpu"), strict=True
+    ):
+        assert tasks * per == g and per <= 8
+    assert trace.meta["gang_jobs"] == 4 and trace.meta["gpus_per_machine"] == 8
+    assert trace.lines is not None and trace.lines.tolist() == [2, 3, 4, 5, 6, 7, 8]
+    two = read_gpu_jobs_csv(write(tmp_path, "g.csv", text), gpus_per_machine=2)
+    assert column(two.jobs, "num_tasks")[:3] == [1, 4, 64]
+    assert gang_shape(16, 8) == (2, 8) and gang_shape(7, 8) == (1, 7)
+    with pytest.raises(InputError) as info:
+        read_gpu_jobs_csv(write(tmp_path, "g.csv", text), gpus_per_machine=0)
+    assert info.value.field == "gpus_per_machine"
+
+
+def test_parquet_trace_kind_reads_what_convert_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cplat.traces.load import TRACE_KINDS, load_trace
+
+    assert "parquet" in TRACE_KINDS
+    swf = write(tmp_path, "t.swf", SWF_HEAD + swf_line(1, 5, 100, 2, 3) + swf_line(2, 9, 50, 4))
+    out = tmp_path / "t.parquet"
+    args = parser().parse_args(["trace", "convert", f"swf:{swf}", "--out", str(out)])
+    assert args.func(args) == 0
+    original = read_swf(swf)
+    kind, path = parse_trace_spec(f"parquet:{out}")
+    back = load_trace(kind, path)
+    assert back.jobs.equals(original.jobs)
+    assert back.nodes is not None and original.nodes is not None
+    assert back.nodes.equals(original.nodes)
+    assert back.meta["format"] == "parquet" and back.meta["source_format"] == "swf"
+    assert back.meta["max_procs"] == 16 and back.meta["converted_from"] == str(swf)
+    assert back.report.rows_kept == 2 and back.lines is not None
+    # Not a jobs table: an error naming the file, not a crash.
+    nodes_only = tmp_path / "t.nodes.parquet"
+    with pytest.raises(InputError) as info:
+        load_trace("parquet", nodes_only)
+    assert str(nodes_only) in str(info.value)
+
+
+PHILLY_MACHINES = (
+    "machineId, number of GPUs, single GPU mem\nm1,8,24G\nm2, 8 , 24G\nm3,2,12G\nm4,0,\n"
+)
+
+
+def test_philly_machine_list(tmp_path: Path) -> None:
+    from cplat.traces.cluster import load_cluster, read_philly_machines
+
+    path = write(tmp_path, "cluster_machine_list", PHILLY_MACHINES)
+    table = read_philly_machines(path, strict=True)
+    assert table.schema.equals(NODE_SCHEMA, check_metadata=False)
+    assert column(table, "name") == ["m1", "m2", "m3", "m4"]
+    assert column(table, "num_gpu") == [8, 8, 2, 0]
+    assert column(table, "gpu_model") == ["24G", "24G", "12G", ""]
+    assert set(column(table, "cpu_milli")) == {0} and set(column(table, "memory_mib")) == {0}
+    # Read directly by --cluster: with its kind, or recognised by its header.
+    for spec in (str(path), f"philly:{path}"):
+        nodes = load_cluster(spec)
+        assert nodes.name == ("m1", "m2", "m3", "m4")
+        assert nodes.num_gpu.tolist() == [8, 8, 2, 0]
+        assert nodes.models.names == ("12G", "24G")
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "reason"),
+    [
+        ("m1,8,24G", "machineId", "duplicate machine id"),
+        (",8,24G", "machineId", "bad machineId"),
+        ("m9,-1,24G", "number of GPUs", "bad number of GPUs"),
+        ("m9,65,24G", "number of GPUs", "bad number of GPUs"),
+        ("m9,4,", "single GPU mem", "bad single GPU mem"),
+        ("m9,4,lots", "single GPU mem", "bad single GPU mem"),
+        ("m9,4,24G|12G", "single GPU mem", "bad single GPU mem"),
+    ],
+)
+def test_philly_machine_list_bad_rows(tmp_path: Path, row: str, field: str, reason: str) -> None:
+    from cplat.traces.cluster import read_philly_machines
+
+    path = write(tmp_path, "m.csv", "machineId,number of GPUs,single GPU mem\nm1,8,24G\n" + row)
+    with pytest.warns(UserWarning, match=reason):
+        table = read_philly_machines(path)
+    assert table.num_rows == 1
+    with pytest.raises(InputError) as info:
+        read_philly_machines(path, strict=True)
+    assert info.value.row == 3 and info.value.field == field
+
+
+def test_cluster_spec_errors(tmp_path: Path) -> None:
+    from cplat.traces.cluster import load_cluster
+
+    with pytest.raises(InputError, match="file not found"):
+        load_cluster(str(tmp_path / "absent.csv"))
+    with pytest.raises(InputError) as info:
+        load_cluster("philly:")
+    assert info.value.field == "--cluster"
+    empty = write(tmp_path, "e.csv", "machineId,number of GPUs,single GPU mem\n")
+    with pytest.raises(InputError, match="no machines"):
+        load_cluster(str(empty))

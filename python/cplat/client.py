@@ -226,7 +226,10 @@ class WaitTimeoutError(TimeoutError):
     def __init__(self, job: Job, timeout: float) -> None:
         self.job = job
         self.timeout = timeout
-        super().__init__(f"job {job['id']} is still {job['state']} after {timeout:g} s")
+        message = f"job {job['id']} is still {job['state']} after {timeout:g} s"
+        # Why it waits (``unschedulable: no node has 64 CPUs; ...``) is what the user needs.
+        reason = job.get("reason") if job["state"] == "PENDING" else None
+        super().__init__(f"{message} (reason: {reason})" if reason else message)
 
 
 def _error_from_body(status: int, reason: str, body: bytes) -> ApiError:
@@ -235,6 +238,15 @@ def _error_from_body(status: int, reason: str, body: bytes) -> ApiError:
         payload: object = json.loads(body)
     except ValueError:  # also UnicodeDecodeError
         payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error_code"), str):
+        # The MLflow-compatible endpoints answer in MLflow's own error shape.
+        field = payload.get("field")
+        return ApiError(
+            status,
+            payload["error_code"],
+            _one_line(str(payload.get("message") or reason or f"HTTP {status}")),
+            str(field) if field is not None else None,
+        )
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
         err = cast(dict[str, object], payload["error"])
         code = err.get("code")
@@ -449,12 +461,15 @@ class Client:
         gang: bool = True,
         max_runtime: int | None = None,
         checkpoint: CheckpointPolicy | None = None,
+        exclusive: bool = False,
+        min_count: int | None = None,
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
         on_failure: str = "fail",
         max_restarts: int = 0,
         idempotency_key: str | None = None,
         outage: float = 60.0,
+        experiment: str | Mapping[str, Any] | None = None,
     ) -> Job:
         """Submit a job (``POST /v1/jobs``); the service validates every field.
 
@@ -482,6 +497,10 @@ class Client:
             Seconds before the job is stopped; ``None`` takes the service's default.
         checkpoint
             ``{"interval", "cost"}`` in seconds, for jobs that checkpoint.
+        exclusive
+            Run alone on its nodes.
+        min_count
+            Fewest tasks the job can run with (elastic between it and ``count``).
         env
             Extra environment of the tasks.
         workdir
@@ -496,6 +515,9 @@ class Client:
             remembers keys for a day (its ``idempotency_ttl``).
         outage
             Seconds the server may stay unreachable (a restart) before submitting gives up.
+        experiment
+            Record the job as a run of this experiment: its name, or ``{"name", "run_name",
+            "snapshot", "from_run"}`` (see docs/tracking.md).
 
         Returns
         -------
@@ -534,8 +556,13 @@ class Client:
             "checkpoint": dict(checkpoint) if checkpoint is not None else None,
             "env": dict(env) if env is not None else None,
             "workdir": workdir,
+            "experiment": dict(experiment) if isinstance(experiment, Mapping) else experiment,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
+        if exclusive:
+            body["exclusive"] = True
+        if min_count is not None:
+            body["tasks"]["min_count"] = min_count
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         give_up = time.monotonic() + outage
         delay = 0.25

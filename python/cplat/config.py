@@ -6,6 +6,8 @@ Example::
     scorers = { bestfit = 1 }   # scorer = weight; see cplat._core.scorer_names()
     gpu_pick = "best"           # best | worst | random | fgd
     tie_break = "rank"          # rank | random
+    gang_solver = "cp-sat"      # greedy | cp-sat (OR-Tools): better gang placements
+    gang_time_limit = 1.0       # seconds CP-SAT may spend on one gang
 
     [queue]                     # when jobs start
     order = "priority"          # fcfs | sjf | priority | wfp3 | unicep | f1
@@ -14,7 +16,9 @@ Example::
     max_backfill_jobs = 100
 
     [queue_sort]                # sets priorities before each cycle (with order = "priority")
-    name = "fairshare"          # see cplat.policy.fairshare.make_queue_sort
+    name = "fairshare"          # fairshare | drf | multifactor (cplat.policy.fairshare)
+    half_life = 604800          # usage half-life in seconds (Slurm's PriorityDecayHalfLife)
+    shares = { team-a = 2 }     # other keys: the plugin's options
 
     [checkpoint]                # seconds
     interval = 3600
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from cplat.errors import InputError
+from cplat.policy.gang import GangSolver
 from cplat.profile import POLICIES, Profile
 from cplat.scheduler import Checkpointing, QueuePolicy, Quota, Quotas
 
@@ -52,7 +57,15 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 _SECTIONS = ("placement", "queue", "queue_sort", "checkpoint", "quota", "cohort")
-_PLACEMENT_KEYS = ("scorers", "gpu_pick", "tie_break")
+_PLACEMENT_KEYS = (
+    "scorers",
+    "gpu_pick",
+    "tie_break",
+    "gang_solver",
+    "gang_time_limit",
+    "gang_workers",
+    "gang_cycle_budget",
+)
 _QUEUE_KEYS = (
     "order",
     "backfill",
@@ -81,6 +94,7 @@ class SchedulerConfig:
     quotas: Quotas | None = None
     source: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    gang: GangSolver = GangSolver()
 
 
 def _check_keys(table: dict[str, Any], valid: tuple[str, ...], where: str, source: str) -> None:
@@ -124,6 +138,7 @@ def load_scheduler_config(path: str | Path) -> SchedulerConfig:
         raise InputError(f"invalid TOML ({exc})", source=source) from None
     _check_keys(data, _SECTIONS, "profile", source)
     placement = POLICIES["bestfit"]
+    gang = GangSolver()
     if "placement" in data:
         p = data["placement"]
         _check_keys(p, _PLACEMENT_KEYS, "placement", source)
@@ -137,6 +152,15 @@ def load_scheduler_config(path: str | Path) -> SchedulerConfig:
                 scorers=tuple((str(k), int(v)) for k, v in scorers.items()),
                 gpu_pick=str(p.get("gpu_pick", "best")),
                 tie_break=str(p.get("tie_break", "rank")),
+            )
+        except InputError as exc:
+            raise InputError(exc.message, source=source, field=exc.field) from None
+        try:
+            gang = GangSolver(
+                solver=p.get("gang_solver", "greedy"),
+                time_limit=p.get("gang_time_limit", 1.0),
+                workers=p.get("gang_workers", 1),
+                cycle_budget=p.get("gang_cycle_budget", 5.0),
             )
         except InputError as exc:
             raise InputError(exc.message, source=source, field=exc.field) from None
@@ -197,4 +221,4 @@ def load_scheduler_config(path: str | Path) -> SchedulerConfig:
             quotas = Quotas(items, limits)
         except InputError as exc:
             raise InputError(exc.message, source=source, field=exc.field) from None
-    return SchedulerConfig(placement, queue, queue_sort, checkpoint, quotas, source)
+    return SchedulerConfig(placement, queue, queue_sort, checkpoint, quotas, source, gang=gang)

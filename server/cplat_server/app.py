@@ -17,14 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cplat.config import load_scheduler_config
 from cplat.errors import InputError
-from cplat.profile import POLICIES
 from cplat.runtime.live import LiveCluster
-from cplat.scheduler import QueuePolicy
 from cplat.store import open_store
 from cplat.store.base import JobRecord, Store
+from cplat.tracking.jobs import run_claim
 from cplat_server import auth
 from cplat_server.config import ServiceConfig, jwt_secret
 from cplat_server.errors import ApiError, error_response
+from cplat_server.job_runs import job_runs_context
 from cplat_server.keys import (
     AUDITED,
     CONFIG,
@@ -40,8 +40,11 @@ from cplat_server.keys import (
 from cplat_server.limits import LIMITS, Limits
 from cplat_server.loop import Controller
 from cplat_server.metrics import Metrics
+from cplat_server.mlflow.artifacts import ARTIFACTS, open_artifact_store
+from cplat_server.mlflow.routes import tracking_context
 from cplat_server.openapi import docs_page, spec
-from cplat_server.routes import PAGES, ROUTES, UNAUDITED
+from cplat_server.routes import MLFLOW_ROUTES, PAGES, ROUTES, UNAUDITED
+from cplat_server.views.studies import studies_context
 from cplat_server.views.tokens import REVOKED, keep_revocations_fresh, load_revocations
 
 log = logging.getLogger("cplat.server")
@@ -158,8 +161,8 @@ def _scheduler_parts(cfg: ServiceConfig) -> LiveCluster:
                 source=cfg.profile,
                 field="quota",
             )
-        return LiveCluster(sc.placement, sc.queue, sc.checkpoint)
-    return LiveCluster(POLICIES["bestfit"], QueuePolicy(order="priority", backfill="easy"))
+        return LiveCluster.from_config(sc)
+    return LiveCluster.from_config(None)
 
 
 def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Application:
@@ -181,6 +184,7 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
     app[LIMITS] = Limits(app[METRICS], cfg.max_streams_per_user, cfg.submit_rate, cfg.submit_burst)
     app[SECRET] = jwt_secret(cfg)
     app[REVOKED] = auth.Revocations()
+    app[ARTIFACTS] = open_artifact_store(cfg)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_get("/healthz", healthz)
@@ -189,6 +193,8 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
     app.router.add_get("/docs", docs_view)
     for path, page in PAGES:
         app.router.add_get(path, page)
+    for method, path, handler in MLFLOW_ROUTES:
+        app.router.add_route(method, path, handler)
     cluster = _scheduler_parts(cfg)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -206,7 +212,14 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
             now = time.time()
             exp = auth.job_token_expiry(now, runtime, rec.token_expires_at, cfg.max_job_token_ttl)
             return auth.create_job_token(
-                app[SECRET], rec.user, rec.project, exp, parent_id=rec.token_id, now=now
+                app[SECRET],
+                rec.user,
+                rec.project,
+                exp,
+                parent_id=rec.token_id,
+                now=now,
+                # A job with a tracking run gets a token that writes to that run only.
+                run_id=run_claim(rec.spec),
             )
 
         ctrl = Controller(
@@ -245,6 +258,9 @@ def create_app(cfg: ServiceConfig, store: Store | None = None) -> web.Applicatio
             app[CONTROLLER].begin_shutdown()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(tracking_context)
+    app.cleanup_ctx.append(job_runs_context)
+    app.cleanup_ctx.append(studies_context)
     app.on_shutdown.append(on_shutdown)
     return app
 

@@ -45,6 +45,9 @@ class Principal:
     #: The token's id (``jti``; empty for tokens made before ids existed) and expiry.
     token_id: str = ""
     expires_at: float | None = None
+    #: The run a job's token is scoped to (claim ``run``; empty: none). The MLflow endpoints
+    #: accept such a token for writes to that run only (``cplat.tracking.jobs.check_run_scope``).
+    run_id: str = ""
 
     def can_see(self, project: str) -> bool:
         """Whether objects of ``project`` exist for this caller."""
@@ -212,6 +215,7 @@ def create_job_token(
     expires_at: int,
     parent_id: str = "",
     now: float | None = None,
+    run_id: str = "",
 ) -> str:
     """Return the token a job's processes get: a member of its project.
 
@@ -230,6 +234,9 @@ def create_job_token(
         Id of the token that submitted the job (empty when unknown: older jobs).
     now
         The issue time (default: now).
+    run_id
+        The job's tracking run (claim ``run``): the MLflow endpoints then accept the token
+        for writes to that run only.
     """
     iat = int(time.time() if now is None else now)
     claims: dict[str, object] = {
@@ -243,6 +250,8 @@ def create_job_token(
     }
     if parent_id:
         claims["par"] = parent_id
+    if run_id:
+        claims["run"] = run_id
     return _sign(claims, secret)
 
 
@@ -310,12 +319,14 @@ def verify(secret: str, header: str | None, revoked: Revocations | None = None) 
     role = claims.get("role")
     user, project = claims.get("sub"), claims.get("project")
     jti, parent = claims.get("jti", ""), claims.get("par", "")
+    run = claims.get("run", "")
     if (
         role not in _RANK
         or not isinstance(user, str)
         or not isinstance(project, str)
         or not isinstance(jti, str)
         or not isinstance(parent, str)
+        or not isinstance(run, str)
     ):
         raise ApiError(401, "invalid_token", "the token's claims are malformed")
     if revoked is not None and jti and jti in revoked:
@@ -334,4 +345,5 @@ def verify(secret: str, header: str | None, revoked: Revocations | None = None) 
         claims.get("cluster_admin") is True,
         token_id=jti,
         expires_at=float(exp) if isinstance(exp, (int, float)) else None,
+        run_id=run,
     )

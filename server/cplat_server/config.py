@@ -6,7 +6,7 @@ import math
 import os
 import secrets
 import ssl
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ from cplat.errors import InputError
 from cplat.settings import read_toml
 
 DEFAULT_PORT = 8470
+#: Choices of the ``unschedulable`` setting.
+UNSCHEDULABLE = ("hold", "reject")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,25 @@ class ServiceConfig:
         Who the local agent runs tasks as: ``dynamic`` (a transient uid per task; the
         default under root), ``self`` (the server's own user; the default otherwise) or an
         existing account (see ``cplat.runtime.isolation``).
+    unschedulable
+        What becomes of a job no registered node could ever run (more CPUs, memory or GPUs
+        per task than the largest node has, a GPU model no node has, more tasks than all
+        nodes together hold): ``hold`` (the default, for clusters that may grow) accepts it
+        and keeps it waiting with the reason in words until nodes that fit register;
+        ``reject`` (for a cluster declared complete) answers 400 naming the field and the
+        largest node. While no node is registered at all, jobs are held either way.
+    artifact_root
+        Folder of the tracking artifacts (the MLflow artifact proxy); empty:
+        ``<data_dir>/artifacts``. Unused when ``artifact_s3_bucket`` is set.
+    artifact_s3_bucket, artifact_s3_prefix
+        Keep the artifacts in this S3-compatible bucket, under this key prefix, instead.
+    artifact_s3_endpoint, artifact_s3_region
+        The object store's URL (MinIO, Ceph, ...; empty: AWS) and region.
+    artifact_s3_access_key_id, artifact_s3_secret_access_key
+        The object store's credentials; empty: boto3's own chain (``AWS_ACCESS_KEY_ID``
+        and ``AWS_SECRET_ACCESS_KEY``, profiles, instance roles). Never logged.
+    max_artifact_upload
+        Largest artifact file one upload may store, in bytes (default 5 GiB).
     """
 
     host: str = "127.0.0.1"
@@ -95,6 +116,15 @@ class ServiceConfig:
     max_job_token_ttl: int = 7 * 86400
     idempotency_ttl: int = 86400
     task_user: str = ""
+    unschedulable: str = "hold"
+    artifact_root: str = ""
+    artifact_s3_bucket: str = ""
+    artifact_s3_prefix: str = ""
+    artifact_s3_endpoint: str = ""
+    artifact_s3_region: str = ""
+    artifact_s3_access_key_id: str = field(default="", repr=False)
+    artifact_s3_secret_access_key: str = field(default="", repr=False)
+    max_artifact_upload: int = 5 << 30
 
     @property
     def store_url(self) -> str:
@@ -158,6 +188,15 @@ _KINDS: dict[str, Any] = {
     "max_job_token_ttl": int,
     "idempotency_ttl": int,
     "task_user": str,
+    "unschedulable": str,
+    "artifact_root": str,
+    "artifact_s3_bucket": str,
+    "artifact_s3_prefix": str,
+    "artifact_s3_endpoint": str,
+    "artifact_s3_region": str,
+    "artifact_s3_access_key_id": str,
+    "artifact_s3_secret_access_key": str,
+    "max_artifact_upload": int,
 }
 
 
@@ -206,6 +245,9 @@ def load_config(
     if cfg.node_timeout <= 0 or cfg.tick <= 0 or cfg.max_body <= 0 or cfg.grace < 0:
         raise InputError("node_timeout, tick and max_body must be positive", field="serve")
     _check_limits(cfg)
+    from cplat_server.mlflow.artifacts import check_artifact_settings
+
+    check_artifact_settings(cfg)
     return cfg
 
 
@@ -230,6 +272,10 @@ def _check_limits(cfg: ServiceConfig) -> None:
     if cfg.idempotency_ttl <= 0:
         raise InputError(
             "idempotency_ttl must be a positive number of seconds", field="idempotency_ttl"
+        )
+    if cfg.unschedulable not in UNSCHEDULABLE:
+        raise InputError(
+            f"unschedulable must be one of {', '.join(UNSCHEDULABLE)}", field="unschedulable"
         )
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         missing = "tls_key" if cfg.tls_cert else "tls_cert"

@@ -9,7 +9,9 @@ from typing import Any
 from aiohttp import web
 
 from cplat_server import schemas as s
-from cplat_server.views import jobs, resources, status, tokens
+from cplat_server.mlflow import artifacts as mlflow_artifacts
+from cplat_server.mlflow import routes as mlflow_routes
+from cplat_server.views import fairshare, jobs, reservations, resources, status, studies, tokens
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -348,11 +350,93 @@ ROUTES: tuple[Route, ...] = (
         answer=tokens.TOKEN_REVOKED,
         errors=(400, 401, 403, 413, 415),
     ),
+    Route(
+        "POST",
+        "/v1/studies",
+        studies.create,
+        "Create a hyperparameter study (its trials run as jobs)",
+        "studies",
+        body=studies.STUDY_CREATE,
+        answer=studies.STUDY,
+        status=201,
+        errors=(400, 401, 403, 409, 413, 415),
+    ),
+    Route(
+        "GET",
+        "/v1/studies",
+        studies.list_studies,
+        "List studies",
+        "studies",
+        answer=studies.STUDY_LIST,
+        query=(_PROJECT,),
+    ),
+    Route(
+        "GET",
+        "/v1/studies/{name}",
+        studies.get_study,
+        "A study: trials with state, params and values; the best",
+        "studies",
+        answer=studies.STUDY,
+        query=(_PROJECT,),
+    ),
+    Route(
+        "DELETE",
+        "/v1/studies/{name}",
+        studies.stop,
+        "Stop a study (its running trials are cancelled)",
+        "studies",
+        answer=studies.STUDY,
+        query=(_PROJECT,),
+    ),
+    Route(
+        "GET",
+        "/v1/fairshare",
+        fairshare.fairshare,
+        "Fair-share usage, shares and priority factors per project; the queue order",
+        "resources",
+        answer=fairshare.FAIRSHARE,
+        errors=(401,),
+    ),
+    Route(
+        "POST",
+        "/v1/reservations",
+        reservations.create,
+        "Reserve nodes for a project, or a maintenance window (cluster admins)",
+        "resources",
+        body=reservations.RESERVATION_IN,
+        answer=reservations.RESERVATION,
+        status=201,
+        errors=(400, 401, 403, 413, 415),
+    ),
+    Route(
+        "GET",
+        "/v1/reservations",
+        reservations.list_reservations,
+        "List reservations (cluster admins all; others their project's and the windows)",
+        "resources",
+        answer={
+            "type": "object",
+            "properties": {"reservations": {"type": "array", "items": reservations.RESERVATION}},
+        },
+        errors=(401,),
+    ),
+    Route(
+        "DELETE",
+        "/v1/reservations/{id}",
+        reservations.delete,
+        "Delete a reservation (cluster admins)",
+        "resources",
+        status=204,
+    ),
 )
 
 #: Pages for people, outside the API: no token, not audited, not OpenAPI operations (the
 #: spec describes the JSON API; the page reads that API with the visitor's token).
 PAGES: tuple[tuple[str, Handler], ...] = (("/", status.page),)
+
+#: The MLflow-compatible API, ``(method, path, handler)``: outside /v1 and the OpenAPI document
+#: (it answers in MLflow's error shape and checks tokens itself; see cplat_server.mlflow).
+MLFLOW_ROUTES = mlflow_routes.ROUTES + mlflow_artifacts.ROUTES
 
 #: Agent telemetry is not audited: it is not a person's change and would flood the log.
 UNAUDITED = frozenset(

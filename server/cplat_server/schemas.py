@@ -68,7 +68,7 @@ RESOURCES = _obj(
         },
     }
 )
-TASKS = _obj({"count": _int(1, 1024), "resources": RESOURCES})
+TASKS = _obj({"count": _int(1, 1024), "min_count": _int(1, 1024), "resources": RESOURCES})
 CHECKPOINT_POLICY = _obj({"interval": _int(0, 10**9), "cost": _int(0, 10**9)}, ("interval",))
 ENV = {
     "type": "object",
@@ -89,6 +89,7 @@ JOB_SUBMIT = _obj(
         "tasks": TASKS,
         "priority": _int(-1000, 1000),
         "gang": {"type": "boolean"},
+        "exclusive": {"type": "boolean"},
         "max_runtime": _int(1, 10**8),
         "checkpoint": {"anyOf": [CHECKPOINT_POLICY, {"type": "null"}]},
         "command": COMMAND,
@@ -96,6 +97,8 @@ JOB_SUBMIT = _obj(
         "workdir": {"anyOf": [_text(4096, minLength=1), {"type": "null"}]},
         "on_failure": {"type": "string", "enum": ["fail", "restart"]},
         "max_restarts": _int(0, 100),
+        # Checked in full by cplat.tracking.jobs.parse_experiment (docs/tracking.md).
+        "experiment": {"anyOf": [_text(500, minLength=1), {"type": "object"}]},
     },
     ("name", "command"),
 )
@@ -261,6 +264,11 @@ JOB = {
         "started_at": NUM_OR_NULL,
         "finished_at": NUM_OR_NULL,
         "exit_code": {"type": ["integer", "null"]},
+        "tracking": {
+            "type": ["object", "null"],
+            "description": "The job's run (submitted with an experiment): "
+            "{experiment, experiment_id, run_id}.",
+        },
     },
     "required": ["id", "name", "project", "user", "state", "reason", "tasks", "attempt"],
 }

@@ -347,11 +347,26 @@ def _guarded(command: Command) -> Command:
     return run
 
 
+def _task_range(text: str) -> tuple[int, int]:
+    """Parse ``--tasks``: ``N`` or ``MIN:MAX`` (elastic), each at least 1."""
+    low, sep, high = text.partition(":")
+    try:
+        lo, hi = int(low), int(high if sep else low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN:MAX, got {text!r}") from None
+    if lo < 1 or hi < lo:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
     command = list(args.job_argv)
     # Depending on the Python version argparse may leave the ``--`` separator in place.
     if command and command[0] == "--":
         command = command[1:]
+    from cplat.cli.tracking import describe_run, prepare_submission
+
+    command, experiment = prepare_submission(args, command)
     if not command:
         raise InputError(
             "give the command to run after --, as in: -- python train.py", field="command"
@@ -363,7 +378,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         args.name or _default_name(command),
         command,
         project=args.project,
-        count=args.tasks,
+        count=args.tasks[1],
+        min_count=args.tasks[0] if args.tasks[0] < args.tasks[1] else None,
+        exclusive=args.exclusive,
         cpu_milli=parse_cpu(args.cpu),
         memory_mib=parse_memory(args.memory),
         num_gpu=num_gpu,
@@ -377,18 +394,28 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         on_failure=args.on_failure,
         max_restarts=args.max_restarts,
         idempotency_key=args.idempotency_key,
+        experiment=experiment,
     )
+    if describe_run(job) and not args.json:
+        print(describe_run(job), flush=True)
+    held = str(job.get("reason") or "")
+    if not held.startswith("unschedulable"):
+        held = ""
     if not args.wait:
         if args.json:
             _print_json(job)
         else:
             print(f"submitted job {job['id']} ({job['name']}, {job['state']})")
+            if held:
+                print(f"it waits: {held}")
         return 0
     timeout = None
     if args.wait_timeout is not None:
         timeout = float(_seconds(args.wait_timeout, "--wait-timeout"))
     if not args.json:
         print(f"submitted job {job['id']} ({job['name']}); waiting", flush=True)
+        if held:
+            print(f"it waits: {held}", flush=True)
     job = client.wait(job["id"], timeout, poll=POLL_INTERVAL)
     if args.json:
         _print_json(job)
@@ -530,7 +557,14 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     submit.add_argument("--name", help="job name (default: the program's name)")
     submit.add_argument("--project", help="project (default: the token's)")
     submit.add_argument(
-        "--tasks", type=int, default=1, metavar="N", help="tasks (ranks; default 1)"
+        "--tasks",
+        type=_task_range,
+        default=(1, 1),
+        metavar="N|MIN:MAX",
+        help="tasks (ranks; default 1); MIN:MAX runs elastic, between MIN and MAX tasks",
+    )
+    submit.add_argument(
+        "--exclusive", action="store_true", help="run alone on its nodes (nothing else joins)"
     )
     submit.add_argument(
         "--cpu", default="1", metavar="CORES", help="cores per task: 4, 0.5 or 500m (default 1)"
@@ -581,6 +615,9 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "retries after a lost answer always reuse it)",
     )
     submit.add_argument("job_argv", nargs="*", metavar="-- COMMAND", help="program and arguments")
+    from cplat.cli.tracking import add_submit_options
+
+    add_submit_options(submit)
     submit.set_defaults(func=_guarded(_cmd_submit))
 
     listing = verbs.add_parser("list", parents=[common, as_json], help="list jobs")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cplat.errors import InputError
-from cplat.model import NodeTable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -166,33 +165,14 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=120)
 
 
-def _load_cluster(spec: str) -> NodeTable:
-    """Node list from ``FILE.parquet`` (node schema), ``spot:FILE`` or an openb node CSV."""
-    import pyarrow as pa
-
-    from cplat.scheduler import nodes_from_table
-
-    if spec.startswith("spot:"):
-        from cplat.traces.spot import read_spot_nodes
-
-        return nodes_from_table(read_spot_nodes(spec[5:]))
-    path = Path(spec)
-    if path.suffix == ".parquet":
-        from cplat.traces.trace import read_parquet
-
-        table: pa.Table = read_parquet(path, kind="nodes")
-        return nodes_from_table(table)
-    from cplat.traces import read_openb_nodes
-
-    return read_openb_nodes(path)
-
-
 def _cmd_sim(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from rich.progress import Progress
 
     from cplat.profile import policy
     from cplat.scheduler import QueuePolicy, nodes_from_table
-    from cplat.sim.report import Run, compare_table, summarize, write_outputs
+    from cplat.sim.report import Run, compare_table, summarize, unstarted_warning, write_outputs
     from cplat.sim.run import FaultModel, simulate
 
     console = _console()
@@ -215,32 +195,63 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         nodes = nodes_from_table(synthetic_cluster_nodes(args.synthetic_nodes))
         label = f"synthetic Lublin-Feitelson: {jobs.num_rows:,} jobs on {len(nodes)} nodes"
         skipped = ""
+        left_out = 0
         extra: dict[str, object] = {"trace": "synthetic", "seed": args.seed}
     else:
+        from cplat.traces.cluster import load_cluster
+        from cplat.traces.feasible import screen_jobs
         from cplat.traces.load import load_trace, parse_trace_spec
 
         with _from_options("--trace"):
             kind, path = parse_trace_spec(args.trace)
-        trace = load_trace(kind, path, nodes=args.nodes, strict=args.strict)
-        jobs = trace.jobs
-        if args.cluster is not None:
-            nodes = _load_cluster(args.cluster)
+        # The cluster first: a Philly-style trace cuts its wide jobs to the largest machine.
+        cluster = None if args.cluster is None else load_cluster(args.cluster, strict=args.strict)
+        per_machine = None
+        if cluster is not None and kind == "philly" and int(cluster.num_gpu.max(initial=0)) > 0:
+            per_machine = int(cluster.num_gpu.max())
+        trace = load_trace(
+            kind, path, nodes=args.nodes, strict=args.strict, gpus_per_machine=per_machine
+        )
+        if cluster is not None:
+            nodes = cluster
         elif trace.nodes is not None:
             nodes = nodes_from_table(trace.nodes)
         else:
             raise InputError(
-                f"the {kind} trace has no node list: "
-                "give --cluster (node CSV, .parquet or spot:FILE)",
+                f"the {kind} trace has no node list: give --cluster "
+                "(philly:, spot:, openb: or parquet: node file, or a path)",
                 field="--cluster",
             )
+        # Jobs no empty cluster could hold would wait forever (and block FCFS): out, counted.
+        read_warnings = len(trace.report.warnings)
+        trace = screen_jobs(trace, nodes, strict=args.strict)
+        jobs = trace.jobs
         label = f"{path.name}: {jobs.num_rows:,} jobs on {len(nodes)} nodes"
         report = trace.report
-        extra = {"trace": args.trace, "skipped_rows": dict(report.skipped)}
+        extra = {
+            "trace": args.trace,
+            "skipped_rows": dict(report.skipped),
+            "infeasible_jobs": int(trace.meta.get("infeasible_jobs", 0)),
+        }
         skipped = (
             f"; skipped {sum(report.skipped.values()):,} rows ({report.summary()})"
             if report.skipped
             else ""
         )
+        for note in report.warnings[read_warnings:]:  # the screen's; the reader's are above
+            print(f"cplat sim: warning: {note}", file=sys.stderr)
+        left_out = int(trace.meta.get("infeasible_jobs", 0))
+        if left_out:
+            reasons = ", ".join(
+                f"{reason.removeprefix('infeasible: ')} {count:,}"
+                for reason, count in sorted(report.skipped.items())
+                if reason.startswith("infeasible: ")
+            )
+            print(
+                f"cplat sim: warning: {left_out:,} jobs can never run on this cluster and are "
+                f"left out ({reasons}); --strict makes this an error",
+                file=sys.stderr,
+            )
     base = cfg.queue if cfg is not None else QueuePolicy()
     default_orders = base.order if cfg is not None else "fcfs,sjf,f1,wfp3,unicep"
     orders = [o.strip() for o in (args.compare or args.policy or default_orders).split(",")]
@@ -276,17 +287,16 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         "backfill": "--backfill" if args.backfill else None,
         "preemption": "--preemption" if args.preemption else None,
     }
+    # The profile's policy travels whole: only what the command line sets is replaced, so a
+    # field added to QueuePolicy reaches the simulator without an edit here.
     with _from_options({k: v for k, v in given.items() if v is not None}):
         queues = [
-            QueuePolicy(
-                o,
-                b,
+            replace(
+                base,
+                order=o,
+                backfill=b,
                 lock_head=args.lock_head or base.lock_head,
                 preemption=args.preemption or base.preemption,
-                max_backfill_jobs=base.max_backfill_jobs,
-                calendar_resolution=base.calendar_resolution,
-                calendar_horizon=base.calendar_horizon,
-                random_victims=base.random_victims,
             )
             for o in orders
             for b in backfills
@@ -327,7 +337,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             progress.advance(task, jobs.num_rows)
     summaries = [summarize(r) for r in runs]
     # The banner above already names the trace; the table's title says what the rows are.
-    console.print(compare_table(summaries, title="results per queue policy"))
+    console.print(compare_table(summaries, title="results per queue policy", left_out=left_out))
+    for run in runs:
+        warning = unstarted_warning(run)
+        if warning is not None:
+            print(f"cplat sim: {warning}", file=sys.stderr)
     written = write_outputs(runs, args.out, extra, trace=label)
     console.print(
         "wrote " + ", ".join(str(p) for p in written[-3:]) + f" (and {len(written) - 3} more)"
@@ -349,9 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay a trace (or the built-in Lublin-Feitelson workload) through cplat's "
         "scheduler and compare queue orders and backfilling.",
     )
-    sim.add_argument("--trace", metavar="KIND:PATH", help="swf:, openb:, dlrm: or philly: file")
+    sim.add_argument(
+        "--trace", metavar="KIND:PATH", help="swf:, openb:, dlrm:, philly: or parquet: file"
+    )
     sim.add_argument("--nodes", type=Path, metavar="NODE_CSV", help="node list of an openb trace")
-    sim.add_argument("--cluster", metavar="FILE", help="cluster: node CSV, .parquet or spot:FILE")
+    sim.add_argument(
+        "--cluster",
+        metavar="[KIND:]FILE",
+        help="cluster: philly:, spot:, openb: or parquet: node file (a bare path is recognised "
+        "by its suffix or header)",
+    )
     sim.add_argument(
         "--policy", metavar="ORDER", help="queue order: fcfs sjf priority wfp3 unicep f1"
     )
@@ -437,6 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_service_commands(sub)
     add_job_commands(sub)
+    from cplat.cli.hpo import add_hpo_commands
+
+    add_hpo_commands(sub)
+    from cplat.cli.tracking import add_tracking_commands
+
+    add_tracking_commands(sub)
+    from cplat.cli.reservations import add_reservation_commands
+
+    add_reservation_commands(sub)
     from cplat.benchmarks import add_bench_command
 
     add_bench_command(sub)

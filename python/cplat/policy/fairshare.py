@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,8 @@ __all__ = [
     "QUEUE_SORTS",
     "FairShare",
     "MultifactorPriority",
+    "PastUsage",
+    "UsageSnapshot",
     "make_queue_sort",
     "parse_queue_sort_spec",
 ]
@@ -58,6 +61,30 @@ F64 = npt.NDArray[np.float64]
 RESOURCES = ("cpu", "memory", "gpu")
 ACCOUNT_KEYS = ("group", "queue", "user")
 DAY = 86_400
+
+
+@dataclass(frozen=True)
+class UsageSnapshot:
+    """Decayed usage by name at ``clock``: what outlives a plugin (see ``_Accounting.load``)."""
+
+    clock: int
+    accounts: dict[str, float]
+    users: dict[tuple[str, str], float]
+
+
+@dataclass(frozen=True)
+class PastUsage:
+    """Work that ran before the plugin existed (a finished job, found again after a restart).
+
+    ``demand`` is what the whole job held (milli-CPU, MiB, milli-GPU), from ``start`` to
+    ``end`` (seconds, the scheduler's clock).
+    """
+
+    account: str
+    user: str
+    demand: tuple[float, float, float]
+    start: int
+    end: int
 
 
 def _capacity(nodes: NodeTable) -> F64:
@@ -124,6 +151,10 @@ class _Accounting:
         self.user_usage = np.zeros(0, dtype=np.float64)
         self.account_rate = np.zeros(0, dtype=np.float64)
         self.user_rate = np.zeros(0, dtype=np.float64)
+        # When each user first submitted: shares are divided among the users (and accounts)
+        # that have appeared by the clock, whether the jobs were all known up front (a
+        # replayed trace) or arrive one by one (the live service).
+        self.user_since = np.zeros(0, dtype=np.float64)
         self.account_alloc = np.zeros((0, 3), dtype=np.float64)  # running resources
         self.account_share = np.zeros(0, dtype=np.float64)  # configured (raw) shares
         self._clock: int | None = None
@@ -153,6 +184,7 @@ class _Accounting:
             n = u + 1
             self.user_usage = _grow(self.user_usage, n)
             self.user_rate = _grow(self.user_rate, n)
+            self.user_since = _grow(self.user_since, n, math.inf)
             self.user_account = _grow(self.user_account, n, self._account(account))
         return u
 
@@ -191,6 +223,7 @@ class _Accounting:
         qid = np.asarray([self._queue(str(q)) for q in quniq], dtype=np.int32)
         self.queue[index] = qid[qinv.ravel()]
         self.submit[index] = jobs.submit
+        np.minimum.at(self.user_since, self.user[index], jobs.submit.astype(np.float64))
         tasks = jobs.num_tasks.astype(np.float64)
         gpu = jobs.num_gpu.astype(np.float64) * jobs.gpu_milli.astype(np.float64)
         demand = np.stack(
@@ -249,6 +282,101 @@ class _Accounting:
             np.maximum(self.user_rate, 0.0, out=self.user_rate)
             np.maximum(self.account_alloc, 0.0, out=self.account_alloc)
 
+    # --- live service: history, carrying usage over, report ------------------------------
+
+    def snapshot(self, now: int) -> UsageSnapshot:
+        """Return the decayed usage at ``now`` by account and user name (see :meth:`load`)."""
+        self.advance(now)
+        clock = now if self._clock is None else self._clock
+        return UsageSnapshot(
+            clock=clock,
+            accounts={n: float(self.account_usage[i]) for i, n in enumerate(self.account_names)},
+            users={k: float(self.user_usage[i]) for i, k in enumerate(self.user_names)},
+        )
+
+    def load(self, snapshot: UsageSnapshot) -> None:
+        """Take over another plugin's decayed usage (a scheduler rebuilt around new nodes).
+
+        Usage is kept by name; rates are not (the running jobs are charged again as they are
+        restored). The clock moves to the snapshot's.
+        """
+        # The index first: registering a name grows (replaces) the arrays.
+        for name, value in snapshot.accounts.items():
+            a = self._account(name)
+            self.account_usage[a] = value
+        for (account, user), value in snapshot.users.items():
+            u = self._user(account, user)
+            self.user_usage[u] = value
+            self.user_since[u] = min(self.user_since[u], snapshot.clock)
+        if self._clock is None or snapshot.clock > self._clock:
+            self._clock = snapshot.clock
+
+    def add_history(self, past: PastUsage, now: int) -> None:
+        """Charge work that ran from ``past.start`` to ``past.end`` as decayed usage at ``now``.
+
+        A job of rate ``r`` that ran over ``[s, e]`` leaves ``r * integral_s^e exp(-l (now -
+        t)) dt`` of usage at ``now`` (``l = ln 2 / half_life``; without decay ``r (e - s)``):
+        what :meth:`advance` would have integrated had the plugin watched it run. Intervals
+        are clipped to end at ``now``.
+        """
+        self.advance(now)
+        end = min(past.end, now)
+        if end <= past.start:
+            return
+        demand = np.asarray([past.demand], dtype=np.float64)
+        rate = float(self.cluster_fraction(demand)[0])
+        if self.half_life > 0:
+            lam = math.log(2.0) / self.half_life
+            amount = (
+                rate / lam * (math.exp(-lam * (now - end)) - math.exp(-lam * (now - past.start)))
+            )
+        else:
+            amount = rate * (end - past.start)
+        u = self._user(past.account, past.user)
+        self.user_usage[u] += amount
+        self.user_since[u] = min(self.user_since[u], past.start)
+        self.account_usage[self.user_account[u]] += amount
+
+    def report(self, now: int) -> list[dict[str, Any]]:
+        """Return per account its usage and fair-share standing at ``now``.
+
+        Each row: ``account``, ``usage`` (decayed cluster-seconds), ``usage_share`` (of all
+        accounts' usage), ``share`` (configured, normalised), ``factor`` (the account's
+        fair-share factor ``2 ** (-usage_share / share)``) and ``running`` (milli-CPU, MiB,
+        milli-GPU its running jobs hold).
+        """
+        self.advance(now)
+        total = float(self.account_usage.sum())
+        _, shares = self._active()
+        factor = self.account_fairshare()
+        out = []
+        for i, name in enumerate(self.account_names):
+            out.append(
+                {
+                    "account": name,
+                    "usage": float(self.account_usage[i]),
+                    "usage_share": float(self.account_usage[i]) / total if total > 0 else 0.0,
+                    "share": float(shares[i]),
+                    "factor": float(factor[i]),
+                    "running": [int(v) for v in self.account_alloc[i]],
+                }
+            )
+        return out
+
+    def _active(self) -> tuple[npt.NDArray[np.bool_], F64]:
+        """Users that have appeared by the clock, and the normalised shares of the accounts.
+
+        An account counts once one of its users has appeared, or from the start where its
+        share is configured.
+        """
+        clock = math.inf if self._clock is None else float(self._clock)
+        users = self.user_since <= clock
+        n_acc = len(self.account_names)
+        counted = np.bincount(self.user_account[users], minlength=n_acc) > 0
+        counted |= np.asarray([n in self._shares_cfg for n in self.account_names], dtype=bool)
+        share = np.where(counted, self.account_share, 0.0)
+        return users, share / max(float(share.sum()), 1e-300)
+
     def user_fairshare(self) -> F64:
         """Fair-share factor ``2 ** (-U_eff / S)`` of every user (see the module docstring)."""
         total = float(self.account_usage.sum())
@@ -257,9 +385,9 @@ class _Accounting:
             return np.ones(len(self.user_names), dtype=np.float64)
         acc_u = self.account_usage / total
         user_u = self.user_usage / total
-        users_per_acc = np.bincount(self.user_account, minlength=n_acc).astype(np.float64)
+        active, acc_s = self._active()
+        users_per_acc = np.bincount(self.user_account[active], minlength=n_acc).astype(np.float64)
         local = 1.0 / np.maximum(users_per_acc[self.user_account], 1.0)
-        acc_s = self.account_share / max(float(self.account_share.sum()), 1e-300)
         user_s = acc_s[self.user_account] * local
         eff = user_u + (acc_u[self.user_account] - user_u) * local
         with np.errstate(divide="ignore", over="ignore"):
@@ -271,7 +399,7 @@ class _Accounting:
         total = float(self.account_usage.sum())
         if total <= 0:
             return np.ones(len(self.account_names), dtype=np.float64)
-        s = self.account_share / max(float(self.account_share.sum()), 1e-300)
+        _, s = self._active()
         with np.errstate(divide="ignore", over="ignore"):
             f = np.exp2(-(self.account_usage / total) / np.where(s > 0, s, 1e-300))
         return np.asarray(f, dtype=np.float64)
@@ -474,6 +602,18 @@ class DRF(_Accounting):
         share = np.empty(len(pending), dtype=np.float64)
         share[order] = (after / self.capacity[have]).max(axis=1)
         return share
+
+    def report(self, now: int) -> list[dict[str, Any]]:
+        """Return per account what :meth:`_Accounting.report` does, DRF's way.
+
+        ``factor`` is the account's dominant share of the cluster now (lower goes first).
+        """
+        out = super().report(now)
+        have = self.capacity > 0
+        for row, alloc in zip(out, self.account_alloc, strict=True):
+            dom = (alloc[have] / self.capacity[have]).max() if have.any() else 0.0
+            row["factor"] = float(dom)
+        return out
 
     def priorities(self, pending: I32, now: int) -> F64:
         """Return minus the dominant shares (plus the tie-breaking age term)."""

@@ -10,30 +10,106 @@ is the solution hint and the fallback when the solver finds nothing better in it
 so the result is never worse than the greedy one.
 
 OR-Tools is optional: ``pip install 'cplat[policies]'``.
+
+:class:`GangSolver` is the profile's choice (``gang_solver``, ``gang_time_limit`` in
+``[placement]``); :func:`improve_started` applies it to the gangs one scheduling cycle started,
+moving a gang to the solver's placement when that is strictly better than where the engine's
+greedy put it. The scheduler that placed it (live service or simulator) is left consistent: the
+gang is taken back and restored, all or nothing, on the better nodes or on its own.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from cplat import _core
+from cplat.errors import InputError
+
+if TYPE_CHECKING:
+    from cplat.scheduler import Scheduler
 
 __all__ = [
+    "GANG_SOLVERS",
     "GangObjective",
     "GangPlan",
     "GangRequest",
+    "GangSolver",
     "commit",
     "gang_objective",
     "greedy_gang",
+    "improve_started",
     "solve_gang",
 ]
 
 _UNBOUNDED = 2**31 - 1
+#: Gang solvers a profile may name.
+GANG_SOLVERS = ("greedy", "cp-sat")
+#: Flag the engine's filter reads as "held for someone else's reservation".
+_RESERVED_FLAG = 1 << 3
+
+
+@dataclass(frozen=True)
+class GangSolver:
+    """How multi-task jobs (gangs) are placed.
+
+    Parameters
+    ----------
+    solver
+        ``greedy`` (the engine alone) or ``cp-sat`` (the engine places, then CP-SAT looks for
+        a strictly better placement within ``time_limit`` and moves the gang there).
+    time_limit
+        CP-SAT wall-time limit per gang, seconds (0 < limit <= 60).
+    workers
+        CP-SAT search workers (1..64).
+    cycle_budget
+        Wall time all gangs of one cycle may spend in the solver, seconds; gangs beyond it
+        keep the greedy placement.
+    """
+
+    solver: str = "greedy"
+    time_limit: float = 1.0
+    workers: int = 1
+    cycle_budget: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.solver not in GANG_SOLVERS:
+            raise InputError(
+                f"unknown gang solver {self.solver!r} (valid: {', '.join(GANG_SOLVERS)})",
+                field="gang_solver",
+            )
+        for name, value, top in (
+            ("gang_time_limit", self.time_limit, 60.0),
+            ("gang_cycle_budget", self.cycle_budget, 600.0),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= top
+            ):
+                raise InputError(f"{name} must be in (0, {top:g}] seconds", field=name)
+        if (
+            isinstance(self.workers, bool)
+            or not isinstance(self.workers, int)
+            or not (1 <= self.workers <= 64)
+        ):
+            raise InputError("gang_workers must be an integer in [1, 64]", field="gang_workers")
+        if self.solver == "cp-sat" and importlib.util.find_spec("ortools") is None:
+            raise InputError(
+                "gang_solver cp-sat needs OR-Tools: pip install 'cplat[policies]'",
+                field="gang_solver",
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether the solver does anything beyond the engine's greedy placement."""
+        return self.solver == "cp-sat"
 
 
 @dataclass(frozen=True)
@@ -320,3 +396,115 @@ def commit(
 ) -> tuple[_core.Status, npt.NDArray[np.int32]]:
     """Commit a plan all or nothing; returns the status and the devices of every task."""
     return engine.place_gang_on(*request.shape(), plan.nodes)
+
+
+def improve_started(
+    sched: Scheduler,
+    started: Sequence[int],
+    requests: Sequence[GangRequest],
+    now: int,
+    solver: GangSolver,
+    *,
+    max_span: str = "none",
+    forbidden: Sequence[Sequence[int]] | None = None,
+    seed: int = 0,
+) -> list[tuple[int, GangPlan]]:
+    """Move gangs the last cycle started to CP-SAT's placement where it is strictly better.
+
+    Each gang is taken back (:meth:`~cplat.scheduler.Scheduler.requeue`), solved on the
+    cluster without it (:func:`solve_gang`: the topology-aware greedy as hint and fallback,
+    then CP-SAT), and restored (:meth:`~cplat.scheduler.Scheduler.restore`) on the plan's
+    nodes when their cost (:class:`GangObjective`) is lower than that of the placement the
+    cycle chose, else where it was. The engine
+    chooses the devices on the new nodes (NVLink islands first). A queue-sort plugin sees a
+    stop and a start at ``now``, which leaves its usage unchanged.
+
+    Parameters
+    ----------
+    sched
+        The scheduler whose cycle started the jobs.
+    started
+        Scheduler indices of running gangs to consider (jobs with fewer than two tasks now
+        are skipped).
+    requests
+        The task shape of each (``count`` is ignored: the job's current task count is used).
+    now
+        The cycle's time.
+    solver
+        The profile's gang solver; nothing happens unless it is active.
+    max_span
+        The queue's span limit.
+    forbidden
+        Per gang, nodes it may not use (other projects' reservations it would overlap).
+    seed
+        Solver seed.
+
+    Returns
+    -------
+    list of tuple
+        ``(job, plan)`` for every gang moved.
+    """
+    moved: list[tuple[int, GangPlan]] = []
+    if not solver.active:
+        return moved
+    spent = 0.0
+    state, engine = sched.state, sched.engine
+    for i, job in enumerate(started):
+        if spent >= solver.cycle_budget:
+            break
+        job = int(job)
+        if sched.job_state(job) != "running" or sched.terminating(job):
+            continue
+        count = sched.tasks_of(job)
+        if count < 2:
+            continue
+        req = requests[i]
+        request = GangRequest(count, req.cpu_milli, req.memory_mib, req.num_gpu, req.gpu_milli,
+                              req.models)  # fmt: skip
+        nodes0, gpus0 = sched.placement_of(job)
+        start = sched.start_time(job)
+        if not sched.requeue(job, now):
+            continue
+        # The engine's own placement, judged on the cluster without the gang.
+        current = gang_objective(state, request, nodes0)
+        masked = [n for n in (forbidden[i] if forbidden else ()) if 0 <= n < state.num_nodes]
+        old_flags = {n: int(state.flags[n]) for n in masked}
+        for n, f in old_flags.items():
+            state.set_flags(n, f | _RESERVED_FLAG)
+        try:
+            left = max(0.05, min(solver.time_limit, solver.cycle_budget - spent))
+            plan = solve_gang(state, engine, request, max_span=max_span, time_limit=left,
+                              workers=solver.workers, seed=seed)  # fmt: skip
+            spent += plan.seconds
+            better = plan.ok and plan.objective is not None and plan.objective < current
+            gpus = np.zeros(0, dtype=np.int32)
+            if better:
+                status, gpus = commit(engine, request, plan)
+                better = status.ok
+                if better:
+                    _release(engine, request, plan.nodes, gpus)
+        finally:
+            for n, f in old_flags.items():
+                state.set_flags(n, f)
+        if better and sched.restore(job, now, plan.nodes, gpus) == "ok":
+            moved.append((job, plan))
+            continue
+        code = sched.restore(job, start, nodes0, gpus0)
+        if code != "ok":  # pragma: no cover - the resources were just released
+            raise RuntimeError(f"gang {job} could not be put back ({code})")
+    return moved
+
+
+def _release(
+    engine: _core.Engine,
+    request: GangRequest,
+    nodes: npt.NDArray[np.int32],
+    gpus: npt.NDArray[np.int32],
+) -> None:
+    k = request.gpus_per_task if request.gpu_milli >= 1000 else (1 if request.num_gpu else 0)
+    for i, n in enumerate(nodes.tolist()):
+        s = engine.release(
+            n, request.cpu_milli, request.memory_mib, request.num_gpu, request.gpu_milli,
+            gpus[i * k : (i + 1) * k].tolist(),
+        )  # fmt: skip
+        assert s.ok, s

@@ -17,6 +17,18 @@ length and grace, and renew it from the moment the request was sent. A fifth loo
 watchdog, stops every task (SIGTERM, SIGKILL after the grace) once the lease has run out, and
 no task starts until a heartbeat renews it; the stopped tasks are reported ``lease expired``.
 A tether process (:mod:`cplat.runtime.tether`) stops the tasks if the agent itself dies.
+
+Devices: an assignment's ``gpus`` are device slots of the registration
+(:func:`~cplat.runtime.discovery.device_slots`): GPUs, or MIG instances of MIG-mode GPUs. The
+agent maps them back to the physical GPUs (for the task's device limits) and to what
+``CUDA_VISIBLE_DEVICES`` names (an index, or a MIG instance's UUID).
+
+Preemption: a cancel entry may carry its own ``grace`` (the scheduler's grace period), the
+seconds between SIGTERM and SIGKILL. When rank 0 of an attempt ends having written to its
+``CPLAT_CHECKPOINT_DIR``, the agent records that folder as a checkpoint of the job (``POST
+/v1/jobs/{id}/checkpoints``, step = the attempt) before it reports the exit, so the requeued
+attempt gets it as ``CPLAT_RESUME_FROM``. A checkpoint cut short by the SIGKILL is recorded
+as incomplete.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import aiohttp
 
 from cplat.client import tls_context
 from cplat.errors import InputError
-from cplat.runtime.discovery import GpuMonitor, discover
+from cplat.runtime.discovery import DeviceSlot, GpuMonitor, device_slots, discover
 from cplat.runtime.isolation import Isolation, IsolationError, IsolationSettings
 from cplat.runtime.launch import (
     OOM_REASON,
@@ -67,6 +79,10 @@ MIN_POLL_PERIOD = 0.5
 LEASE_MARGIN, LEASE_MARGIN_SHARE = 1.0, 0.1
 #: Exit reason of the tasks stopped because the lease ran out (requeued by the server).
 LEASE_EXPIRED = "lease expired"
+#: Longest grace a cancel entry may ask for (seconds).
+MAX_CANCEL_GRACE = 3600.0
+#: How long recording a checkpoint may hold up the exit report (seconds).
+CHECKPOINT_REPORT_TIMEOUT = 10.0
 
 
 class AgentError(Exception):
@@ -306,6 +322,7 @@ class Agent:
         tether: bool = True,
         isolation: IsolationSettings | None = None,
         task_user: str | None = None,
+        checkpoint_root: Path | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.token = token
@@ -334,7 +351,10 @@ class Agent:
             base_env=base_env,
             straggler_grace=straggler_grace,
             isolation=Isolation(settings, self.work_dir),
+            checkpoint_root=checkpoint_root,
         )
+        #: The device slots of the last registration (what an assignment's ``gpus`` index).
+        self.slots: list[DeviceSlot] = []
         #: The body of the last successful registration.
         self.registration: dict[str, Any] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -613,6 +633,7 @@ class Agent:
             if 200 <= status < 300:
                 self._reg_gen += 1
                 self.registration = body
+                self.slots = device_slots(body["gpus"])
                 self._renew(sent, answer)
                 log.info(
                     "registered node %s: %d mCPU, %d MiB, %d GPUs",
@@ -836,17 +857,79 @@ class Agent:
             self._queue_report(rec)
             return True
         try:
-            proc = await self.launcher.launch(assignment)
+            proc = await self.launcher.launch(self._map_devices(assignment))
         except LaunchError as err:
             log.warning("task %s could not start: %s", key, err)
             self._on_output(key, "stderr", f"cplat agent: {err}\n")
             self._remember_done(key)
-            self._queue_report(self.launcher.records[key])
+            known = self.launcher.records.get(key)
+            if known is None:  # refused before the launcher saw it (a device it lacks)
+                known = self.launcher.set_exited(key, err.exit_code, str(err))
+            self._queue_report(known)
             return True
         log.info("started task %s (pid %d)", key, proc.pid)
         self._queue_report(self.launcher.records[key])
         self._spawn(self._watch(proc))
         return True
+
+    def _map_devices(self, assignment: Any) -> Any:
+        """Turn an assignment's device slots into physical GPUs and visible devices.
+
+        Without MIG instances slots are GPU indices and the assignment is left alone.
+
+        Raises
+        ------
+        LaunchError
+            For a slot this node does not have.
+        """
+        gpus = assignment.get("gpus") if isinstance(assignment, Mapping) else None
+        if not gpus or not any(s.mig for s in self.slots):
+            return assignment
+        if not isinstance(gpus, list) or not all(
+            isinstance(g, int) and not isinstance(g, bool) and 0 <= g < len(self.slots)
+            for g in gpus
+        ):
+            raise LaunchError("bad assignment: gpus name a device this node does not have", 126)
+        devs = [self.slots[g] for g in gpus]
+        return {
+            **assignment,
+            "gpus": sorted({d.gpu for d in devs}),
+            "visible_devices": [d.visible() for d in devs],
+        }
+
+    async def _record_checkpoint(self, proc: TaskProcess, code: int) -> None:
+        """Record the folder rank 0 wrote its checkpoint to, before its exit is reported."""
+        path = self.launcher.checkpoint_written(proc.key)
+        if path is None or proc.key.rank != 0:
+            return
+        body = {
+            "step": proc.key.attempt,
+            "uri": str(path),
+            "attempt": proc.key.attempt,
+            "kind": "full",
+            # Killed at the end of its grace: it may have been cut off mid-write.
+            "complete": code != -signal.SIGKILL,
+        }
+        deadline = time.monotonic() + CHECKPOINT_REPORT_TIMEOUT
+        backoff = _Backoff(0.2, self.backoff_max)
+        while True:
+            try:
+                status, answer = await self._request(
+                    "POST", f"/v1/jobs/{proc.key.job_id}/checkpoints", json=body
+                )
+            except _UnreachableError:
+                if time.monotonic() > deadline:
+                    log.warning("checkpoint of task %s not recorded: server away", proc.key)
+                    return
+                await asyncio.sleep(backoff.next())
+                continue
+            if status >= 300:
+                log.warning(
+                    "checkpoint of task %s refused: HTTP %d: %s", proc.key, status, _message(answer)
+                )
+            else:
+                log.info("task %s left a checkpoint in %s", proc.key, path)
+            return
 
     async def _watch(self, proc: TaskProcess) -> None:
         if self._tether is not None:
@@ -867,6 +950,12 @@ class Agent:
             reason = f"killed by {_signal_name(-code)}"
         else:
             reason = None
+        try:
+            await self._record_checkpoint(proc, code)
+        except AgentError:
+            raise
+        except Exception:
+            log.exception("cannot record the checkpoint of task %s", proc.key)
         rec = self.launcher.set_exited(proc.key, code, reason)
         self._remember_done(proc.key)
         log.info("task %s exited with %d%s", proc.key, code, f" ({reason})" if reason else "")
@@ -879,9 +968,13 @@ class Agent:
             try:
                 job_id = int(item["job_id"])
                 attempt = None if item.get("attempt") is None else int(item["attempt"])
+                # The scheduler's grace period of a preemption, else the agent's own.
+                grace = float(item.get("grace", self.stop_grace))
             except (KeyError, ValueError, TypeError, AttributeError, OverflowError):
                 log.error("ignoring a malformed cancel entry")
                 continue
+            if not 0 <= grace <= MAX_CANCEL_GRACE:  # NaN fails this too
+                grace = self.stop_grace
             self._cancelled[(job_id, attempt)] = None
             while len(self._cancelled) > CANCEL_MEMORY:
                 self._cancelled.popitem(last=False)
@@ -889,8 +982,8 @@ class Agent:
                 if key.job_id != job_id or (attempt is not None and key.attempt != attempt):
                     continue
                 if not proc.stop_requested:
-                    log.info("cancelling task %s", key)
-                    self._spawn(proc.stop(self.stop_grace))
+                    log.info("cancelling task %s (grace %.1fs)", key, grace)
+                    self._spawn(proc.stop(grace))
                     began = True
         return began
 

@@ -9,6 +9,11 @@ a driver or without GPUs reports ``gpus: []``: discovery never raises over NVML.
 :class:`GpuMonitor` keeps NVML open for the agent's lifetime so that health checks can watch
 Xid events between heartbeats; :func:`discover` and :func:`gpu_health` are the one-shot
 forms.
+
+:func:`device_slots` turns the ``gpus`` of a registration into the devices the scheduler
+places on: a GPU, or each MIG instance of a MIG-mode GPU. Server and agent both call it on
+the same registration, so a slot index in an assignment means the same device to both.
+:func:`gpu_domains` groups the GPUs into NVLink islands and NUMA domains.
 """
 
 from __future__ import annotations
@@ -18,13 +23,25 @@ import math
 import os
 import re
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["GpuMonitor", "cpu_milli", "discover", "gpu_health", "memory_mib", "routable_address"]
+__all__ = [
+    "DeviceSlot",
+    "GpuMonitor",
+    "cpu_milli",
+    "device_slots",
+    "discover",
+    "gpu_domains",
+    "gpu_health",
+    "memory_mib",
+    "mig_share",
+    "routable_address",
+]
 
 log = logging.getLogger("cplat.discovery")
 
@@ -669,3 +686,138 @@ def discover(
         "memory_mib": memory_mib(root),
         "gpus": gpus,
     }
+
+
+# Device slots ----------------------------------------------------------------------------
+
+#: A MIG instance is a whole number of eighths of its GPU's memory (A100/H100/H200: 8 memory
+#: slices; A30: 4, i.e. 2 eighths each); its share is snapped to the nearest eighth.
+MIG_MEMORY_SLICES = 8
+#: Compute slices of a full GPU: the denominator of a profile's ``Ng`` when memory is unknown.
+MIG_COMPUTE_SLICES = 7
+_MIG_UUID = re.compile(r"^MIG-[A-Za-z0-9/_.-]{1,120}$")
+_PROFILE = re.compile(r"^(\d+)g\.")
+
+
+@dataclass(frozen=True)
+class DeviceSlot:
+    """One device the scheduler can place a task on.
+
+    Attributes
+    ----------
+    gpu
+        Index of the physical GPU.
+    milli
+        Share of the GPU the slot is, in milli-GPU (1000: the whole GPU).
+    uuid
+        The device to hand a task: the MIG instance's UUID, or "" for a whole GPU (tasks
+        get its index).
+    profile
+        The MIG profile (``"3g.40gb"``); "" for a whole GPU.
+    """
+
+    gpu: int
+    milli: int = 1000
+    uuid: str = ""
+    profile: str = ""
+
+    @property
+    def mig(self) -> bool:
+        """Whether this slot is a MIG instance."""
+        return bool(self.uuid)
+
+    def visible(self) -> str:
+        """Return the ``CUDA_VISIBLE_DEVICES`` entry of this slot."""
+        return self.uuid or str(self.gpu)
+
+
+def mig_share(instance: Mapping[str, Any], gpu_memory_mib: int) -> int:
+    """Return the share of its GPU a MIG instance is, in milli-GPU.
+
+    The instance's memory over the GPU's, snapped to the nearest eighth (MIG cuts memory in
+    eighths, and a driver reports a little less than the slices hold: 1g.10gb has 9.5 of the
+    A100's 80 GiB); without memory sizes, the profile's ``Ng`` compute slices over seven.
+    At least one eighth, at most the whole GPU.
+    """
+    mem = instance.get("memory_mib")
+    eighth = 1000 // MIG_MEMORY_SLICES
+    if isinstance(mem, int) and not isinstance(mem, bool) and mem > 0 and gpu_memory_mib > 0:
+        slices = round(MIG_MEMORY_SLICES * mem / gpu_memory_mib)
+        return max(1, min(MIG_MEMORY_SLICES, slices)) * eighth
+    m = _PROFILE.match(str(instance.get("profile") or ""))
+    if m:
+        return max(eighth, min(1000, int(m.group(1)) * 1000 // MIG_COMPUTE_SLICES))
+    return eighth
+
+
+def device_slots(gpus: Sequence[Mapping[str, Any]]) -> list[DeviceSlot]:
+    """Return the schedulable devices of a registration's ``gpus``, in slot order.
+
+    GPUs in index order; a MIG-mode GPU contributes one slot per MIG instance with a valid
+    UUID (by GPU instance, then compute instance id), a GPU in MIG mode without instances
+    none. Without MIG, slot ``i`` is GPU ``i``.
+    """
+    out: list[DeviceSlot] = []
+    for gpu in sorted(gpus, key=lambda g: int(g["index"])):
+        index = int(gpu["index"])
+        if gpu.get("mig_mode") is not True:
+            out.append(DeviceSlot(index))
+            continue
+        raw = gpu.get("mig_instances")
+        instances = [
+            i
+            for i in (raw if isinstance(raw, list) else [])
+            if isinstance(i, Mapping) and _MIG_UUID.match(str(i.get("uuid") or ""))
+        ]
+
+        def order(i: Mapping[str, Any]) -> tuple[int, int, str]:
+            gi, ci = i.get("gi_id"), i.get("ci_id")
+            return (
+                gi if isinstance(gi, int) else 1 << 30,
+                ci if isinstance(ci, int) else 1 << 30,
+                str(i["uuid"]),
+            )
+
+        memory = gpu.get("memory_mib")
+        total = memory if isinstance(memory, int) and not isinstance(memory, bool) else 0
+        for inst in sorted(instances, key=order):
+            out.append(
+                DeviceSlot(
+                    index, mig_share(inst, total), str(inst["uuid"]), str(inst.get("profile") or "")
+                )
+            )
+    return out
+
+
+def gpu_domains(gpus: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[int]]:
+    """Return the NVLink island and NUMA domain of every GPU (by index), dense and node-local.
+
+    Islands are the connected groups of ``nvlink_peers`` (a GPU without links is an island of
+    its own); NUMA domains follow ``numa_node``, with unknown (-1) nodes forming one domain.
+    """
+    indices = sorted(int(g["index"]) for g in gpus)
+    pos = {g: i for i, g in enumerate(indices)}
+    parent = list(range(len(indices)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    numa_of: dict[int, int] = {}
+    for gpu in gpus:
+        i = pos[int(gpu["index"])]
+        peers = gpu.get("nvlink_peers")
+        for peer in peers if isinstance(peers, list) else []:
+            if isinstance(peer, int) and peer in pos:
+                a, b = root(i), root(pos[peer])
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+        node = gpu.get("numa_node")
+        numa_of[i] = node if isinstance(node, int) and not isinstance(node, bool) else -1
+    islands: dict[int, int] = {}
+    nvlink = [islands.setdefault(root(i), len(islands)) for i in range(len(indices))]
+    domains: dict[int, int] = {}
+    numa = [domains.setdefault(numa_of.get(i, -1), len(domains)) for i in range(len(indices))]
+    return nvlink, numa

@@ -14,6 +14,14 @@ fork and exec. Its environment is built from scratch (never the agent's, which h
 agent's token), and an assignment that cannot be started for any reason (a field of the
 wrong type, text no program can receive, a cgroup that cannot be made) ends as a task that
 exited with a reason, so the agent goes on with the others.
+
+Two variables belong to preemption with a grace period: ``CPLAT_CHECKPOINT_DIR`` is a folder
+of the job's that outlives the task (under the launcher's ``checkpoint_root``), handed to
+every attempt of the job on this node and owned by the task's user; a task told to stop
+(SIGTERM) may write its state there before the SIGKILL that ends the grace.
+``CPLAT_RESUME_FROM`` names the checkpoint a requeued attempt resumes from. Elastic jobs get
+torchrun's rendezvous variables (``PET_NNODES=MIN:MAX``, ``PET_RDZV_*``), so ``torchrun``
+without arguments joins the job's rendezvous however many tasks it runs with now.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,8 +48,10 @@ from cplat.runtime.isolation import (
     IsolationError,
     IsolationSettings,
     Sandbox,
+    TaskIdentity,
     remove_tree,
 )
+from cplat.tracking.jobs import tracking_env
 
 __all__ = [
     "MANAGED_ENV",
@@ -81,8 +93,17 @@ MANAGED_ENV = frozenset(
         "CPLAT_SERVER",
         "CPLAT_TOKEN",
         "CPLAT_RESUME_FROM",
+        "CPLAT_CHECKPOINT_DIR",
     }
 )
+#: torchrun's options as environment variables (``PET_<OPTION>``), set for elastic jobs: a
+#: job's own values would break the rendezvous of its other tasks.
+ELASTIC_ENV = frozenset({"PET_NNODES", "PET_RDZV_BACKEND", "PET_RDZV_ENDPOINT", "PET_RDZV_ID"})
+#: Worker-group restarts torchrun allows an elastic job (a task leaving counts as one) unless
+#: the job's ``env`` sets ``PET_MAX_RESTARTS``.
+ELASTIC_MAX_RESTARTS = 100
+#: What a ``CUDA_VISIBLE_DEVICES`` entry may look like: an index or a (MIG) UUID.
+_DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9/_.-]{0,127}$")
 RESTART_EXIT_CODE = -9
 RESTART_REASON = "agent restarted"
 #: Output is read in pieces this large; a line longer than this is handed on in pieces.
@@ -264,10 +285,11 @@ def task_env(
     job_env = assignment.get("env") or {}
     if not isinstance(job_env, Mapping):
         raise LaunchError("bad assignment: env must be an object", 126)
-    env.update({str(k): str(v) for k, v in job_env.items() if str(k) not in MANAGED_ENV})
+    reserved = MANAGED_ENV | (ELASTIC_ENV if assignment.get("elastic") is not None else frozenset())
+    env.update({str(k): str(v) for k, v in job_env.items() if str(k) not in reserved})
     env.update(
         {
-            # For a MIG-enabled GPU this is still the parent's index, as the contract says.
+            # GPU indices; an agent that maps device slots sets ``visible_devices`` (MIG UUIDs).
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
             "RANK": str(rank),
             "WORLD_SIZE": str(world),
@@ -287,9 +309,86 @@ def task_env(
     )
     if token:
         env["CPLAT_TOKEN"] = token
+    visible = assignment.get("visible_devices")
+    if visible is not None:
+        if not isinstance(visible, list) or not all(
+            isinstance(d, str) and _DEVICE.match(d) for d in visible
+        ):
+            raise LaunchError("bad assignment: visible_devices must be device names", 126)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)
     if assignment.get("resume_from"):
         env["CPLAT_RESUME_FROM"] = str(assignment["resume_from"])
+    try:
+        # A job with a tracking run logs to it: MLFLOW_TRACKING_URI, _RUN_ID, _EXPERIMENT_ID
+        # and _TRACKING_TOKEN (its own token, scoped to the run) win over the job's env.
+        env.update(tracking_env(assignment.get("tracking"), server, token))
+    except ValueError as exc:
+        raise LaunchError(str(exc), 126) from None
+    elastic = assignment.get("elastic")
+    if elastic is not None:
+        env.update(elastic_env(assignment, elastic, job_env))
     return env
+
+
+def elastic_env(
+    assignment: Mapping[str, Any], elastic: Any, job_env: Mapping[str, Any]
+) -> dict[str, str]:
+    """Return torchrun's rendezvous variables for a task of an elastic job.
+
+    ``PET_NNODES=MIN:MAX`` (each task is one torchrun node), the c10d rendezvous at the
+    job's master address and port, and the job's id as the rendezvous id; the job's ``env``
+    cannot override these, but may set ``PET_MAX_RESTARTS`` (default
+    :data:`ELASTIC_MAX_RESTARTS`).
+
+    Raises
+    ------
+    LaunchError
+        When ``elastic`` is not ``{"min_tasks": int, "max_tasks": int}`` with
+        ``1 <= min_tasks <= max_tasks``.
+    """
+    if not isinstance(elastic, Mapping):
+        raise LaunchError("bad assignment: elastic must be an object", 126)
+    low, high = elastic.get("min_tasks"), elastic.get("max_tasks")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) or not (
+        1 <= low <= high  # type: ignore[operator]
+    ):
+        raise LaunchError("bad assignment: elastic needs 1 <= min_tasks <= max_tasks", 126)
+    addr = str(assignment.get("master_addr") or "127.0.0.1")
+    port = _int_field(assignment, "master_port", 29500)
+    out = {
+        "PET_NNODES": f"{low}:{high}",
+        "PET_RDZV_BACKEND": "c10d",
+        # An IPv6 address needs brackets before the port.
+        "PET_RDZV_ENDPOINT": f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}",
+        "PET_RDZV_ID": f"cplat-job-{_int_field(assignment, 'job_id')}",
+    }
+    if "PET_MAX_RESTARTS" not in job_env:
+        out["PET_MAX_RESTARTS"] = str(ELASTIC_MAX_RESTARTS)
+    return out
+
+
+#: Entries of a checkpoint folder looked at to tell whether a task wrote to it.
+MAX_CHECKPOINT_ENTRIES = 100_000
+
+
+def checkpoint_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Return name, size and modification time of everything under ``path`` (no links followed).
+
+    Empty for a missing or empty folder; at most :data:`MAX_CHECKPOINT_ENTRIES` entries.
+    """
+    out: list[tuple[str, int, int]] = []
+    try:
+        for base, dirs, files in os.walk(path, followlinks=False):
+            for name in dirs + files:
+                full = os.path.join(base, name)
+                with contextlib.suppress(OSError):
+                    st = os.lstat(full)
+                    out.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+                if len(out) >= MAX_CHECKPOINT_ENTRIES:
+                    return tuple(sorted(out))
+    except OSError:
+        pass
+    return tuple(sorted(out))
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
@@ -623,6 +722,10 @@ class Launcher:
     isolation : Isolation, optional
         Users, folders and limits of the tasks (default: the agent's own user, tasks in
         ``<work_dir>/tasks/<job>.<attempt>.<rank>/``, rlimits only).
+    checkpoint_root : Path, optional
+        Where each job's ``CPLAT_CHECKPOINT_DIR`` lives (``<root>/<job id>``); default next
+        to the task root (``<task_root>.checkpoints``). A shared filesystem here lets a
+        requeued job resume on another node.
     """
 
     def __init__(
@@ -634,6 +737,7 @@ class Launcher:
         base_env: Mapping[str, str] | None = None,
         straggler_grace: float = 2.0,
         isolation: Isolation | None = None,
+        checkpoint_root: Path | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.server = server
@@ -650,6 +754,48 @@ class Launcher:
             isolation = Isolation(IsolationSettings(task_user="self", cgroup="none"), work_dir)
             isolation.start("launcher")
         self.isolation = isolation
+        root = isolation.task_root
+        self.checkpoint_root = checkpoint_root or root.with_name(root.name + ".checkpoints")
+        #: What each running task's checkpoint folder held when it started.
+        self._checkpoint_marks: dict[TaskKey, tuple[tuple[str, int, int], ...]] = {}
+
+    def checkpoint_dir(self, job_id: int) -> Path:
+        """Return the folder of a job's checkpoints on this node (``CPLAT_CHECKPOINT_DIR``)."""
+        return self.checkpoint_root / str(int(job_id))
+
+    def _prepare_checkpoint_dir(self, job_id: int, identity: TaskIdentity) -> Path:
+        """Create the job's checkpoint folder and give it, contents included, to the task."""
+        root = self.checkpoint_root
+        root.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(root)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise LaunchError(f"checkpoint root {root} is not a directory of the agent's", 126)
+        # Task users must reach their own folder, and list no one else's.
+        os.chmod(root, 0o711 if identity.switch else 0o700)
+        path = self.checkpoint_dir(job_id)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise LaunchError("the job's checkpoint folder is not a directory", 126)
+        if identity.switch:
+            # An earlier attempt ran as another uid: what it wrote becomes this task's. Links
+            # are changed themselves, never followed (a task controls this tree).
+            os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
+            for base, dirs, files in os.walk(path, followlinks=False):
+                for name in dirs + files:
+                    os.chown(os.path.join(base, name), identity.uid, identity.gid,
+                             follow_symlinks=False)  # fmt: skip
+        return path
+
+    def checkpoint_written(self, key: TaskKey) -> Path | None:
+        """Return the job's checkpoint folder if task ``key`` changed it (and left it non-empty)."""
+        mark = self._checkpoint_marks.pop(key, None)
+        if mark is None:
+            return None
+        path = self.checkpoint_dir(key.job_id)
+        now = checkpoint_signature(path)
+        return path if now and now != mark else None
 
     def task_dir(self, key: TaskKey) -> Path:
         """Return the private directory of task ``key``."""
@@ -729,6 +875,12 @@ class Launcher:
                     base.update(self._base_env)
                 env = task_env(assignment, base, self.server, assignment.get("token"), tdir)
                 sandbox.own(Path(env["CPLAT_HOSTFILE"]))
+                try:
+                    ckdir = self._prepare_checkpoint_dir(key.job_id, sandbox.identity)
+                except OSError as err:
+                    raise LaunchError(f"cannot prepare the checkpoint folder: {err}", 126) from err
+                env["CPLAT_CHECKPOINT_DIR"] = str(ckdir)
+                self._checkpoint_marks[key] = checkpoint_signature(ckdir)
                 workdir = assignment.get("workdir")
                 if workdir is not None and not isinstance(workdir, str):
                     raise LaunchError("bad assignment: workdir must be a string", 126)
@@ -798,6 +950,11 @@ class Launcher:
                 del self.records[key]
                 self._release(key, rec)
                 changed = True
+                if not any(k.job_id == key.job_id for k in self.records):
+                    # An empty folder holds nothing to resume from; a written one stays for
+                    # the job's next attempt, which may land on this node again.
+                    with contextlib.suppress(OSError):
+                        self.checkpoint_dir(key.job_id).rmdir()
         if changed:
             self._save()
 

@@ -87,12 +87,42 @@ def summarize(run: Run) -> dict[str, float | int | str]:
         out["jain_group_slowdown"] = metrics.jain_index(list(per_group.values()))
     else:
         out["jain_group_slowdown"] = math.nan
+    started = _ever_started(r)
+    out["started"] = int(started.sum())
+    out["never_started"] = int(len(started) - started.sum())
     out["restarts"] = int(np.asarray(r.jobs.column("restarts")).sum())
     out["node_failures"] = r.node_failures
     out["estimated_requested_times"] = int(r.columns.estimated.sum())
     out["sim_seconds"] = round(run.seconds, 3)
     out["jobs_per_second"] = round(len(r.columns) / run.seconds, 1) if run.seconds > 0 else 0.0
     return out
+
+
+def _ever_started(r: SimResult) -> np.ndarray:
+    """Return per job whether it ever started (a requeued job waiting at the horizon did)."""
+    return (r.start >= 0) | (r.end >= 0) | (np.asarray(r.jobs.column("restarts")) > 0)
+
+
+def unstarted_warning(run: Run) -> str | None:
+    """One line saying how many jobs a run never started and why, or ``None`` when all did.
+
+    A run that leaves jobs unstarted computes its waits and slowdowns over the jobs that
+    started, which can look good for the worst policy (the one that blocked the queue): the
+    line is printed beside the table so that the table cannot be read without it.
+    """
+    r = run.result
+    started = _ever_started(r)
+    never = int(len(started) - started.sum())
+    if never == 0:
+        return None
+    reasons = np.asarray(r.jobs.column("pending_reason").to_pylist(), dtype=object)[~started]
+    names, counts = np.unique(reasons.astype(str), return_counts=True)
+    top = sorted(zip(counts.tolist(), names.tolist(), strict=True), key=lambda x: (-x[0], x[1]))
+    why = ", ".join(f"{name or 'unknown'} {count:,}" for count, name in top[:3])
+    return (
+        f"warning: {run.name}: {never:,} of {len(started):,} jobs never started ({why}); "
+        "waits and slowdowns cover only the jobs that started"
+    )
 
 
 def _fmt(value: float | int | str, digits: int = 2) -> str:
@@ -162,27 +192,53 @@ def util_note(summaries: Sequence[dict[str, float | int | str]]) -> str | None:
     return f"note: util {value} for {who}: {why}."
 
 
-def compare_table(summaries: Sequence[dict[str, float | int | str]], title: str) -> Table:
-    """One row per run: waits, slowdown, makespan, utilization, fairness, speed.
+def compare_table(
+    summaries: Sequence[dict[str, float | int | str]], title: str, left_out: int = 0
+) -> Table:
+    """One row per run: jobs started and never started, waits, slowdown, makespan, utilization.
 
-    The caption explains the columns, and :func:`util_note` when runs share a ``util``.
+    The caption explains the columns, says how many jobs of the trace were left out because
+    the cluster could never run them (``left_out``, from
+    :func:`cplat.traces.feasible.screen_jobs`), and adds :func:`util_note` when runs share a
+    ``util``.
     """
     caption = (
-        "wait: mean and 95th percentile; bsld: mean bounded slowdown (10 s); span: makespan, "
+        "started / never: jobs that started, jobs that never did; done: jobs finished; "
+        "wait: mean and 95th percentile and bsld: mean bounded slowdown (10 s), both over "
+        "finished jobs; span: makespan, "
         "first submit to last end; util: busy resource-time / (capacity x span), so with "
         "every job finished it differs between policies only where span does; Jain: "
         "fairness of mean slowdown across groups; jobs/s: replay speed"
     )
+    if left_out:
+        caption += (
+            f"\nnote: {left_out:,} jobs of the trace can never run on this cluster and are not "
+            "in these rows (see the skipped rows of the read report)."
+        )
     note = util_note(summaries)
     if note is not None:
         caption += "\n" + note
     table = Table(title=title, caption=caption, caption_justify="left")
-    columns = ("policy", "done", "wait", "p95 wait", "bsld", "span", "util", "Jain", "jobs/s")
+    columns = (
+        "policy",
+        "started",
+        "never",
+        "done",
+        "wait",
+        "p95 wait",
+        "bsld",
+        "span",
+        "util",
+        "Jain",
+        "jobs/s",
+    )
     for name in columns:
         table.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
     for s in summaries:
         table.add_row(
             str(s["policy"]),
+            _fmt(s["started"]),
+            f"[bold red]{_fmt(s['never_started'])}[/]" if s["never_started"] else "0",
             _fmt(s["finished"]),
             _duration(s["mean_wait"]),
             _duration(s["p95_wait"]),

@@ -427,3 +427,41 @@ class Store(Protocol):
     async def prune_expired(self, now: float) -> int:
         """Forget revocations and idempotency keys expired by ``now``; returns how many."""
         ...
+
+    # Reservations ----------------------------------------------------------------------
+    async def add_reservation(self, res: ReservationIn) -> ReservationRecord:
+        """Record a reservation or maintenance window; returns it with its id."""
+        ...
+
+    async def list_reservations(self) -> list[ReservationRecord]:
+        """All reservations by id."""
+        ...
+
+    async def delete_reservation(self, res_id: int) -> bool:
+        """Forget a reservation; returns whether it existed."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReservationIn:
+    """Nodes held for ``owner`` ("" = nobody: a maintenance window) over ``[start, end)``.
+
+    ``request`` is what was asked (node names or capacity), ``nodes`` the nodes chosen;
+    ``drain`` drains them for the window.
+    """
+
+    owner: str
+    start: int
+    end: int
+    nodes: tuple[str, ...]
+    drain: bool
+    request: dict[str, Any]
+    created_by: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ReservationRecord(ReservationIn):
+    """A stored reservation."""
+
+    id: int = 0

@@ -229,6 +229,22 @@ _V2 = (
 )
 
 
+# Version 3: reservations and maintenance windows (nodes held over a time window).
+_V3 = (
+    """CREATE TABLE reservations (
+        id {ID},
+        owner TEXT NOT NULL,
+        start_at {BIGINT} NOT NULL,
+        end_at {BIGINT} NOT NULL,
+        nodes {JSON} NOT NULL,
+        drain {BOOL} NOT NULL,
+        request {JSON} NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at {FLOAT} NOT NULL
+    )""",
+)
+
+
 def _dialect(statements: Sequence[str], dialect: str) -> tuple[str, ...]:
     out = []
     for statement in statements:
@@ -246,6 +262,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _dialect(_V2, "sqlite"),
         _dialect(_V2, "postgres"),
     ),
+    Migration(3, "reservations", _dialect(_V3, "sqlite"), _dialect(_V3, "postgres")),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -18,6 +18,7 @@ Every statement here is valid in both dialects as written (SQLite 3.35 has ``RET
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ from cplat.store.base import (
     NodeRecord,
     PoolRecord,
     QuotaRecord,
+    ReservationIn,
+    ReservationRecord,
     RevokedToken,
     StoreError,
     audit_rows,
@@ -895,3 +898,78 @@ class SqlStore(ABC):
             [(_PRUNE_REVOKED, (float(now),)), (_PRUNE_KEYS, (float(now),))]
         )
         return sum(len(rows) for rows in gone)
+
+    # Reservations ------------------------------------------------------------------------
+
+    async def add_reservation(self, res: ReservationIn) -> ReservationRecord:
+        """Record a reservation or maintenance window.
+
+        Parameters
+        ----------
+        res : ReservationIn
+            The reservation.
+
+        Returns
+        -------
+        ReservationRecord
+            The stored reservation, with its id.
+        """
+        rows = await self._write_fetch(
+            _INSERT_RESERVATION,
+            res.owner,
+            int(res.start),
+            int(res.end),
+            dumps(list(res.nodes)),
+            bool(res.drain),
+            dumps(res.request),
+            res.created_by,
+            float(res.created_at),
+        )
+        return ReservationRecord(**{**res.__dict__, "id": int(rows[0][0])})
+
+    async def list_reservations(self) -> list[ReservationRecord]:
+        """All reservations by id.
+
+        Returns
+        -------
+        list of ReservationRecord
+            The reservations.
+        """
+        rows = await self._select(f"SELECT {_RESERVATION_COLUMNS} FROM reservations ORDER BY id")
+        return [
+            ReservationRecord(
+                id=int(r[0]),
+                owner=r[1],
+                start=int(r[2]),
+                end=int(r[3]),
+                nodes=tuple(json.loads(r[4])),
+                drain=bool(r[5]),
+                request=json.loads(r[6]),
+                created_by=r[7],
+                created_at=float(r[8]),
+            )
+            for r in rows
+        ]
+
+    async def delete_reservation(self, res_id: int) -> bool:
+        """Forget a reservation.
+
+        Parameters
+        ----------
+        res_id : int
+            The reservation's id.
+
+        Returns
+        -------
+        bool
+            Whether a reservation was deleted.
+        """
+        return bool(
+            await self._write_fetch("DELETE FROM reservations WHERE id = $1 RETURNING id", res_id)
+        )
+
+
+_RESERVATION_COLUMNS = "id, owner, start_at, end_at, nodes, drain, request, created_by, created_at"
+_INSERT_RESERVATION = """INSERT INTO reservations
+    (owner, start_at, end_at, nodes, drain, request, created_by, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id"""

@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from cplat.traces.trace import (
     INT32_MAX,
     FieldError,
@@ -90,6 +92,7 @@ def read_dlrm(path: str | Path, *, strict: bool = False) -> Trace:
     errors = RowErrors(source, strict=strict)
     # (job_id, start or None, end or None, cpu, mem, gpu, app, role)
     rows: list[tuple[int, int | None, int | None, int, int, int, str, str]] = []
+    lines: list[int] = []
     trace_end = 0
     index = -1
     for line, row in iter_csv(path, errors, DLRM_REQUIRED, extra="ignore"):
@@ -124,6 +127,7 @@ def read_dlrm(path: str | Path, *, strict: bool = False) -> Trace:
             if t is not None and t > trace_end:
                 trace_end = t
         rows.append((index, start, end, cpu, mem, gpu, app, role))
+        lines.append(line)
 
     filled_start = sum(1 for r in rows if r[1] is None)
     filled_end = sum(1 for r in rows if r[2] is None)
@@ -153,4 +157,17 @@ def read_dlrm(path: str | Path, *, strict: bool = False) -> Trace:
     }
     for role, count in sorted(Counter(r[7] for r in rows).items()):
         meta[f"role.{role}"] = count
-    return Trace(jobs=jobs, nodes=None, report=errors.report(len(rows)), meta=meta)
+    return Trace(
+        jobs=jobs,
+        nodes=None,
+        report=errors.report(len(rows)),
+        meta=meta,
+        lines=np.asarray(lines, dtype=np.int64),
+        fields={
+            "cpu_milli": "cpu_request",
+            "memory_mib": "memory_request",
+            "num_gpu": "gpu_request",
+            "group": "app_name",
+            "queue": "role",
+        },
+    )

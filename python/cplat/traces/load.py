@@ -19,6 +19,7 @@ TRACE_KINDS: dict[str, str] = {
     "openb": "openb pod list (Alibaba GPU v2023) replayed in time; --nodes adds the node list",
     "dlrm": "Alibaba DLRM inference instances (GPU v2025)",
     "philly": "Philly-style per-job GPU CSV (timestamp, duration, num_gpus)",
+    "parquet": "cplat's own Parquet trace (what `cplat trace convert` writes)",
 }
 
 
@@ -46,8 +47,27 @@ def parse_trace_spec(spec: str) -> tuple[str, Path]:
     return kind, Path(path)
 
 
-def load_trace(kind: str, path: Path, *, nodes: Path | None = None, strict: bool = False) -> Trace:
+def load_trace(
+    kind: str,
+    path: Path,
+    *,
+    nodes: Path | None = None,
+    strict: bool = False,
+    gpus_per_machine: int | None = None,
+) -> Trace:
     """Read a trace of ``kind`` (see :data:`TRACE_KINDS`).
+
+    Parameters
+    ----------
+    kind, path
+        The reader and the file.
+    nodes
+        The node list of an ``openb`` trace.
+    strict
+        Raise at the first bad row instead of skipping it.
+    gpus_per_machine
+        ``philly`` only: GPUs of the largest machine; wider jobs become gangs of machine-sized
+        tasks (default :data:`cplat.traces.philly.DEFAULT_GPUS_PER_MACHINE`).
 
     Raises
     ------
@@ -69,7 +89,13 @@ def load_trace(kind: str, path: Path, *, nodes: Path | None = None, strict: bool
 
         return read_dlrm(path, strict=strict)
     if kind == "philly":
-        from cplat.traces.philly import read_gpu_jobs_csv
+        from cplat.traces.philly import DEFAULT_GPUS_PER_MACHINE, read_gpu_jobs_csv
 
-        return read_gpu_jobs_csv(path, strict=strict)
+        return read_gpu_jobs_csv(
+            path, strict=strict, gpus_per_machine=gpus_per_machine or DEFAULT_GPUS_PER_MACHINE
+        )
+    if kind == "parquet":
+        from cplat.traces.trace import read_trace_parquet
+
+        return read_trace_parquet(path)
     raise InputError(f"unknown trace kind {kind!r} (kinds: {', '.join(TRACE_KINDS)})")

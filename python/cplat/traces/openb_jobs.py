@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from cplat.errors import InputError
@@ -122,6 +123,7 @@ def read_openb_jobs(
         )
     }
     phases: Counter[str] = Counter()
+    lines: list[int] = []
     index = -1
     try:
         rows = iter_csv(pods_path, errors, POD_REQUIRED + _TIME_COLUMNS, optional)
@@ -137,6 +139,7 @@ def read_openb_jobs(
                 errors.drop(f"missing {missing}", "no time", row=line, field=missing)
                 continue
             cols["job_id"].append(index)
+            lines.append(line)
             for key, value in job.items():
                 cols[key].append(value)
             phases[row.get("pod_phase", "").strip() or "(none)"] += 1
@@ -157,7 +160,14 @@ def read_openb_jobs(
         meta["nodes_source"] = str(nodes_path)
     for phase, count in sorted(phases.items()):
         meta[f"phase.{phase}"] = count
-    return Trace(jobs=jobs, nodes=node_arrow, report=errors.report(jobs.num_rows), meta=meta)
+    return Trace(
+        jobs=jobs,
+        nodes=node_arrow,
+        report=errors.report(jobs.num_rows),
+        meta=meta,
+        lines=np.asarray(lines, dtype=np.int64),
+        fields={"gpu_models": "gpu_spec", "queue": "qos"},
+    )
 
 
 def _pod_job(row: dict[str, str], models: frozenset[str] | None) -> dict[str, object] | None:

@@ -10,9 +10,16 @@ columns are ignored.
   given. Times without a zone are taken as UTC.
 - Rows are sorted by timestamp (ties keep file order); ``submit_time`` = whole seconds since the
   earliest timestamp (rounded), ``duration`` = the duration rounded to whole seconds.
-- Each job is one task of ``num_gpus`` whole devices (``gpu_milli`` 1000, or 0 when
-  ``num_gpus == 0``), ``cpu_milli`` 0, ``memory_mib`` 0, ``requested_time`` null;
-  ``user`` = ``user``, ``group`` = ``cluster``, ``queue`` ``""``.
+- A job of ``g = num_gpus`` GPUs that fits one machine (``g <= gpus_per_machine``, default 8,
+  Philly's largest machines) is one task of ``g`` whole devices (``gpu_milli`` 1000, or 0 when
+  ``g == 0``). A wider job is a gang (started all together or not at all) of ``k`` equal tasks
+  of ``g / k`` devices, ``k`` the smallest divisor of ``g`` with ``g / k <= gpus_per_machine``:
+  128 GPUs on 8-GPU machines are 16 tasks of 8, 12 GPUs are 2 tasks of 6. Tasks are equal
+  because the job schema's tasks are identical, and the job keeps its exact GPU count (a
+  prime count above the machine size becomes ``g`` one-GPU tasks). ``meta["gang_jobs"]``
+  counts these jobs.
+- ``cpu_milli`` 0, ``memory_mib`` 0, ``requested_time`` null; ``user`` = ``user``, ``group`` =
+  ``cluster``, ``queue`` ``""``.
 - ``job_id`` = the ``job_id`` column when every value is a non-negative integer, otherwise the
   job's 0-based position in submission order (a warning says so; Philly's own ids are strings).
   Duplicate ``job_id`` values are bad rows.
@@ -33,6 +40,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -53,9 +61,34 @@ from cplat.traces.trace import (
     validate_jobs,
 )
 
-__all__ = ["read_gpu_jobs_csv", "read_jobs_table"]
+__all__ = ["DEFAULT_GPUS_PER_MACHINE", "gang_shape", "read_gpu_jobs_csv", "read_jobs_table"]
 
 GPU_JOBS_REQUIRED = ("timestamp", "duration", "num_gpus")
+#: GPUs of the largest Philly machine; wider jobs are gangs of machine-sized tasks.
+DEFAULT_GPUS_PER_MACHINE = 8
+
+
+def gang_shape(gpus: int, gpus_per_machine: int) -> tuple[int, int]:
+    """Return ``(tasks, gpus per task)`` for a job of ``gpus`` GPUs on machines of that size.
+
+    One task when the job fits one machine; otherwise the fewest equal tasks that each fit a
+    machine and together hold exactly ``gpus`` devices (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        When ``gpus`` is negative or ``gpus_per_machine`` is not positive.
+    """
+    if gpus < 0 or gpus_per_machine < 1:
+        raise ValueError(
+            f"need gpus >= 0 and gpus_per_machine >= 1, got {gpus} and {gpus_per_machine}"
+        )
+    if gpus <= gpus_per_machine:
+        return 1, gpus
+    tasks = -(-gpus // gpus_per_machine)
+    while gpus % tasks:
+        tasks += 1
+    return tasks, gpus // tasks
 
 
 def _parse_time(text: str, time_format: str | None) -> datetime:
@@ -79,7 +112,11 @@ def _parse_time(text: str, time_format: str | None) -> datetime:
 
 
 def read_gpu_jobs_csv(
-    path: str | Path, *, strict: bool = False, time_format: str | None = None
+    path: str | Path,
+    *,
+    strict: bool = False,
+    time_format: str | None = None,
+    gpus_per_machine: int = DEFAULT_GPUS_PER_MACHINE,
 ) -> Trace:
     """Read a Philly-style per-job GPU table (see the module docstring for the rules).
 
@@ -91,6 +128,9 @@ def read_gpu_jobs_csv(
         Raise at the first bad row instead of skipping it.
     time_format
         :func:`datetime.strptime` format of ``timestamp``; ISO 8601 by default.
+    gpus_per_machine
+        GPUs of the largest machine of the cluster the trace will run on: wider jobs become
+        gangs of tasks that each fit one machine.
 
     Returns
     -------
@@ -104,9 +144,16 @@ def read_gpu_jobs_csv(
     """
     path = Path(path)
     source = str(path)
+    if isinstance(gpus_per_machine, bool) or not (
+        isinstance(gpus_per_machine, int) and gpus_per_machine >= 1
+    ):
+        raise InputError(
+            f"expected a positive number of GPUs per machine, got {gpus_per_machine!r}",
+            field="gpus_per_machine",
+        )
     errors = RowErrors(source, strict=strict)
-    # (timestamp, file order, duration, gpus, raw id, user, cluster, status)
-    rows: list[tuple[float, int, int, int, str, str, str, str]] = []
+    # (timestamp, file order, duration, gpus, raw id, user, cluster, status, line)
+    rows: list[tuple[float, int, int, int, str, str, str, str, int]] = []
     seen_ids: set[str] = set()
     for line, row in iter_csv(path, errors, GPU_JOBS_REQUIRED, extra="ignore"):
         try:
@@ -133,6 +180,7 @@ def read_gpu_jobs_csv(
                 row.get("user", "").strip(),
                 row.get("cluster", "").strip(),
                 row.get("status", "").strip(),
+                line,
             )
         )
     rows.sort(key=lambda r: (r[0], r[1]))
@@ -157,19 +205,30 @@ def read_gpu_jobs_csv(
         meta["start_time"] = datetime.fromtimestamp(start, tz=timezone.utc).isoformat()
     for status, count in sorted(Counter(r[7] for r in rows if r[7]).items()):
         meta[f"status.{status}"] = count
+    shapes = [gang_shape(r[3], gpus_per_machine) for r in rows]
+    meta["gpus_per_machine"] = gpus_per_machine
+    meta["gang_jobs"] = sum(1 for tasks, _ in shapes if tasks > 1)
     jobs = jobs_table(
         {
             "job_id": job_ids,
             "submit_time": [round(r[0] - start) for r in rows],
             "duration": [r[2] for r in rows],
-            "num_gpu": [r[3] for r in rows],
+            "num_tasks": [tasks for tasks, _ in shapes],
+            "num_gpu": [per_task for _, per_task in shapes],
             "gpu_milli": [1000 if r[3] > 0 else 0 for r in rows],
             "user": [r[5] for r in rows],
             "group": [r[6] for r in rows],
         }
     )
     validate_jobs(jobs, source=source)
-    return Trace(jobs=jobs, nodes=None, report=errors.report(len(rows)), meta=meta)
+    return Trace(
+        jobs=jobs,
+        nodes=None,
+        report=errors.report(len(rows)),
+        meta=meta,
+        lines=np.asarray([r[8] for r in rows], dtype=np.int64),
+        fields={"num_gpu": "num_gpus", "num_tasks": "num_gpus", "group": "cluster"},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +342,7 @@ def read_jobs_table(
     cols: dict[str, list[object]] = {name: [] for name in JOB_SCHEMA.names}
     errors = RowErrors(source, strict=strict)
     seen_ids: set[int] = set()
+    lines: list[int] = []
     for index, (line, values) in enumerate(_source_rows(path, mapping, errors)):
         try:
             job: dict[str, object] = dict(fixed)
@@ -308,6 +368,7 @@ def read_jobs_table(
             errors.bad_field(exc, row=line)
             continue
         seen_ids.add(job_id)
+        lines.append(line)
         for name in JOB_SCHEMA.names:
             cols[name].append(job[name])
     jobs = jobs_table(cols)
@@ -317,7 +378,14 @@ def read_jobs_table(
         "source": source,
         "mapping": ", ".join(f"{k}={v}" for k, v in mapping.items()),
     }
-    return Trace(jobs=jobs, nodes=None, report=errors.report(jobs.num_rows), meta=meta)
+    return Trace(
+        jobs=jobs,
+        nodes=None,
+        report=errors.report(jobs.num_rows),
+        meta=meta,
+        lines=np.asarray(lines, dtype=np.int64),
+        fields=dict(mapping),
+    )
 
 
 def _source_rows(

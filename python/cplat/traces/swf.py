@@ -19,10 +19,12 @@ were computed on the Lublin logs):
   ``priority`` 0; ``job_id`` = f1.
 - Dropped by rule, counted in both modes and never an error: run time 0 (reason
   ``"zero run time"``), run time < 0 (``"unknown run time"``; RLScheduler instead sets such run
-  times to 10, but the Lublin and NASA logs have none), width <= 0 (``"no processors"``).
+  times to 10, but the Lublin and NASA logs have none), width <= 0 (``"no processors"``: both
+  counts 0 or -1).
 - Bad rows, skipped and counted (or, with ``strict=True``, an ``InputError`` naming line and field,
   e.g. field ``'run_time'``): a line without exactly 18 fields, a non-numeric field, a fractional
-  or negative value where an integer is needed (job id, submit time), a duplicate job id.
+  or negative value where an integer is needed (job id, submit time), a processor count below
+  -1 (``"negative processors"``; -1 alone means unknown), a duplicate job id.
 - Job ids not increasing: the table is sorted by job id and a warning is recorded
   (``"unsorted job ids"``), with the count in ``meta["unsorted_job_ids"]``.
 
@@ -42,6 +44,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from cplat.errors import InputError
@@ -176,7 +179,7 @@ def read_swf(path: str | Path, *, strict: bool = False) -> Trace:
     errors = RowErrors(source, strict=strict)
     header: dict[str, MetaValue] = {}
     header_lines: dict[str, int] = {}
-    rows: list[tuple[int, int, int, int, int, str, str, str]] = []
+    rows: list[tuple[int, int, int, int, int, str, str, str, int]] = []
     seen_ids: set[int] = set()
     filled = 0
     try:
@@ -228,6 +231,23 @@ def read_swf(path: str | Path, *, strict: bool = False) -> Trace:
                         "unknown run time", f"run time is {run}", row=line_no, field="run_time"
                     )
                     continue
+                # -1 is SWF's "unknown"; any other negative count is a malformed row.
+                negative = [
+                    (count, name)
+                    for count, name in (
+                        (alloc, "allocated_processors"),
+                        (req_procs, "requested_processors"),
+                    )
+                    if count < -1
+                ]
+                if negative:
+                    errors.bad(
+                        f"expected a processor count >= 0 or -1 (unknown), got {negative[0][0]}",
+                        row=line_no,
+                        field=negative[0][1],
+                        reason="negative processors",
+                    )
+                    continue
                 width = max(alloc, req_procs)
                 if width <= 0:
                     errors.drop(
@@ -268,6 +288,7 @@ def read_swf(path: str | Path, *, strict: bool = False) -> Trace:
                         _text_id(user),
                         _text_id(group),
                         _text_id(queue),
+                        line_no,
                     )
                 )
     except UnicodeDecodeError as exc:
@@ -309,7 +330,13 @@ def read_swf(path: str | Path, *, strict: bool = False) -> Trace:
         }
     )
     validate_jobs(jobs, source=source)
-    return Trace(jobs=jobs, nodes=nodes, report=errors.report(len(rows)), meta=meta)
+    return Trace(
+        jobs=jobs,
+        nodes=nodes,
+        report=errors.report(len(rows)),
+        meta=meta,
+        lines=np.asarray([r[8] for r in rows], dtype=np.int64),
+    )
 
 
 def _parse_header(

@@ -44,6 +44,7 @@ __all__ = [
     "parse_float",
     "parse_int",
     "read_parquet",
+    "read_trace_parquet",
     "summarize",
     "validate_jobs",
     "validate_nodes",
@@ -123,12 +124,21 @@ class Trace:
         What was read and skipped.
     meta
         Facts about the source: ``format``, header values, counts of filled-in values, ...
+    lines
+        Per job, the line (CSV, SWF) or 1-based row (Parquet) of the source it came from, so
+        that a later check (:func:`cplat.traces.feasible.screen_jobs`) can name it; ``None``
+        when the reader does not say.
+    fields
+        Canonical job column -> the source column it came from (``num_gpu`` -> ``num_gpus``),
+        for messages; columns not listed keep their canonical names.
     """
 
     jobs: pa.Table
     nodes: pa.Table | None
     report: ReadReport
     meta: dict[str, MetaValue] = field(default_factory=dict)
+    lines: npt.NDArray[np.int64] | None = field(default=None, compare=False)
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 class FieldError(ValueError):
@@ -719,6 +729,53 @@ def read_parquet(path: str | Path, *, kind: Literal["jobs", "nodes"] | None = No
     else:
         validate_nodes(result, source=source)
     return result
+
+
+def read_trace_parquet(path: str | Path) -> Trace:
+    """Read a trace written by :func:`write_parquet` (``cplat trace convert``) back.
+
+    The jobs come from ``path``; the nodes from :func:`nodes_parquet_path` when that file exists
+    (otherwise ``nodes`` is ``None``); ``meta`` from the JSON the writer stored under
+    ``cplat.meta`` (a file without it, or with unreadable JSON, gets ``{"format": "parquet"}``
+    and a warning). Every row is kept: the file was checked when it was written and is checked
+    again here as a whole (:func:`read_parquet`), so a bad table is an error, not skipped rows.
+
+    Raises
+    ------
+    InputError
+        For a missing or unreadable file, or a jobs or nodes table that breaks its schema.
+    """
+    path = Path(path)
+    source = str(path)
+    jobs = read_parquet(path, kind="jobs")
+    node_path = nodes_parquet_path(path)
+    nodes = read_parquet(node_path, kind="nodes") if node_path.is_file() else None
+    warnings: list[str] = []
+    meta: dict[str, MetaValue] = {}
+    try:
+        stored = (pq.read_schema(path).metadata or {}).get(b"cplat.meta")
+    except (OSError, pa.ArrowException):  # read_parquet just read it; be safe anyway
+        stored = None
+    if stored is not None:
+        try:
+            loaded = json.loads(stored)
+        except ValueError:
+            loaded = None
+        if isinstance(loaded, dict):
+            meta = {str(k): v for k, v in loaded.items() if isinstance(v, str | int | float)}
+        else:
+            warnings.append("the stored cplat.meta is not a JSON object; ignored")
+    # Keep what the converted file was; "format" and "source" now describe this file.
+    meta["source_format"] = str(meta.get("format", "unknown"))
+    if "source" in meta:
+        meta["converted_from"] = meta["source"]
+    meta["format"] = "parquet"
+    meta["source"] = source
+    report = ReadReport(
+        source=source, rows_read=jobs.num_rows, rows_kept=jobs.num_rows, warnings=warnings
+    )
+    lines = np.arange(1, jobs.num_rows + 1, dtype=np.int64)
+    return Trace(jobs=jobs, nodes=nodes, report=report, meta=meta, lines=lines)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from cplat.errors import InputError
+from cplat.live.spec import JobSpec
 from cplat.store.base import (
     CheckpointIn,
     CheckpointRecord,
@@ -20,6 +22,7 @@ from cplat.store.base import (
 )
 from cplat_server.auth import ROLES, Principal
 from cplat_server.errors import bad_request, conflict, forbidden, not_found
+from cplat_server.job_runs import discard_link, job_created, link_submission
 from cplat_server.keys import (
     AUDITED,
     CONFIG,
@@ -45,7 +48,6 @@ from cplat_server.schemas import (
     TEXT,
 )
 
-DEFAULT_MAX_RUNTIME = 86400
 #: The header that makes a submission idempotent, and its longest value.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 128
@@ -71,6 +73,7 @@ def job_json(rec: JobRecord, reason: str | None = None) -> dict[str, Any]:
         "priority": spec["priority"],
         "tasks": spec["tasks"],
         "gang": spec["gang"],
+        "exclusive": bool(spec.get("exclusive", False)),
         "max_runtime": spec["max_runtime"],
         "checkpoint": spec.get("checkpoint"),
         "command": spec["command"],
@@ -84,6 +87,7 @@ def job_json(rec: JobRecord, reason: str | None = None) -> dict[str, Any]:
         "started_at": rec.started_at,
         "finished_at": rec.finished_at,
         "exit_code": rec.exit_code,
+        "tracking": spec.get("tracking"),
     }
 
 
@@ -106,43 +110,28 @@ def job_view(who: Principal, rec: JobRecord, reason: str | None = None) -> dict[
 
 
 def normalise_spec(body: dict[str, Any]) -> dict[str, Any]:
-    """Fill defaults and check what the schema cannot express.
+    """Fill defaults and check what the schema cannot express (see :class:`JobSpec`).
 
     Raises
     ------
     ApiError
         400 naming the field.
     """
-    tasks = body.get("tasks", {})
-    res = dict(tasks.get("resources", {}))
-    res.setdefault("cpu_milli", 1000)
-    res.setdefault("memory_mib", 1024)
-    res.setdefault("num_gpu", 0)
-    res.setdefault("gpu_milli", 1000)
-    res["gpu_models"] = sorted(set(res.get("gpu_models", [])))
-    if res["gpu_milli"] < 1000 and res["num_gpu"] != 1:
-        raise bad_request(
-            "a GPU share (gpu_milli < 1000) needs num_gpu = 1", "tasks.resources.gpu_milli"
-        )
-    if res["gpu_models"] and res["num_gpu"] == 0:
-        raise bad_request("gpu_models needs num_gpu > 0", "tasks.resources.gpu_models")
-    count = int(tasks.get("count", 1))
-    if not body.get("gang", True) and count > 1:
-        raise bad_request(
-            "tasks of one job are placed all or nothing; submit separate jobs instead", "gang"
-        )
-    return {
-        "tasks": {"count": count, "resources": res},
-        "priority": int(body.get("priority", 0)),
-        "gang": bool(body.get("gang", True)),
-        "max_runtime": int(body.get("max_runtime", DEFAULT_MAX_RUNTIME)),
-        "checkpoint": body.get("checkpoint"),
-        "command": body["command"],
-        "env": dict(body.get("env", {})),
-        "workdir": body.get("workdir"),
-        "on_failure": body.get("on_failure", "fail"),
-        "max_restarts": int(body.get("max_restarts", 0)),
-    }
+    return parse_spec(body).to_dict()
+
+
+def parse_spec(body: dict[str, Any]) -> JobSpec:
+    """Return the typed spec of a submission body (already checked against its schema).
+
+    Raises
+    ------
+    ApiError
+        400 naming the field.
+    """
+    try:
+        return JobSpec.from_body(body)
+    except InputError as exc:
+        raise bad_request(exc.message, exc.field) from None
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -153,7 +142,18 @@ async def submit(request: web.Request) -> web.Response:
     if not who.cluster_admin and project != who.project:
         raise forbidden(f"cannot submit to project {project!r} with a token for {who.project!r}")
     who.require(project, "member", "project")
-    spec = normalise_spec(body)
+    typed = parse_spec(body)
+    ctrl = request.app[CONTROLLER]
+    if request.app[CONFIG].unschedulable == "reject":
+        # A cluster declared complete: a job no node could ever run is refused, not held.
+        why = ctrl.infeasible(typed)
+        if why is not None:
+            raise bad_request(why.message, why.field)
+    spec = typed.to_dict()
+    # A retry of one submission shares its fingerprint, not the fresh run it would create.
+    fp_spec = spec if body.get("experiment") is None else {**spec, "experiment": body["experiment"]}
+    # Before the job is stored: its tasks find their run in the spec (docs/tracking.md).
+    link = await link_submission(request, project, who.user, spec, body)
     store = request.app[STORE]
     now = time.time()
     key = idempotency_key(request)
@@ -171,7 +171,7 @@ async def submit(request: web.Request) -> web.Response:
     if key is None:
         [rec] = await store.create_jobs([job], audit=[entry])
     else:
-        fingerprint = submission_fingerprint(project, body["name"], spec)
+        fingerprint = submission_fingerprint(project, body["name"], fp_spec)
         ttl = request.app[CONFIG].idempotency_ttl
         done = await store.create_job_idempotent(
             job,
@@ -182,6 +182,7 @@ async def submit(request: web.Request) -> web.Response:
         if not done.created:
             # A retry: the job the first request created, whatever became of it since (the
             # middleware audits this answer like any other).
+            await discard_link(request, link)
             audit(request, f"job/{rec.id}", rec.project)
             if done.fingerprint != fingerprint:
                 raise conflict(
@@ -189,14 +190,13 @@ async def submit(request: web.Request) -> web.Response:
                     "use a fresh key for a new submission",
                     IDEMPOTENCY_HEADER,
                 )
-            resp = json_response(
-                job_view(who, rec, request.app[CONTROLLER].reason(rec.id)), status=200
-            )
+            resp = json_response(job_view(who, rec, ctrl.reason(rec.id)), status=200)
             resp.headers["Idempotent-Replayed"] = "true"
             return resp
-    request.app[CONTROLLER].accept([rec])
+    await job_created(request, rec)
+    ctrl.accept([rec])
     request[AUDITED] = True
-    return json_response(job_json(rec, "queued"), status=201)
+    return json_response(job_json(rec, ctrl.reason(rec.id) or "queued"), status=201)
 
 
 def idempotency_key(request: web.Request) -> str | None:
