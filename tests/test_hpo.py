@@ -8,6 +8,7 @@ would log it; the driver, the journal and Optuna are the real ones.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 from collections.abc import Iterator
@@ -159,6 +160,34 @@ def test_sampler_and_pruner_names() -> None:
     cat = parse_space({"params": {"c": {"type": "categorical", "choices": ["a", "b"]}}})
     with pytest.raises(InputError):
         make_sampler("cmaes", cat)
+
+
+def test_gp_and_cmaes_samplers_search_and_a_missing_package_is_a_400(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("torch", reason="the gp sampler needs torch: pip install '.[hpo-bayes]'")
+    space = parse_space(
+        {
+            "params": {
+                "x": {"type": "float", "low": -1, "high": 1},
+                "y": {"type": "float", "low": -1, "high": 1},
+            }
+        }
+    )
+    for name in ("gp", "cmaes"):
+        study = optuna.create_study(sampler=make_sampler(name, space, seed=1))
+        study.optimize(
+            lambda t: (t.suggest_float("x", -1, 1) - 0.3) ** 2 + t.suggest_float("y", -1, 1) ** 2,
+            n_trials=20,
+        )
+        assert study.best_value < 0.05, name
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda m, *a: None if m == "torch" else real(m, *a)
+    )
+    with pytest.raises(InputError) as info:
+        make_sampler("gp", space)
+    assert info.value.field == "sampler" and "torch" in str(info.value)
 
 
 def test_study_body_errors_name_the_field() -> None:

@@ -125,9 +125,11 @@ def test_study_through_the_service(tmp_path: Path) -> None:
             status, out = await svc.call("POST", "/v1/studies", member, json=body)
             assert status == 403, out
 
-            status, out = await svc.call(
-                "POST", "/v1/studies", member, json=study_body("s1", marks)
-            )
+            body = study_body("s1", marks)
+            body["job"]["env"]["HPO_MLFLOW_TRIAL"] = "0"
+            # The trial that imports mlflow needs more than 64 MiB (the limit is enforced).
+            body["job"]["tasks"]["resources"]["memory_mib"] = 1024
+            status, out = await svc.call("POST", "/v1/studies", member, json=body)
             assert status == 201, out
             assert out["state"] == "running" and out["n_trials"] == 6
             status, out = await svc.call(
@@ -149,6 +151,14 @@ def test_study_through_the_service(tmp_path: Path) -> None:
                 assert status == 200 and job["user"] == "ana" and job["name"].startswith("s1-t")
                 want = "SUCCEEDED" if t["state"] == "COMPLETE" else "CANCELLED"
                 assert job["state"] == want, (t, job)
+            # Trial 0 logged with the MLflow client, on its own run's token.
+            first = next(t for t in trials if t["number"] == 0)
+            status, run = await svc.call(
+                "GET", f"/api/2.0/mlflow/runs/get?run_id={first['run_id']}", member
+            )
+            assert status == 200, run
+            params = {p["key"]: p["value"] for p in run["run"]["data"].get("params", [])}
+            assert params.get("logged_by") == "mlflow", params
             # The CLI: the table and the plots, a bad space file, register-best.
             await cli_checks(svc, member, tmp_path, marks)
             # Reads: the viewer sees it; another project does not, even by name.
@@ -312,3 +322,41 @@ def test_study_survives_kill_9_of_the_server(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def test_quarter_gpu_trials_share_one_gpu(tmp_path: Path) -> None:
+    """``gpu_milli: 250``: four trials of a study run side by side on one GPU."""
+    member = token("ana", "vision", "member")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    async def main() -> None:
+        async with running_service(tmp_path) as svc:
+            # A registered GPU node with no agent behind it: the placements are the test.
+            node = {
+                "name": "gpu-1",
+                "cpu_milli": 8000,
+                "memory_mib": 16384,
+                "gpus": [{"index": i, "model": "A100-SXM4-80GB"} for i in range(2)],
+            }
+            status, out = await svc.call("POST", "/v1/nodes", ADMIN, json=node)
+            assert status == 201, out
+            body = study_body("q", marks, n_trials=4, parallel=4)
+            body["job"]["tasks"]["resources"].update(num_gpu=1, gpu_milli=250)
+            status, out = await svc.call("POST", "/v1/studies", member, json=body)
+            assert status == 201, out
+            deadline = time.monotonic() + 20
+            while True:
+                _, out = await svc.call("GET", "/v1/studies/q", member)
+                if len(out["trials"]) == 4 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            jobs = [await svc.wait(t["job_id"], member, {"SCHEDULED"}) for t in out["trials"]]
+            devices = {(p["node"], tuple(p["gpus"])) for j in jobs for p in j["placement"]}
+            assert len(devices) == 1, devices
+            _, cluster = await svc.call("GET", "/v1/cluster", member)
+            assert cluster["allocated"]["gpu_milli"] == 1000
+            status, _ = await svc.call("DELETE", "/v1/studies/q", member)
+            assert status == 200
+
+    asyncio.run(main())

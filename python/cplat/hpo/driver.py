@@ -43,6 +43,7 @@ from cplat.hpo.study import (
     study_state,
 )
 from cplat.tracking import MetricIn, TrackingError, TrackingStore
+from cplat.tracking.jobs import SPEC_KEY
 
 __all__ = ["JobBackend", "JobStatus", "StudyDriver", "TRIAL_PARAMS_ENV"]
 
@@ -52,6 +53,8 @@ log = logging.getLogger("cplat.hpo")
 TRIAL_PARAMS_ENV = "CPLAT_TRIAL_PARAMS"
 #: Tags of the runs: the study of a parent run, the study and trial of a trial's run.
 STUDY_TAG, TRIAL_TAG, PARENT_TAG = "cplat.hpo.study", "cplat.hpo.trial", "mlflow.parentRunId"
+#: Key of a trial's job body that names its run (a job's spec keeps it under the same key).
+TRACKING_KEY = SPEC_KEY
 _DONE_JOB = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 
@@ -254,6 +257,14 @@ class StudyDriver:
         if self.server_url:
             env["MLFLOW_TRACKING_URI"] = self.server_url
         body["env"] = env
+        # The job's run, as a job submitted with an experiment has it: the service keeps it in
+        # the job's spec, so the task's token is scoped to this run and the agent sets
+        # MLFLOW_TRACKING_TOKEN (the unmodified MLflow client in the trial can log).
+        body[TRACKING_KEY] = {
+            "experiment": self.cfg.experiment,
+            "experiment_id": experiment_id,
+            "run_id": run_id,
+        }
         return body
 
     async def _submit(self, trial: Any) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from cplat.errors import InputError
-from cplat.hpo.driver import JobStatus
+from cplat.hpo.driver import TRACKING_KEY, JobStatus
 from cplat.hpo.runner import StudyRunner
 from cplat.hpo.study import StudyConfig, open_storage
 from cplat.live.spec import JobSpec
@@ -158,7 +158,12 @@ class ServiceJobs:
             For a job the spec refuses (the study's template was checked at creation, so
             only what a trial added can be at fault).
         """
-        spec = JobSpec.from_body({**body, "name": name}).to_dict()
+        fields = dict(body)
+        # The trial's run is the driver's to name (a user's job body cannot carry one).
+        link = fields.pop(TRACKING_KEY, None)
+        spec = JobSpec.from_body({**fields, "name": name}).to_dict()
+        if link is not None:
+            spec[TRACKING_KEY] = dict(link)
         store = self.app[STORE]
         now = time.time()
         job = NewJob(
