@@ -230,6 +230,16 @@ def test_limit_settings_are_checked() -> None:
         assert err.value.field == field, (env, err.value)
 
 
+def test_settings_repr_holds_no_secret() -> None:
+    """A logged or printed configuration must not leak the signing key or a store password."""
+    cfg = ServiceConfig(
+        jwt_secret="jwt-s3cret",
+        db="postgresql://cplat:db-s3cret@db/cplat",
+        artifact_s3_secret_access_key="s3-s3cret",
+    )
+    assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg)
+
+
 # --- env redaction ----------------------------------------------------------------------------
 
 

@@ -99,8 +99,8 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     data_dir: Path = Path("cplat-data")
-    db: str = ""
-    jwt_secret: str = ""
+    db: str = field(default="", repr=False)  # a PostgreSQL URL may hold a password
+    jwt_secret: str = field(default="", repr=False)
     profile: str = ""
     local_agent: bool = True
     node_timeout: float = 30.0

@@ -34,27 +34,24 @@ async def job_runs_context(app: web.Application) -> AsyncIterator[None]:
     """Run the linker for the app's life (an aiohttp cleanup context).
 
     Append it after the contexts that open the store, the controller and the tracking store.
-    It subscribes to the job events before it brings the runs of the unfinished jobs in step,
+    It listens to the job events before it brings the runs of the unfinished jobs in step,
     so that no change made in between is missed.
     """
     ctrl = app[CONTROLLER]
     linker = JobRunLinker(app[TRACKING], app[STORE], app[ARTIFACTS] if ARTIFACTS in app else None)
-    queue = ctrl.subscribe()
+    # A listener, not a stream subscription: a stream whose reader falls behind is dropped,
+    # and a run must never miss its job's end.
+    ctrl.hub.listeners.append(linker.notify)
     await linker.recover(await app[STORE].unfinished_jobs())
     app[LINKER] = linker
-    tasks = [
-        asyncio.create_task(linker.consume(queue), name="cplat-job-runs-events"),
-        asyncio.create_task(linker.run(), name="cplat-job-runs"),
-    ]
+    task = asyncio.create_task(linker.run(), name="cplat-job-runs")
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        ctrl.unsubscribe(queue)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        ctrl.hub.listeners.remove(linker.notify)
 
 
 async def link_submission(

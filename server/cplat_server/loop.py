@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cplat.errors import InputError
@@ -38,6 +38,9 @@ class ServiceObserver:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        #: In-process followers that must see every change (the job -> run linker); unlike a
+        #: stream's queue they are never dropped, so each must take an event without waiting.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         #: Log follows waiting for a job's output: job -> (event, followers).
         self.log_watch: dict[int, tuple[asyncio.Event, int]] = {}
         self.closing = False
@@ -59,6 +62,8 @@ class ServiceObserver:
             "reason": change.reason or "",
             "at": change.at,
         }
+        for listener in self.listeners:
+            listener(event)
         for q in list(self.subscribers):
             if q.full():
                 # A consumer that stopped reading loses its stream rather than our memory.

@@ -563,18 +563,6 @@ class JobRunLinker:
             except Exception:  # noqa: BLE001 - one bad event must not stop the others
                 log.exception("could not bring the run of job %s in step", event.get("id"))
 
-    async def consume(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        """Pass the events of a controller subscription on to :meth:`notify`, until cancelled.
-
-        :meth:`run` applies them; kept apart from it so that a slow write never lets the
-        subscription's bounded queue fill up (the controller drops a subscriber whose queue is
-        full).
-        """
-        while True:
-            event = await queue.get()
-            if event:  # an empty event: the server is stopping
-                self.notify(event)
-
     async def on_job_event(self, event: Mapping[str, Any]) -> None:
         """Bring a job's run in step with one of its state changes."""
         job_id, state = event.get("id"), event.get("state")

@@ -168,31 +168,36 @@ async def submit(request: web.Request) -> web.Response:
     )
     # The audit entry commits with the job: one durable write per submission.
     entry = audit_entry(request, 201, "job/{id}", project)
-    if key is None:
-        [rec] = await store.create_jobs([job], audit=[entry])
-    else:
-        fingerprint = submission_fingerprint(project, body["name"], fp_spec)
-        ttl = request.app[CONFIG].idempotency_ttl
-        done = await store.create_job_idempotent(
-            job,
-            IdempotencyIn(who.project, who.user, key, fingerprint, now, now + ttl),
-            audit=[entry],
-        )
-        rec = done.job
-        if not done.created:
-            # A retry: the job the first request created, whatever became of it since (the
-            # middleware audits this answer like any other).
-            await discard_link(request, link)
-            audit(request, f"job/{rec.id}", rec.project)
-            if done.fingerprint != fingerprint:
-                raise conflict(
-                    f"this Idempotency-Key was used for another request (job {rec.id}); "
-                    "use a fresh key for a new submission",
-                    IDEMPOTENCY_HEADER,
-                )
-            resp = json_response(job_view(who, rec, ctrl.reason(rec.id)), status=200)
-            resp.headers["Idempotent-Replayed"] = "true"
-            return resp
+    try:
+        if key is None:
+            [rec] = await store.create_jobs([job], audit=[entry])
+        else:
+            fingerprint = submission_fingerprint(project, body["name"], fp_spec)
+            ttl = request.app[CONFIG].idempotency_ttl
+            done = await store.create_job_idempotent(
+                job,
+                IdempotencyIn(who.project, who.user, key, fingerprint, now, now + ttl),
+                audit=[entry],
+            )
+            rec = done.job
+    except BaseException:
+        # No job was stored: its run would wait SCHEDULED forever.
+        await discard_link(request, link)
+        raise
+    if key is not None and not done.created:
+        # A retry: the job the first request created, whatever became of it since (the
+        # middleware audits this answer like any other).
+        await discard_link(request, link)
+        audit(request, f"job/{rec.id}", rec.project)
+        if done.fingerprint != fingerprint:
+            raise conflict(
+                f"this Idempotency-Key was used for another request (job {rec.id}); "
+                "use a fresh key for a new submission",
+                IDEMPOTENCY_HEADER,
+            )
+        resp = json_response(job_view(who, rec, ctrl.reason(rec.id)), status=200)
+        resp.headers["Idempotent-Replayed"] = "true"
+        return resp
     await job_created(request, rec)
     ctrl.accept([rec])
     request[AUDITED] = True
