@@ -1,7 +1,7 @@
 """Hyperparameter search benchmark: sampler quality in-process, and cplat's overhead per trial.
 
 (a) Samplers, side by side on one objective and budget: random, TPE and GP (and CMA-ES), as
-cplat builds them (:func:`cplat.hpo.samplers.make_sampler`), run in Optuna's own in-process
+cplat builds them (:func:`cplat.ml.hpo.samplers.make_sampler`), run in Optuna's own in-process
 study -- the reference a service adds nothing to. The objective is the 6-dimensional Hartmann
 function (global minimum -3.32237); each sampler gets the same trial budget over several seeds,
 and the table prints the median best value per sampler and whether it beats random search.
@@ -39,8 +39,8 @@ from typing import Any
 import optuna
 
 from cplat.errors import InputError
-from cplat.hpo.samplers import make_sampler
-from cplat.hpo.space import parse_space
+from cplat.ml.hpo.samplers import make_sampler
+from cplat.ml.hpo.space import parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "tests" / "hpo_train.py"

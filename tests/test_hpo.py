@@ -21,12 +21,12 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from cplat.errors import InputError  # noqa: E402
-from cplat.hpo.driver import JobStatus  # noqa: E402
-from cplat.hpo.runner import StudyRunner  # noqa: E402
-from cplat.hpo.samplers import make_pruner, make_sampler  # noqa: E402
-from cplat.hpo.space import load_space, parse_space  # noqa: E402
-from cplat.hpo.study import JOB_ATTR, StudyConfig, open_storage  # noqa: E402
-from cplat.tracking import MetricIn, SqliteDriver, TrackingStore  # noqa: E402
+from cplat.ml.hpo.driver import JobStatus  # noqa: E402
+from cplat.ml.hpo.runner import StudyRunner  # noqa: E402
+from cplat.ml.hpo.samplers import make_pruner, make_sampler  # noqa: E402
+from cplat.ml.hpo.space import load_space, parse_space  # noqa: E402
+from cplat.ml.hpo.study import JOB_ATTR, StudyConfig, open_storage  # noqa: E402
+from cplat.ml.tracking import MetricIn, SqliteDriver, TrackingStore  # noqa: E402
 
 # --- the space file -------------------------------------------------------------------------
 

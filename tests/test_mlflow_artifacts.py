@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cplat.tracking.artifacts import (
+from cplat.ml.tracking.artifacts import (
     ArtifactEntry,
     ArtifactNotFoundError,
     ArtifactPathError,
@@ -299,7 +299,7 @@ def test_s3_round_trip(s3: Any) -> None:
 
 
 def test_s3_multipart_and_cap(s3: Any) -> None:
-    from cplat.tracking.artifacts import S3_PART
+    from cplat.ml.tracking.artifacts import S3_PART
 
     store = S3ArtifactStore("arts", client=s3)
     big = os.urandom(S3_PART * 2 + 12345)
@@ -681,7 +681,7 @@ def test_settings_refused(env: dict[str, str], field: str) -> None:
 def test_settings_s3_and_local(tmp_path: Path) -> None:
     pytest.importorskip("boto3")
     from cplat_server.config import load_config
-    from cplat_server.mlflow.artifacts import open_artifact_store
+    from cplat_server.views.mlflow_compat.artifacts import open_artifact_store
 
     env = {
         "CPLAT_DATA_DIR": str(tmp_path / "data"),
@@ -714,16 +714,16 @@ def test_s3_backend_behind_the_proxy(s3: Any, tmp_path: Path) -> None:
     """The proxy over S3 storage (moto in-process): upload, list, download, delete."""
     from service_harness import SECRET
 
-    from cplat.tracking import open_tracking_store
+    from cplat.ml.tracking import open_tracking_store
     from cplat_server.config import ServiceConfig
-    from cplat_server.mlflow.artifacts import (
+    from cplat_server.views.mlflow_compat.artifacts import (
         ARTIFACTS,
         delete_artifact,
         download_artifact,
         list_artifacts,
         upload_artifact,
     )
-    from cplat_server.mlflow.common import TRACKING
+    from cplat_server.views.mlflow_compat.common import TRACKING
 
     async def go() -> None:
         import aiohttp

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cplat.tracking import MetricIn, TrackingError, TrackingStore, open_tracking_store
-from cplat.tracking.driver import to_dollar
-from cplat.tracking.search import (
+from cplat.ml.tracking import MetricIn, TrackingError, TrackingStore, open_tracking_store
+from cplat.ml.tracking.driver import to_dollar
+from cplat.ml.tracking.search import (
     Comparison,
     OrderKey,
     decode_page_token,

@@ -64,7 +64,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             )
             post(served, "/runs/update", {"run_id": run_id, "status": "FINISHED", "end_time": 1})
             runs[name] = run_id
-        # A run recorded from a job, as the service records them (see cplat.tracking.jobs).
+        # A run recorded from a job, as the service records them (see cplat.ml.tracking.jobs).
         job_tags = {
             "cplat.command": json.dumps(["python", "train.py", "--lr", "0.01"]),
             "cplat.resources": json.dumps(

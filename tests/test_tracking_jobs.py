@@ -1,4 +1,4 @@
-"""Jobs and runs (cplat.tracking.jobs) and the environment snapshot (cplat.tracking.snapshot).
+"""Jobs and runs (cplat.ml.tracking.jobs) and the environment snapshot (cplat.ml.tracking.snapshot).
 
 The linker runs against a real tracking store on a temporary SQLite file and real local
 artifact storage; the job side is a stand-in holding real ``JobRecord``s, changed the way the
@@ -21,10 +21,9 @@ from typing import Any
 import pytest
 
 from cplat.errors import InputError
-from cplat.store.base import JobRecord, NodeRecord
-from cplat.tracking import SqliteDriver, TrackingError, TrackingStore
-from cplat.tracking.artifacts import LocalArtifactStore
-from cplat.tracking.jobs import (
+from cplat.ml.tracking import SqliteDriver, TrackingError, TrackingStore
+from cplat.ml.tracking.artifacts import LocalArtifactStore
+from cplat.ml.tracking.jobs import (
     RUN_CLAIM,
     SNAPSHOT_ARTIFACT,
     SPEC_KEY,
@@ -37,7 +36,7 @@ from cplat.tracking.jobs import (
     run_scope_target,
     tracking_env,
 )
-from cplat.tracking.snapshot import (
+from cplat.ml.tracking.snapshot import (
     MAX_FREEZE_LINES,
     check_snapshot,
     git_state,
@@ -45,6 +44,7 @@ from cplat.tracking.snapshot import (
     snapshot_tags,
     take_snapshot,
 )
+from cplat.store.base import JobRecord, NodeRecord
 
 SPEC: dict[str, Any] = {
     "tasks": {

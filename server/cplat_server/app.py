@@ -17,10 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cplat.config import load_scheduler_config
 from cplat.errors import InputError
+from cplat.ml.tracking.jobs import run_claim
 from cplat.runtime.live import LiveCluster
 from cplat.store import open_store
 from cplat.store.base import JobRecord, Store
-from cplat.tracking.jobs import run_claim
 from cplat_server import auth
 from cplat_server.config import ServiceConfig, jwt_secret
 from cplat_server.errors import ApiError, error_response
@@ -40,10 +40,10 @@ from cplat_server.keys import (
 from cplat_server.limits import LIMITS, Limits
 from cplat_server.loop import Controller
 from cplat_server.metrics import Metrics
-from cplat_server.mlflow.artifacts import ARTIFACTS, open_artifact_store
-from cplat_server.mlflow.routes import tracking_context
 from cplat_server.openapi import docs_page, spec
 from cplat_server.routes import MLFLOW_ROUTES, PAGES, ROUTES, UNAUDITED
+from cplat_server.views.mlflow_compat.artifacts import ARTIFACTS, open_artifact_store
+from cplat_server.views.mlflow_compat.routes import tracking_context
 from cplat_server.views.studies import studies_context
 from cplat_server.views.tokens import REVOKED, keep_revocations_fresh, load_revocations
 

@@ -46,7 +46,7 @@ class Principal:
     token_id: str = ""
     expires_at: float | None = None
     #: The run a job's token is scoped to (claim ``run``; empty: none). The MLflow endpoints
-    #: accept such a token for writes to that run only (``cplat.tracking.jobs.check_run_scope``).
+    #: accept such a token for writes to that run only (``cplat.ml.tracking.jobs.check_run_scope``).
     run_id: str = ""
 
     def can_see(self, project: str) -> bool:

@@ -245,7 +245,7 @@ def load_config(
     if cfg.node_timeout <= 0 or cfg.tick <= 0 or cfg.max_body <= 0 or cfg.grace < 0:
         raise InputError("node_timeout, tick and max_body must be positive", field="serve")
     _check_limits(cfg)
-    from cplat_server.mlflow.artifacts import check_artifact_settings
+    from cplat_server.views.mlflow_compat.artifacts import check_artifact_settings
 
     check_artifact_settings(cfg)
     return cfg

@@ -1,6 +1,6 @@
 """Jobs as tracking runs in the service: the linker's place in the app's life and in submit.
 
-:mod:`cplat.tracking.jobs` holds the logic (no HTTP); this module gives it the app's stores,
+:mod:`cplat.ml.tracking.jobs` holds the logic (no HTTP); this module gives it the app's stores,
 feeds it the controller's job events, and turns its errors into 400 answers naming the field.
 The submit view calls :func:`link_submission` before storing a job with an ``experiment``,
 :func:`job_created` once it is stored and :func:`discard_link` when the request created none.
@@ -16,13 +16,13 @@ from typing import Any
 from aiohttp import web
 
 from cplat.errors import InputError
+from cplat.ml.tracking import TrackingError
+from cplat.ml.tracking.jobs import SPEC_KEY, JobRunLinker, RunLink
 from cplat.store.base import JobRecord
-from cplat.tracking import TrackingError
-from cplat.tracking.jobs import SPEC_KEY, JobRunLinker, RunLink
 from cplat_server.errors import bad_request
 from cplat_server.keys import CONTROLLER, STORE
-from cplat_server.mlflow.artifacts import ARTIFACTS
-from cplat_server.mlflow.common import TRACKING
+from cplat_server.views.mlflow_compat.artifacts import ARTIFACTS
+from cplat_server.views.mlflow_compat.common import TRACKING
 
 __all__ = ["LINKER", "discard_link", "job_created", "job_runs_context", "link_submission"]
 

@@ -9,9 +9,9 @@ from typing import Any
 from aiohttp import web
 
 from cplat_server import schemas as s
-from cplat_server.mlflow import artifacts as mlflow_artifacts
-from cplat_server.mlflow import routes as mlflow_routes
 from cplat_server.views import fairshare, jobs, reservations, resources, status, studies, tokens
+from cplat_server.views.mlflow_compat import artifacts as mlflow_artifacts
+from cplat_server.views.mlflow_compat import routes as mlflow_routes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -435,7 +435,8 @@ ROUTES: tuple[Route, ...] = (
 PAGES: tuple[tuple[str, Handler], ...] = (("/", status.page),)
 
 #: The MLflow-compatible API, ``(method, path, handler)``: outside /v1 and the OpenAPI document
-#: (it answers in MLflow's error shape and checks tokens itself; see cplat_server.mlflow).
+#: (it answers in MLflow's error shape and checks tokens itself; see
+#: cplat_server.views.mlflow_compat).
 MLFLOW_ROUTES = mlflow_routes.ROUTES + mlflow_artifacts.ROUTES
 
 #: Agent telemetry is not audited: it is not a person's change and would flood the log.

@@ -97,7 +97,7 @@ JOB_SUBMIT = _obj(
         "workdir": {"anyOf": [_text(4096, minLength=1), {"type": "null"}]},
         "on_failure": {"type": "string", "enum": ["fail", "restart"]},
         "max_restarts": _int(0, 100),
-        # Checked in full by cplat.tracking.jobs.parse_experiment (docs/tracking.md).
+        # Checked in full by cplat.ml.tracking.jobs.parse_experiment (docs/tracking.md).
         "experiment": {"anyOf": [_text(500, minLength=1), {"type": "object"}]},
     },
     ("name", "command"),

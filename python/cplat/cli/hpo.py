@@ -30,7 +30,7 @@ from cplat.cli.jobs import (
 )
 from cplat.client import DEFAULT_SERVER, ApiError, Client
 from cplat.errors import InputError
-from cplat.hpo.space import load_space
+from cplat.ml.hpo.space import load_space
 
 __all__ = ["add_hpo_commands", "study_from_answer"]
 
@@ -140,7 +140,7 @@ def study_from_answer(out: dict[str, Any]) -> Any:
     """
     import optuna
 
-    from cplat.hpo.space import parse_space
+    from cplat.ml.hpo.space import parse_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = parse_space(out["space"]).distributions()

@@ -816,7 +816,7 @@ def prepare_submission(
     if from_run:
         field["from_run"] = from_run
     if getattr(args, "snapshot", True):
-        from cplat.tracking.snapshot import take_snapshot
+        from cplat.ml.tracking.snapshot import take_snapshot
 
         field["snapshot"] = take_snapshot(final, cwd=Path.cwd())
     return final, field

@@ -1,14 +1,8 @@
-"""Hyperparameter search whose trials are cplat jobs (see docs/hpo.md).
+"""What a trial's training script imports: its parameters and its reports (see docs/hpo.md).
 
-- :mod:`cplat.hpo.space` -- the search space file;
-- :mod:`cplat.hpo.samplers` -- Optuna's samplers and pruners by name;
-- :mod:`cplat.hpo.study` -- a study's definition and its journal (durable through restarts);
-- :mod:`cplat.hpo.driver` -- the driver: asks Optuna, submits jobs, reads metrics, prunes;
-- :mod:`cplat.hpo.runner` -- every study of a service, and the loop that drives them;
-- :mod:`cplat.hpo.report` -- for training scripts: :func:`params` and :func:`report`.
-
-Only the last is imported here, so that a training script's ``from cplat.hpo import report``
-pulls in neither Optuna nor the tracking store.
+:func:`params` reads the trial's parameters, :func:`report` logs the study's metric at a step
+(the service decides pruning from it). The studies themselves live in :mod:`cplat.ml.hpo`;
+this package pulls in neither Optuna nor the tracking store.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cplat.ml.tracking.jobs import tracking_env
 from cplat.runtime.isolation import (
     AssignmentError,
     Isolation,
@@ -51,7 +52,6 @@ from cplat.runtime.isolation import (
     TaskIdentity,
     remove_tree,
 )
-from cplat.tracking.jobs import tracking_env
 
 __all__ = [
     "MANAGED_ENV",

@@ -20,10 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from cplat.errors import InputError
-from cplat.hpo.driver import TRACKING_KEY, JobStatus
-from cplat.hpo.runner import StudyRunner
-from cplat.hpo.study import StudyConfig, open_storage
 from cplat.live.spec import JobSpec
+from cplat.ml.hpo.driver import TRACKING_KEY, JobStatus
+from cplat.ml.hpo.runner import StudyRunner
+from cplat.ml.hpo.study import StudyConfig, open_storage
 from cplat.store.base import AuditIn, IdempotencyIn, NewJob
 from cplat_server.errors import ApiError, bad_request, conflict, forbidden, not_found
 from cplat_server.keys import (
@@ -37,9 +37,9 @@ from cplat_server.keys import (
     query_name,
     read_json,
 )
-from cplat_server.mlflow.common import TRACKING
 from cplat_server.schemas import JOB_SUBMIT, NAME, NAME_FILTER
 from cplat_server.views.jobs import submission_fingerprint
+from cplat_server.views.mlflow_compat.common import TRACKING
 
 __all__ = [
     "STUDIES",

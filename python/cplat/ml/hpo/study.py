@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from cplat.errors import InputError
-from cplat.hpo.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
-from cplat.hpo.space import Space, parse_space
+from cplat.ml.hpo.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from cplat.ml.hpo.space import Space, parse_space
 
 __all__ = [
     "DIRECTIONS",
@@ -71,7 +71,8 @@ class StudyConfig:
     metric, direction
         The metric trials log (with steps) and whether lower or higher is better.
     sampler, pruner
-        Names from :data:`~cplat.hpo.samplers.SAMPLERS` and :data:`~cplat.hpo.samplers.PRUNERS`.
+        Names from :data:`~cplat.ml.hpo.samplers.SAMPLERS` and
+        :data:`~cplat.ml.hpo.samplers.PRUNERS`.
     n_trials, parallel
         The budget, and how many trials run at once.
     job

@@ -1,9 +1,9 @@
 """The tracking store: experiments, runs, metrics, datasets, logged models and the registry.
 
-One implementation over a :class:`~cplat.tracking.driver.Driver`: the SQL and the decoding of
+One implementation over a :class:`~cplat.ml.tracking.driver.Driver`: the SQL and the decoding of
 rows are shared by SQLite and PostgreSQL. Methods take and return plain values and the records
-of :mod:`cplat.tracking.records`; they check what the data model requires (names, lengths,
-states) and raise :class:`~cplat.tracking.errors.TrackingError`. Who may see or change what
+of :mod:`cplat.ml.tracking.records`; they check what the data model requires (names, lengths,
+states) and raise :class:`~cplat.ml.tracking.errors.TrackingError`. Who may see or change what
 (projects, roles) is the caller's business: every record carries its project, and the
 ``*_owner`` lookups answer that question cheaply.
 """
@@ -20,10 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cplat.tracking import search as q
-from cplat.tracking.driver import Driver, Row, Tx
-from cplat.tracking.errors import exists, invalid, not_found
-from cplat.tracking.records import (
+from cplat.ml.tracking import search as q
+from cplat.ml.tracking.driver import Driver, Row, Tx
+from cplat.ml.tracking.errors import exists, invalid, not_found
+from cplat.ml.tracking.records import (
     ACTIVE,
     DELETED,
     LOGGED_MODEL_STATUSES,
@@ -38,7 +38,7 @@ from cplat.tracking.records import (
     Run,
     RunOwner,
 )
-from cplat.tracking.schema import SCHEMA_VERSION, statements
+from cplat.ml.tracking.schema import SCHEMA_VERSION, statements
 
 __all__ = ["DatasetIn", "MetricIn", "TrackingStore", "artifact_root"]
 
@@ -274,7 +274,7 @@ def _order_sql(expr: str, ascending: bool) -> str:
 class TrackingStore:
     """Experiments, runs and models of every project, over one driver.
 
-    Open with :meth:`open` (or :func:`cplat.tracking.open_tracking_store`); every method is a
+    Open with :meth:`open` (or :func:`cplat.ml.tracking.open_tracking_store`); every method is a
     coroutine and every write has committed when it returns.
 
     Parameters

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cplat.tracking.errors import TrackingError, invalid
+from cplat.ml.tracking.errors import TrackingError, invalid
 
 __all__ = [
     "Column",

@@ -3,7 +3,7 @@
 ``cplat job submit --experiment`` takes a snapshot on the submitting machine (the user's
 working dir and interpreter) and sends it with the job; the service records it on the job's
 run as ``cplat.snapshot.*`` tags and as the artifact ``cplat/snapshot.json``
-(:mod:`cplat.tracking.jobs`). What it holds:
+(:mod:`cplat.ml.tracking.jobs`). What it holds:
 
 - the interpreter: version, implementation, path; the platform;
 - ``python -m pip freeze`` of that interpreter, time-bounded, at most :data:`MAX_FREEZE_LINES`

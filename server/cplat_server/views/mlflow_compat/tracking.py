@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from cplat.tracking import DatasetIn, Experiment, MetricIn, Run
-from cplat.tracking.records import ACTIVE, DELETED, LoggedModel, metric_value_json
-from cplat.tracking.store import MAX_BATCH_METRICS, MAX_BATCH_PARAMS_TAGS, MAX_TAG_VALUE
-from cplat_server.mlflow.common import (
+from cplat.ml.tracking import DatasetIn, Experiment, MetricIn, Run
+from cplat.ml.tracking.records import ACTIVE, DELETED, LoggedModel, metric_value_json
+from cplat.ml.tracking.store import MAX_BATCH_METRICS, MAX_BATCH_PARAMS_TAGS, MAX_TAG_VALUE
+from cplat_server.views.mlflow_compat.common import (
     Call,
     MlflowError,
     as_float,

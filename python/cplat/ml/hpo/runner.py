@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cplat.errors import InputError
-from cplat.hpo.driver import JobBackend, StudyDriver
-from cplat.hpo.study import (
+from cplat.ml.hpo.driver import JobBackend, StudyDriver
+from cplat.ml.hpo.study import (
     CONFIG_ATTR,
     STATE_ATTR,
     StudyConfig,
@@ -24,7 +24,7 @@ from cplat.hpo.study import (
     study_state,
     study_summary,
 )
-from cplat.tracking import TrackingStore
+from cplat.ml.tracking import TrackingStore
 
 __all__ = ["StudyRunner"]
 
@@ -37,7 +37,7 @@ class StudyRunner:
     Parameters
     ----------
     storage
-        The journal (:func:`cplat.hpo.study.open_storage`).
+        The journal (:func:`cplat.ml.hpo.study.open_storage`).
     jobs
         Where trials run.
     tracking

@@ -2,7 +2,7 @@
 
 Every route is served under ``/api/2.0/mlflow`` (what the client calls) and under
 ``/ajax-api/2.0/mlflow`` (what MLflow's web UI calls). They are outside ``/v1``: they answer in
-MLflow's error shape and do their own token check (:mod:`cplat_server.mlflow.common`).
+MLflow's error shape and do their own token check (:mod:`cplat_server.views.mlflow_compat.common`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cplat.tracking import open_tracking_store
+from cplat.ml.tracking import open_tracking_store
 from cplat_server.keys import CONFIG
-from cplat_server.mlflow import registry as r
-from cplat_server.mlflow import tracking as t
-from cplat_server.mlflow.common import TRACKING, Handler
+from cplat_server.views.mlflow_compat import registry as r
+from cplat_server.views.mlflow_compat import tracking as t
+from cplat_server.views.mlflow_compat.common import TRACKING, Handler
 
 __all__ = ["PREFIXES", "ROUTES", "tracking_context"]
 

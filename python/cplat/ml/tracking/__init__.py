@@ -4,7 +4,7 @@ Experiments, runs (params, metrics, tags, dataset inputs), logged models and reg
 models with their versions, tags, aliases and stages, stored in SQLite (``tracking.db`` in the
 service's data dir, WAL, mode 0600) or, when the service runs on PostgreSQL, in ``trk_*``
 tables of the same database. Everything belongs to a cplat project. This package has no HTTP in
-it: ``cplat_server.mlflow`` serves it; jobs and the CLI may use it directly.
+it: ``cplat_server.views.mlflow_compat`` serves it; jobs and the CLI may use it directly.
 
 Open it with :func:`open_tracking_store`; the API is :class:`TrackingStore`. For access checks:
 
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cplat.tracking.driver import Driver, PostgresDriver, SqliteDriver
-from cplat.tracking.errors import TrackingError
-from cplat.tracking.records import (
+from cplat.ml.tracking.driver import Driver, PostgresDriver, SqliteDriver
+from cplat.ml.tracking.errors import TrackingError
+from cplat.ml.tracking.records import (
     DatasetInput,
     Experiment,
     LoggedModel,
@@ -38,7 +38,7 @@ from cplat.tracking.records import (
     Run,
     RunOwner,
 )
-from cplat.tracking.store import DatasetIn, MetricIn, TrackingStore, artifact_root
+from cplat.ml.tracking.store import DatasetIn, MetricIn, TrackingStore, artifact_root
 
 __all__ = [
     "TRACKING_DB",

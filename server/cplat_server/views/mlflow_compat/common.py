@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from cplat.tracking import TrackingError, TrackingStore
-from cplat.tracking.jobs import check_run_scope, run_scope_target
+from cplat.ml.tracking import TrackingError, TrackingStore
+from cplat.ml.tracking.jobs import check_run_scope, run_scope_target
 from cplat_server import auth
 from cplat_server.auth import Principal
 from cplat_server.errors import ApiError
@@ -300,7 +300,7 @@ def endpoint(write: bool, audited: bool = True) -> Callable[[View], Handler]:
                 who = caller(request)
                 call = Call(request, who, await _body(request), request.app[TRACKING])
                 if write and who.run_id:
-                    # A job's token writes to the job's run only (cplat.tracking.jobs).
+                    # A job's token writes to the job's run only (cplat.ml.tracking.jobs).
                     target = await run_scope_target(request.path, call.body, call.store)
                     check_run_scope(who.run_id, target, f"{request.method} {request.path}")
                 answer = await fn(call)

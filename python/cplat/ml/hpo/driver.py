@@ -12,7 +12,7 @@ Each :meth:`StudyDriver.step`:
 2. asks Optuna for new trials while fewer than ``parallel`` run and the budget is not spent,
    and submits a job for each (see :meth:`StudyDriver.job_body`).
 
-All state lives in the journal (:mod:`cplat.hpo.study`), the job store and the tracking store,
+All state lives in the journal (:mod:`cplat.ml.hpo.study`), the job store and the tracking store,
 none in the driver: a driver made anew after a crash picks up where the old one was. A trial
 is asked and recorded in the journal before its run and job exist; a crash in between leaves a
 RUNNING trial without a job, which the next step submits, under an idempotency key of the
@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cplat.hpo.space import format_value
-from cplat.hpo.study import (
+from cplat.ml.hpo.space import format_value
+from cplat.ml.hpo.study import (
     ATTEMPT_ATTR,
     JOB_ATTR,
     PARENT_ATTR,
@@ -42,8 +42,8 @@ from cplat.hpo.study import (
     load_study,
     study_state,
 )
-from cplat.tracking import MetricIn, TrackingError, TrackingStore
-from cplat.tracking.jobs import SPEC_KEY
+from cplat.ml.tracking import MetricIn, TrackingError, TrackingStore
+from cplat.ml.tracking.jobs import SPEC_KEY
 
 __all__ = ["JobBackend", "JobStatus", "StudyDriver", "TRIAL_PARAMS_ENV"]
 
@@ -52,7 +52,7 @@ log = logging.getLogger("cplat.hpo")
 #: The environment variable with a trial's parameters as a JSON object.
 TRIAL_PARAMS_ENV = "CPLAT_TRIAL_PARAMS"
 #: Tags of the runs: the study of a parent run, the study and trial of a trial's run.
-STUDY_TAG, TRIAL_TAG, PARENT_TAG = "cplat.hpo.study", "cplat.hpo.trial", "mlflow.parentRunId"
+STUDY_TAG, TRIAL_TAG, PARENT_TAG = "cplat.ml.hpo.study", "cplat.hpo.trial", "mlflow.parentRunId"
 #: Key of a trial's job body that names its run (a job's spec keeps it under the same key).
 TRACKING_KEY = SPEC_KEY
 _DONE_JOB = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -90,7 +90,7 @@ class StudyDriver:
     Parameters
     ----------
     storage
-        The studies' Optuna storage (:func:`cplat.hpo.study.open_storage`).
+        The studies' Optuna storage (:func:`cplat.ml.hpo.study.open_storage`).
     key
         The Optuna study name (``<project>/<name>``).
     jobs

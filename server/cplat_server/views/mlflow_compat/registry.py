@@ -15,8 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from cplat.tracking import ModelVersion, RegisteredModel
-from cplat_server.mlflow.common import Call, MlflowError, endpoint, invalid, missing, require
+from cplat.ml.tracking import ModelVersion, RegisteredModel
+from cplat_server.views.mlflow_compat.common import (
+    Call,
+    MlflowError,
+    endpoint,
+    invalid,
+    missing,
+    require,
+)
 
 #: The tag that names who may change a model's versions, aliases and stages.
 MAINTAINERS_TAG = "cplat.maintainers"

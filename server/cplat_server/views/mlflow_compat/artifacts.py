@@ -21,7 +21,7 @@ read and a member to write. An experiment of another project, or none, answers
 ``RESOURCE_DOES_NOT_EXIST`` (404), so artifact paths reveal nothing about other projects.
 Uploads and deletions go to the audit log, refused ones included.
 
-Storage is :mod:`cplat.tracking.artifacts`: ``<data_dir>/artifacts`` by default, another folder
+Storage is :mod:`cplat.ml.tracking.artifacts`: ``<data_dir>/artifacts`` by default, another folder
 (``artifact_root``) or an S3-compatible bucket (``artifact_s3_*``) as configured.
 """
 
@@ -36,8 +36,8 @@ from urllib.parse import quote, urlsplit
 from aiohttp import ClientPayloadError, web
 
 from cplat.errors import InputError
-from cplat.tracking import TrackingError
-from cplat.tracking.artifacts import (
+from cplat.ml.tracking import TrackingError
+from cplat.ml.tracking.artifacts import (
     CHUNK,
     ArtifactNotFoundError,
     ArtifactPathError,
@@ -47,12 +47,18 @@ from cplat.tracking.artifacts import (
     S3ArtifactStore,
     split_path,
 )
-from cplat.tracking.jobs import check_run_scope, run_scope_target
+from cplat.ml.tracking.jobs import check_run_scope, run_scope_target
 from cplat_server.auth import Principal
 from cplat_server.config import ServiceConfig
 from cplat_server.errors import ApiError
 from cplat_server.keys import AUDIT_PROJECT, CONFIG, STORE, audit_entry
-from cplat_server.mlflow.common import TRACKING, MlflowError, caller, error_response, missing
+from cplat_server.views.mlflow_compat.common import (
+    TRACKING,
+    MlflowError,
+    caller,
+    error_response,
+    missing,
+)
 
 __all__ = [
     "ARTIFACTS",
@@ -230,7 +236,7 @@ def _view(write: bool, op: Op) -> Callable[[web.Request], Awaitable[web.StreamRe
         try:
             who = caller(request)
             if write and who.run_id:
-                # A job's token writes to the job's run only (cplat.tracking.jobs).
+                # A job's token writes to the job's run only (cplat.ml.tracking.jobs).
                 target = await run_scope_target(request.path, {}, request.app[TRACKING])
                 try:
                     check_run_scope(who.run_id, target, f"artifact path {request.path!r}")

@@ -27,7 +27,7 @@ SCHEDULED and its tags count the attempt and the requeues. Tags:
 ``cplat.job_spec``          priority, gang, max_runtime, checkpoint, workdir, on_failure,
                             max_restarts, env_names (JSON; env VALUES are never recorded)
 ``cplat.from_run``          the run this one re-runs (``cplat job submit --from-run``)
-``cplat.snapshot.*``        the environment snapshot (:mod:`cplat.tracking.snapshot`)
+``cplat.snapshot.*``        the environment snapshot (:mod:`cplat.ml.tracking.snapshot`)
 =========================== ===========================================================
 
 plus MLflow's own ``mlflow.user``, ``mlflow.source.type`` (``JOB``), ``mlflow.source.name``
@@ -53,13 +53,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cplat.errors import InputError
-from cplat.tracking.errors import TrackingError
-from cplat.tracking.snapshot import check_snapshot, snapshot_tags
+from cplat.ml.tracking.errors import TrackingError
+from cplat.ml.tracking.snapshot import check_snapshot, snapshot_tags
 
 if TYPE_CHECKING:
+    from cplat.ml.tracking.artifacts import ArtifactStore
+    from cplat.ml.tracking.store import TrackingStore
     from cplat.store.base import JobRecord, NodeRecord
-    from cplat.tracking.artifacts import ArtifactStore
-    from cplat.tracking.store import TrackingStore
 
 __all__ = [
     "PERMISSION_DENIED",
@@ -79,7 +79,7 @@ __all__ = [
     "tracking_env",
 ]
 
-log = logging.getLogger("cplat.tracking.jobs")
+log = logging.getLogger("cplat.ml.tracking.jobs")
 
 #: The JWT claim of a job token that holds the job's run id: such a token may write to that
 #: run only (reads are those of a project member).

@@ -19,7 +19,7 @@ import importlib.util
 from typing import Any
 
 from cplat.errors import InputError
-from cplat.hpo.space import Space
+from cplat.ml.hpo.space import Space
 
 __all__ = ["PRUNERS", "SAMPLERS", "make_pruner", "make_sampler"]
 
