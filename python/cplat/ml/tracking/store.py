@@ -271,6 +271,32 @@ def _order_sql(expr: str, ascending: bool) -> str:
     return f"({expr} IS NULL), {expr} {'ASC' if ascending else 'DESC'}"
 
 
+def _tag_clause(
+    c: q.Comparison, attrs: Mapping[str, Any], tag_table: str, what: str, absent_differs: bool
+) -> tuple[str, list[Any]]:
+    """Return the SQL of one filter comparison on an attribute or a tag (``t.`` side table)."""
+    if c.entity == "attribute":
+        return q.attribute_clause(attrs, c, "filter")
+    if c.entity == "tag":
+        return q.keyed_exists(
+            tag_table, "t.key", "t.value", c, False, "filter", absent_differs=absent_differs
+        )
+    raise invalid(f"invalid filter: {what} have no {c.entity}s", "filter")
+
+
+def _order_clauses(
+    order_by: Sequence[str] | None, attrs: Mapping[str, Any], what: str
+) -> list[str]:
+    """Return the ORDER BY terms of MLflow ``order_by`` strings over attributes."""
+    order = []
+    for o in q.parse_order_by(order_by):
+        col = attrs.get(o.key) if o.entity == "attribute" else None
+        if col is None:
+            raise invalid(f"invalid order_by: cannot order {what} by {o.key!r}", "order_by")
+        order.append(_order_sql(col.sql, o.ascending))
+    return order
+
+
 class TrackingStore:
     """Experiments, runs and models of every project, over one driver.
 
@@ -458,6 +484,23 @@ class TrackingStore:
         assert found is not None
         return found
 
+    async def _page(
+        self,
+        source: str,
+        clauses: list[str],
+        params: list[Any],
+        order: list[str],
+        limit: int,
+        offset: int,
+    ) -> tuple[Sequence[Row], str | None]:
+        """Fetch one page of ``source`` (``SELECT ... FROM ...``) and the next page's token."""
+        rows = await self.driver.fetch(
+            f"{source} WHERE {' AND '.join(clauses)} ORDER BY {', '.join(order)} LIMIT ? OFFSET ?",
+            [*params, limit + 1, offset],
+        )
+        token = q.encode_page_token(offset + limit) if len(rows) > limit else None
+        return rows[:limit], token
+
     async def search_experiments(
         self,
         projects: Sequence[str] | None,
@@ -474,38 +517,17 @@ class TrackingStore:
         where, params = _project_clause("e.project", projects)
         clauses = [where, f"e.lifecycle_stage IN ({_marks(len(stages))})"]
         params += list(stages)
+        tags = "FROM trk_experiment_tags t WHERE t.experiment_id = e.experiment_id"
         for c in q.parse_filter(filter_string):
-            if c.entity == "attribute":
-                sql, p = q.attribute_clause(_EXP_ATTRS, c, "filter")
-            elif c.entity == "tag":
-                sql, p = q.keyed_exists(
-                    "FROM trk_experiment_tags t WHERE t.experiment_id = e.experiment_id",
-                    "t.key",
-                    "t.value",
-                    c,
-                    False,
-                    "filter",
-                )
-            else:
-                raise invalid(f"invalid filter: experiments have no {c.entity}s", "filter")
+            sql, p = _tag_clause(c, _EXP_ATTRS, tags, "experiments", False)
             clauses.append(sql)
             params += p
-        order: list[str] = []
-        for o in q.parse_order_by(order_by):
-            col = _EXP_ATTRS.get(o.key) if o.entity == "attribute" else None
-            if col is None:
-                raise invalid(
-                    f"invalid order_by: cannot order experiments by {o.key!r}", "order_by"
-                )
-            order.append(_order_sql(col.sql, o.ascending))
+        order = _order_clauses(order_by, _EXP_ATTRS, "experiments")
         order += ["e.creation_time DESC", "e.experiment_id ASC"]
-        rows = await self.driver.fetch(
-            f"SELECT {_EXP_COLS} FROM trk_experiments e WHERE {' AND '.join(clauses)} "
-            f"ORDER BY {', '.join(order)} LIMIT ? OFFSET ?",
-            [*params, limit + 1, offset],
+        rows, token = await self._page(
+            f"SELECT {_EXP_COLS} FROM trk_experiments e", clauses, params, order, limit, offset
         )
-        token = q.encode_page_token(offset + limit) if len(rows) > limit else None
-        return await self._experiments(rows[:limit]), token
+        return await self._experiments(rows), token
 
     async def rename_experiment(self, experiment_id: str, new_name: str) -> None:
         """Rename an experiment (``RESOURCE_ALREADY_EXISTS`` when the name is taken)."""
@@ -1361,13 +1383,10 @@ class TrackingStore:
                 raise invalid(f"cannot order logged models by {fname!r}", "order_by")
             order.append(_order_sql(col.sql, asc))
         order += ["l.creation_timestamp_ms DESC", "l.model_id ASC"]
-        rows = await self.driver.fetch(
-            f"SELECT {_LM_COLS} FROM trk_logged_models l WHERE {' AND '.join(clauses)} "
-            f"ORDER BY {', '.join(order)} LIMIT ? OFFSET ?",
-            [*params, limit + 1, offset],
+        rows, token = await self._page(
+            f"SELECT {_LM_COLS} FROM trk_logged_models l", clauses, params, order, limit, offset
         )
-        token = q.encode_page_token(offset + limit) if len(rows) > limit else None
-        return await self._logged_models(rows[:limit]), token
+        return await self._logged_models(rows), token
 
     # --- model registry -----------------------------------------------------------------------
 
@@ -1590,37 +1609,17 @@ class TrackingStore:
         offset = q.decode_page_token(page_token)
         pclause, params = _project_clause("m.project", projects)
         clauses = [pclause]
+        tags = "FROM trk_registered_model_tags t WHERE t.model_pk = m.model_pk"
         for c in q.parse_filter(filter_string):
-            if c.entity == "attribute":
-                sql, p = q.attribute_clause(_RM_ATTRS, c, "filter")
-            elif c.entity == "tag":
-                sql, p = q.keyed_exists(
-                    "FROM trk_registered_model_tags t WHERE t.model_pk = m.model_pk",
-                    "t.key",
-                    "t.value",
-                    c,
-                    False,
-                    "filter",
-                    absent_differs=True,
-                )
-            else:
-                raise invalid(f"invalid filter: registered models have no {c.entity}s", "filter")
+            sql, p = _tag_clause(c, _RM_ATTRS, tags, "registered models", True)
             clauses.append(sql)
             params += p
-        order = []
-        for o in q.parse_order_by(order_by):
-            col = _RM_ATTRS.get(o.key) if o.entity == "attribute" else None
-            if col is None:
-                raise invalid(f"invalid order_by: cannot order models by {o.key!r}", "order_by")
-            order.append(_order_sql(col.sql, o.ascending))
+        order = _order_clauses(order_by, _RM_ATTRS, "models")
         order += ["m.name ASC", "m.model_pk ASC"]
-        rows = await self.driver.fetch(
-            f"SELECT {_RM_COLS} FROM trk_registered_models m WHERE {' AND '.join(clauses)} "
-            f"ORDER BY {', '.join(order)} LIMIT ? OFFSET ?",
-            [*params, limit + 1, offset],
+        rows, token = await self._page(
+            f"SELECT {_RM_COLS} FROM trk_registered_models m", clauses, params, order, limit, offset
         )
-        token = q.encode_page_token(offset + limit) if len(rows) > limit else None
-        return await self._registered(rows[:limit]), token
+        return await self._registered(rows), token
 
     async def create_model_version(
         self,
@@ -1777,41 +1776,24 @@ class TrackingStore:
         offset = q.decode_page_token(page_token)
         pclause, params = _project_clause("m.project", projects)
         clauses = [pclause]
+        tags = (
+            "FROM trk_model_version_tags t WHERE t.model_pk = v.model_pk AND t.version = v.version"
+        )
         for c in q.parse_filter(filter_string):
-            if c.entity == "attribute":
-                if c.key == "version_number" and isinstance(c.value, str) and c.value.isdigit():
+            if c.entity == "attribute" and c.key == "version_number" and isinstance(c.value, str):
+                if c.value.isdigit():
                     c = q.Comparison(c.entity, c.key, c.op, float(c.value))
-                sql, p = q.attribute_clause(_MV_ATTRS, c, "filter")
-            elif c.entity == "tag":
-                sql, p = q.keyed_exists(
-                    "FROM trk_model_version_tags t WHERE t.model_pk = v.model_pk "
-                    "AND t.version = v.version",
-                    "t.key",
-                    "t.value",
-                    c,
-                    False,
-                    "filter",
-                    absent_differs=True,
-                )
-            else:
-                raise invalid(f"invalid filter: model versions have no {c.entity}s", "filter")
+            sql, p = _tag_clause(c, _MV_ATTRS, tags, "model versions", True)
             clauses.append(sql)
             params += p
-        order = []
-        for o in q.parse_order_by(order_by):
-            col = _MV_ATTRS.get(o.key) if o.entity == "attribute" else None
-            if col is None:
-                raise invalid(f"invalid order_by: cannot order versions by {o.key!r}", "order_by")
-            order.append(_order_sql(col.sql, o.ascending))
+        order = _order_clauses(order_by, _MV_ATTRS, "versions")
         order += ["m.name ASC", "v.version DESC"]
-        rows = await self.driver.fetch(
-            f"SELECT {_MV_COLS} FROM trk_model_versions v JOIN trk_registered_models m "
-            f"ON m.model_pk = v.model_pk WHERE {' AND '.join(clauses)} "
-            f"ORDER BY {', '.join(order)} LIMIT ? OFFSET ?",
-            [*params, limit + 1, offset],
+        source = (
+            f"SELECT {_MV_COLS} FROM trk_model_versions v "
+            "JOIN trk_registered_models m ON m.model_pk = v.model_pk"
         )
-        token = q.encode_page_token(offset + limit) if len(rows) > limit else None
-        return await self._versions(rows[:limit]), token
+        rows, token = await self._page(source, clauses, params, order, limit, offset)
+        return await self._versions(rows), token
 
     async def set_model_version_tag(
         self, project: str, name: str, version: int, key: str, value: str
