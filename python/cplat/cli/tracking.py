@@ -13,10 +13,8 @@ of the job, with an environment snapshot) and ``--from-run`` (submit a recorded 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -24,7 +22,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cplat.client import DEFAULT_SERVER, ApiError, Client, ServerUnreachableError
+from cplat.cli.jobs import _client, _guarded
+from cplat.client import DEFAULT_SERVER, ApiError, Client
 from cplat.errors import InputError
 
 if TYPE_CHECKING:
@@ -214,35 +213,7 @@ def _escape(text: Any) -> str:
 
 
 def _api(args: argparse.Namespace) -> MlflowApi:
-    try:
-        return MlflowApi(Client(args.server, args.token, ca=args.ca))
-    except ValueError as exc:
-        field = "--ca" if "CA bundle" in str(exc) else "--server"
-        raise InputError(str(exc), field=field) from None
-
-
-def _guarded(command: Command) -> Command:
-    """Turn the errors users cause or meet into one line on stderr and an exit code."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except InputError as exc:
-            field = f" (field: {exc.field})" if exc.field else ""
-            print(f"error: {exc.message}{field}", file=sys.stderr)
-            return 2
-        except ApiError as exc:
-            hint = ""
-            if exc.status == 401 and not (args.token or os.environ.get("CPLAT_TOKEN")):
-                hint = "; give --token or set CPLAT_TOKEN"
-            print(f"error: {exc}{hint}", file=sys.stderr)
-            return 2 if 400 <= exc.status < 500 else 1
-        except ServerUnreachableError as exc:
-            print(f"error: {exc} (give --server or set CPLAT_SERVER)", file=sys.stderr)
-            return 1
-
-    return run
+    return MlflowApi(_client(args))
 
 
 def _limit(value: int | None) -> int | None:
