@@ -18,7 +18,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +43,6 @@ MAX_COMPARE = 20
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 #: Metric and param columns ``experiments runs`` shows at most (the rest: ``--json``).
 _MAX_KEY_COLUMNS = 6
-
-Command = Callable[[argparse.Namespace], int]
 
 
 # --- the REST client -----------------------------------------------------------------------------
