@@ -172,3 +172,30 @@ def test_mig_instances_reach_tasks_by_uuid(tmp_path: Path) -> None:
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_a_rank_cancel_stops_that_rank_only(tmp_path: Path) -> None:
+    loop = [PY, "-c", "import time\nprint('up', flush=True)\nwhile True: time.sleep(0.05)"]
+
+    async def main() -> None:
+        server = FakeServer()
+        await server.start()
+        try:
+            async with running_agent(server.url, tmp_path / "work", stop_grace=0.5) as agent:
+                await until(lambda: server.nodes, "registration")
+                for rank in (0, 1, 2):
+                    server.assign("node-a", assignment(12, rank, command=loop, world_size=3))
+                await until(lambda: len(agent.launcher.processes) == 3, "three ranks")
+                # An elastic job shrank: rank 2 goes, ranks 0 and 1 run on.
+                server.cancel_by_poll.append({"job_id": 12, "attempt": 1, "rank": 2})
+                await until(lambda: server.exit_of(TaskKey(12, 1, 2)), "rank 2 to stop")
+                await asyncio.sleep(0.3)
+                assert server.exit_of(TaskKey(12, 1, 0)) is None
+                assert server.exit_of(TaskKey(12, 1, 1)) is None
+                server.cancel_by_poll.append({"job_id": 12, "attempt": 1})
+                for rank in (0, 1):
+                    await until(lambda r=rank: server.exit_of(TaskKey(12, 1, r)), f"rank {rank}")
+        finally:
+            await server.stop()
+
+    asyncio.run(main())

@@ -180,3 +180,92 @@ def test_exclusive_and_elastic_submission_fields(tmp_path: Path) -> None:
             assert status == 400 and err["error"]["field"] == "exclusive", err
 
     asyncio.run(main())
+
+
+def test_pending_jobs_show_their_queue_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cplat.cli import jobs as job_cli
+
+    def task(cpu: int) -> dict[str, Any]:
+        return {"count": 1, "resources": {"cpu_milli": cpu, "memory_mib": 64}}
+
+    async def main() -> None:
+        async with running_service(tmp_path) as svc:
+            await _register(svc, "n1")
+            running = await svc.submit(MEMBER, tasks=task(8000))
+            await svc.wait(running["id"], MEMBER, {"SCHEDULED"})
+            # The node is taken: these queue, the higher priority first, then by submission.
+            low1 = await svc.submit(MEMBER, tasks=task(8000))
+            high = await svc.submit(OTHER, tasks=task(8000), priority=5)
+            low2 = await svc.submit(MEMBER, tasks=task(8000))
+            want = {running["id"]: None, low1["id"]: 2, high["id"]: 1, low2["id"]: 3}
+            deadline = time.monotonic() + 10
+            while True:
+                status, page = await svc.call("GET", "/v1/jobs", ADMIN)
+                assert status == 200, page
+                got = {j["id"]: j["queue_position"] for j in page["jobs"]}
+                if got == want or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            assert got == want
+            # Positions count every project's jobs: vision sees that one job is ahead.
+            status, job = await svc.call("GET", f"/v1/jobs/{low1['id']}", MEMBER)
+            assert status == 200 and job["queue_position"] == 2
+            status, job = await svc.call("GET", f"/v1/jobs/{running['id']}", MEMBER)
+            assert job["queue_position"] is None
+            # The CLI lists the queued jobs in that order, each with its position.
+            monkeypatch.setenv("CPLAT_SERVER", svc.url)
+            monkeypatch.setenv("CPLAT_TOKEN", ADMIN)
+            assert await asyncio.to_thread(job_cli.main, ["job", "list"]) == 0
+            rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+            assert [int(r[0]) for r in rows] == [running["id"], high["id"], low1["id"], low2["id"]]
+            assert [r[4:6] for r in rows[1:]] == [["PENDING", "#1"], ["PENDING", "#2"],
+                                                  ["PENDING", "#3"]]  # fmt: skip
+
+    asyncio.run(main())
+
+
+def test_preemption_grace_end_to_end_with_a_real_agent(tmp_path: Path) -> None:
+    """A victim checkpoints within its grace, is requeued, and its next attempt resumes."""
+    from test_live_agent_policies import TRAINER
+
+    script = tmp_path / "train.py"
+    script.write_text(TRAINER)
+    profile = tmp_path / "p.toml"
+    profile.write_text('[queue]\norder = "priority"\npreemption = "priority"\ngrace_period = 20\n')
+
+    async def main() -> None:
+        import sys
+
+        async with running_service(tmp_path, profile=str(profile)) as svc:
+            await svc.start_agent("node-a", tmp_path / "work", stop_grace=0.1)
+            status, node = await svc.call("GET", "/v1/nodes/node-a", ADMIN)
+            assert status == 200, node
+            whole = {"count": 1, "resources": {"cpu_milli": node["cpu_milli"], "memory_mib": 64}}
+            low = await svc.submit(MEMBER, tasks=whole, command=[sys.executable, str(script)])
+            await svc.wait(low["id"], MEMBER, {"RUNNING"})
+            deadline = time.monotonic() + 10
+            while True:  # the task has installed its SIGTERM handler
+                _, logs = await svc.call("GET", f"/v1/jobs/{low['id']}/logs", MEMBER)
+                if any("training" in c["data"] for c in logs["logs"]):
+                    break
+                assert time.monotonic() < deadline, logs
+                await asyncio.sleep(0.05)
+            high = await svc.submit(OTHER, tasks=whole, priority=10)
+            job = await svc.wait(low["id"], MEMBER, {"PREEMPTED"})
+            assert "grace" in job["reason"]
+            # The agent waits for the task (not its own 0.1 s): it checkpoints and exits, the
+            # victim is requeued at once, long before its 20 s grace is over.
+            started = time.monotonic()
+            assert (await svc.wait(high["id"], OTHER))["state"] == "SUCCEEDED"
+            assert time.monotonic() - started < 15
+            done = await svc.wait(low["id"], MEMBER)
+            assert done["state"] == "SUCCEEDED" and done["attempt"] == 2, done
+            _, logs = await svc.call("GET", f"/v1/jobs/{low['id']}/logs", MEMBER)
+            text = "".join(c["data"] for c in logs["logs"])
+            assert "checkpointed" in text and 'resumed {"step": 1234}' in text, text
+            _, events = await svc.call("GET", f"/v1/jobs/{low['id']}/events", MEMBER)
+            assert [e["state"] for e in events["events"]].count("FAILED") == 0
+
+    asyncio.run(main())

@@ -269,6 +269,13 @@ JOB = {
             "description": "The job's run (submitted with an experiment): "
             "{experiment, experiment_id, run_id}.",
         },
+        "queue_position": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "A queued job's place in the order the next scheduling cycle "
+            "considers the queue (1: first), counted over every project; null for jobs not "
+            "queued (placed, finished, held as unschedulable, in a preemption grace).",
+        },
     },
     "required": ["id", "name", "project", "user", "state", "reason", "tasks", "attempt"],
 }

@@ -16,9 +16,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, cast
 
 from cplat.client import (
     DEFAULT_SERVER,
@@ -43,6 +43,7 @@ __all__ = [
     "parse_env",
     "parse_gpu_share",
     "parse_memory",
+    "queue_ordered",
 ]
 
 #: Seconds between polls of ``submit --wait`` and ``logs --follow``.
@@ -237,8 +238,32 @@ def _format_command(command: list[str] | str) -> str:
     return command if isinstance(command, str) else shlex.join(command)
 
 
+def _queue_position(job: Job) -> int | None:
+    """Return the job's place in the queue (1: next), when the server gives one."""
+    # Not in the client's Job type: older servers do not send it.
+    position = cast("Mapping[str, object]", job).get("queue_position")
+    return position if isinstance(position, int) and not isinstance(position, bool) else None
+
+
+def queue_ordered(jobs: Sequence[Job]) -> list[Job]:
+    """Return ``jobs`` with the queued ones, where they stand, in queue position order.
+
+    Jobs without a position (running, finished, held, or from a server that gives none)
+    keep their rows; the rows of queued jobs are refilled next-to-start first.
+    """
+    slots = [i for i, job in enumerate(jobs) if _queue_position(job) is not None]
+    queued = sorted((jobs[i] for i in slots), key=lambda j: _queue_position(j) or 0)
+    out = list(jobs)
+    for i, job in zip(slots, queued, strict=True):
+        out[i] = job
+    return out
+
+
 def _state(job: Job) -> str:
     code = job.get("exit_code")
+    position = _queue_position(job)
+    if position is not None:
+        return f"{job['state']} #{position}"
     return job["state"] if code is None else f"{job['state']} (exit {code})"
 
 
@@ -448,7 +473,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         table.add_column(column, justify="right" if column in ("ID", "TASKS", "CPU") else "left")
     table.add_column("SUBMITTED")
     table.add_column("REASON", overflow="fold")
-    for job in jobs:
+    for job in queue_ordered(jobs):
         res = job["tasks"]["resources"]
         table.add_row(
             str(job["id"]),
@@ -620,7 +645,13 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_submit_options(submit)
     submit.set_defaults(func=_guarded(_cmd_submit))
 
-    listing = verbs.add_parser("list", parents=[common, as_json], help="list jobs")
+    listing = verbs.add_parser(
+        "list",
+        parents=[common, as_json],
+        help="list jobs",
+        description="List jobs by id; the queued ones in the order they will start, their "
+        "state followed by their queue position (PENDING #1 starts next).",
+    )
     listing.add_argument("--project", help="only this project")
     listing.add_argument("--state", help="only this state (PENDING, RUNNING, ...)")
     listing.add_argument("--user", help="only this user's")

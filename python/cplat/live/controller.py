@@ -36,6 +36,16 @@ each event's time instead of running :meth:`Controller.start`'s loop (the cycle 
 exactly when the simulator's would). The scheduler works in integer seconds: every cycle,
 finish and requeue passes ``int(now)``.
 
+The live cluster's policies reach the agents through the controller: before each cycle the
+maintenance windows that begin drain their nodes and those that end bring them back (stored
+like an operator's drain); a preemption victim with a grace period is ``PREEMPTED``, its
+cancels carry what is left of the grace (the agent's SIGTERM-to-SIGKILL wait, time to
+checkpoint), its tasks' exits are stops, and it is queued again once they are all gone (the
+scheduler frees its resources then) or the grace is over; an elastic job the cycle grew or
+shrank keeps its attempt, new ranks get assignments and removed ones rank cancels, and every
+assignment of an elastic job carries its ``elastic`` range. At recovery the stored
+reservations and the fair-share history (jobs that ended within ten half-lives) are loaded.
+
 Extension points, for features built on the controller without editing it:
 
 - :class:`Observer`: what the service measures and streams (every state change, cycle and
@@ -64,11 +74,13 @@ from cplat.live.feasibility import ClusterShape, Infeasible, NodeShape
 from cplat.live.policy import AGENT_STOPS, Deadlines, ExitAction, after_exit
 from cplat.live.spec import JobSpec
 from cplat.live.states import JobState, NodeState, TaskState
+from cplat.policy.fairshare import DAY, PastUsage
 from cplat.runtime.discovery import device_slots
 from cplat.runtime.live import (
     LiveCluster,
     LiveJob,
     LiveNode,
+    LiveReservation,
     Placement,
     job_from_spec,
     node_from_spec,
@@ -81,6 +93,7 @@ from cplat.store.base import (
     NodeRecord,
     PoolRecord,
     QuotaRecord,
+    ReservationRecord,
     Store,
 )
 
@@ -96,6 +109,7 @@ __all__ = [
     "TaskRt",
     "live_job",
     "live_node",
+    "live_reservation",
 ]
 
 log = logging.getLogger("cplat.server")
@@ -109,6 +123,11 @@ WRITE_BACKOFF, MAX_WRITE_BACKOFF = 0.05, 5.0
 CLOSING_WRITE_TIMEOUT = 10.0
 #: The reason a waiting job shows while no node could ever run it.
 UNSCHEDULABLE = "unschedulable"
+#: Fair-share history loaded at recovery reaches back this many half-lives (usage older than
+#: that weighs less than 1/1000 of its value).
+HISTORY_HALF_LIVES = 10
+#: The queue sorts' default half-life (:mod:`cplat.policy.fairshare`).
+DEFAULT_HALF_LIFE = 7 * DAY
 
 #: A job token for a job record and its run time in seconds.
 JobTokenFactory = Callable[[JobRecord, int], str]
@@ -142,6 +161,8 @@ class JobRt:
     stopping: dict[tuple[str, int, int], float] = field(default_factory=dict)
     held: bool = False
     held_resume: str | None = None
+    #: The checkpoint this attempt resumes from (ranks an elastic resize adds get it too).
+    resume: str | None = None
     #: Why no node could ever run it (None: it may run); such a job waits outside the queue.
     unschedulable: str | None = None
 
@@ -169,6 +190,12 @@ class NodeRt:
     assign: dict[tuple[int, int, int], dict[str, Any]] = field(default_factory=dict)
     cancel: set[tuple[int, int]] = field(default_factory=set)
     cancel_sent: set[tuple[int, int]] = field(default_factory=set)
+    #: When a preemption's grace ends, for cancels of victims: the agent waits that long
+    #: between SIGTERM and SIGKILL, so the task can checkpoint.
+    cancel_grace: dict[tuple[int, int], float] = field(default_factory=dict)
+    #: Single ranks to stop, (job, attempt, rank): an elastic job shrank, its other ranks run on.
+    cancel_ranks: set[tuple[int, int, int]] = field(default_factory=set)
+    cancel_ranks_sent: set[tuple[int, int, int]] = field(default_factory=set)
     #: Assignments a poll has handed out (the agent may have started them).
     handed: set[tuple[int, int, int]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -258,6 +285,35 @@ def live_node(rec: NodeRecord) -> LiveNode:
     return node_from_spec(rec.name, rec.spec, rec.state)
 
 
+def live_reservation(rec: ReservationRecord) -> LiveReservation:
+    """Return the scheduler's view of a stored reservation."""
+    return LiveReservation(rec.id, rec.start, rec.end, rec.nodes, rec.owner, rec.drain)
+
+
+def past_usage(rec: JobRecord, now: float) -> PastUsage:
+    """Return the work a finished (or running) job did, as the fair-share history counts it.
+
+    Its tasks (the placement's, for an elastic job that ran with fewer) times each task's
+    CPU, memory and milli-GPU, from its start to its end (``now`` while it runs).
+    """
+    tasks = rec.spec["tasks"]
+    res = tasks["resources"]
+    count = len(rec.placement) or int(tasks["count"])
+    gpu = int(res["num_gpu"]) * int(res["gpu_milli"])
+    start = int(rec.started_at if rec.started_at is not None else now)
+    return PastUsage(
+        rec.project,
+        rec.user,
+        (
+            float(count * int(res["cpu_milli"])),
+            float(count * int(res["memory_mib"])),
+            float(count * gpu),
+        ),
+        start,
+        max(start, int(rec.finished_at if rec.finished_at is not None else now)),
+    )
+
+
 class Controller:
     """Owns the live cluster, the unfinished jobs and the agents' work queues.
 
@@ -334,6 +390,10 @@ class Controller:
         self._unschedulable: dict[int, None] = {}
         # Changes made outside a step (holding a job at submission), written by the next.
         self._deferred: list[JobChange] = []
+        # Preemption victims in their grace period -> when it ends: their tasks were told to
+        # stop (SIGTERM, checkpoint, SIGKILL at the end) and the job keeps its resources; it
+        # is queued again once the tasks are gone or the grace is over.
+        self._evicting: dict[int, float] = {}
         self.started = self.clock.now()
 
     # Lifecycle ------------------------------------------------------------------------
@@ -383,6 +443,11 @@ class Controller:
         for prec in await self.store.list_pools():
             self.pools[prec.name] = prec
         self._apply_quotas(t)
+        # Reservations and fair-share history go in before the first build of the scheduler.
+        self.cluster.set_reservations(
+            (live_reservation(r) for r in await self.store.list_reservations()), now=t
+        )
+        await self._load_history(now)
         for nrec in await self.store.list_nodes():
             # Every node gets a full timeout from the restart to report in, and its lease counts
             # as renewed now: it may have renewed just before the old server stopped.
@@ -417,6 +482,8 @@ class Controller:
                 changes += self._requeue_changes(rt, now, f"placement lost on restart ({code})")
             elif rt.state is JobState.SCHEDULED:
                 changes += self._requeue_changes(rt, now, "placement lost on restart")
+            elif rt.state is JobState.PREEMPTED:
+                changes += self._recover_evicted(rt, now)
             rt.state = JobState.PENDING
             why = self._shape.check(rt.spec.resources, rt.spec.fewest_tasks)
             if why is not None:
@@ -434,6 +501,32 @@ class Controller:
         # What recovery loaded lives as long as the server: keep it out of the collector's
         # full passes, which otherwise stall the loop for tens of milliseconds.
         gc.freeze()
+
+    async def _load_history(self, now: float) -> None:
+        """Seed the queue sort's decayed usage with the jobs that ended before the restart."""
+        sort = self.cluster.queue_sort
+        if sort is None or sort[0] == "drf":  # DRF weighs what runs now, not the past
+            return
+        half_life = float(sort[1].get("half_life", DEFAULT_HALF_LIFE))
+        since = now - HISTORY_HALF_LIVES * half_life if half_life > 0 else 0.0
+        done = await self.store.finished_jobs(since)
+        self.cluster.add_history([past_usage(rec, now) for rec in done], int(now))
+
+    def _recover_evicted(self, rt: JobRt, now: float) -> list[JobChange]:
+        """Queue a job that was in its preemption grace when the server stopped.
+
+        Its tasks may still be stopping: they are asked to stop (again) and fence the next
+        attempt until they are gone, as after any requeue.
+        """
+        attempt = rt.rec.attempt
+        for rank, p in enumerate(rt.rec.placement):
+            node = self.nodes.get(str(p["node"]))
+            if node is None:
+                continue
+            node.cancel.add((rt.rec.id, attempt))
+            rt.stopping[(node.rec.name, attempt, rank)] = now
+            self._fenced_on.setdefault(node.rec.name, set()).add(rt.rec.id)
+        return self._pending_change(rt, now, "requeued: the server restarted during its grace")
 
     def _track_deadline(self, rt: JobRt) -> None:
         assert rt.started_at is not None
@@ -565,6 +658,7 @@ class Controller:
         self.jobs.pop(rt.rec.id, None)
         self._unschedulable.pop(rt.rec.id, None)
         self._ended_projects[rt.rec.id] = rt.rec.project
+        self._evicting.pop(rt.rec.id, None)
         self._drop_fence(rt)
 
     # Unschedulable jobs ---------------------------------------------------------------
@@ -665,23 +759,55 @@ class Controller:
 
     async def set_node_state(self, name: str, state: str) -> NodeRecord:
         """Cordon, drain or uncordon a node; draining requeues its jobs."""
-        node = self.nodes[name]
         now = self.clock.now()
-        wanted = NodeState(state)
+        changes = await self._set_node_state(name, NodeState(state), now, f"node {name} drained")
+        if changes:
+            await self.persist(changes)
+        self._wake.set()
+        return self.nodes[name].rec
+
+    async def _set_node_state(
+        self, name: str, wanted: NodeState, now: float, why: str
+    ) -> list[JobChange]:
+        """Store and apply a node's new state; return the requeues a drain makes."""
+        node = self.nodes[name]
         new_state = wanted
         if node.state is NodeState.DOWN and wanted is not NodeState.DOWN:
             new_state = NodeState.DOWN  # only the agent's heartbeat brings a node back
         node.rec = replace(node.rec, state=new_state.value)
         await self.store.put_node(node.rec)
         self.cluster.set_node_state(name, new_state.value)
+        changes: list[JobChange] = []
         if wanted is NodeState.DRAINING:
-            changes: list[JobChange] = []
             for job_id in self.node_jobs(name):
-                changes += self._requeue(self.jobs[job_id], now, f"node {name} drained")
-            if changes:
-                await self.persist(changes)
-        self._wake.set()
-        return node.rec
+                changes += self._requeue(self.jobs[job_id], now, why)
+        return changes
+
+    async def _apply_drains(self, now: float) -> list[JobChange]:
+        """Drain the nodes of maintenance windows that begin, bring back those that end.
+
+        Stored like an operator's drain or uncordon. A window's end lifts only its drain: a
+        node an operator cordoned meanwhile (or one that is down) stays as it is. A window
+        whose end was applied is deleted from the store, so that a restart does not apply it
+        again (to a node an operator drained since).
+        """
+        changes: list[JobChange] = []
+        t = int(now)
+        ending = [r.id for r in self.cluster.reservations.values() if r.drain and r.end <= t]
+        for name, state in self.cluster.due_drains(t):
+            node = self.nodes.get(name)
+            if node is None:
+                continue
+            wanted = NodeState(state)
+            if wanted is NodeState.UP and node.state is not NodeState.DRAINING:
+                continue
+            log.info("maintenance window: node %s %s", name, wanted.value)
+            why = f"node {name} drained for a maintenance window"
+            changes += await self._set_node_state(name, wanted, now, why)
+        for res_id in ending:
+            if res_id not in self.cluster.reservations:
+                await self.store.delete_reservation(res_id)
+        return changes
 
     async def heartbeat(self, name: str, body: dict[str, Any]) -> list[dict[str, int]]:
         """Record a heartbeat: reconcile the node's tasks and GPU health; return tasks to stop."""
@@ -716,6 +842,8 @@ class Controller:
         # Tasks this node should run but no longer reports: the agent lost them.
         for job_id in self.node_jobs(name):
             rt = self.jobs[job_id]
+            if job_id in self._evicting:
+                continue  # its tasks are stopping: gone is what they should be (see below)
             for rank, task in rt.tasks.items():
                 if (
                     task.node == name
@@ -732,14 +860,38 @@ class Controller:
             def unlisted(key: tuple[str, int, int], since: float, j: int = job_id) -> bool:
                 return key[0] == name and (j, *key[1:]) not in seen and now - since > LOST_AFTER
 
-            self._unfence(job_id, unlisted)
+            changes += self._unfence(job_id, unlisted)
         # Stop asking for tasks the agent no longer has.
         node.cancel = {(j, a) for (j, a) in node.cancel if any(s[:2] == (j, a) for s in seen)}
         node.cancel_sent &= node.cancel
+        node.cancel_grace = {k: v for k, v in node.cancel_grace.items() if k in node.cancel}
+        node.cancel_ranks &= seen
+        node.cancel_ranks_sent &= node.cancel_ranks
         if changes:
             await self.persist(changes)
             self._wake.set()
-        return [{"job_id": j, "attempt": a} for j, a in sorted(node.cancel)]
+        return self._cancels(node)
+
+    def _cancels(self, node: NodeRt) -> list[dict[str, int]]:
+        """Return the cancel entries for a node's agent: whole attempts, then single ranks.
+
+        A victim's entry carries the grace it has left (whole seconds, rounded down so that
+        the agent's SIGKILL comes before the scheduler gives its resources away).
+        """
+        now = self.clock.now()
+        out: list[dict[str, int]] = []
+        for j, a in sorted(node.cancel):
+            entry = {"job_id": j, "attempt": a}
+            until = node.cancel_grace.get((j, a))
+            if until is not None:
+                entry["grace"] = max(0, int(until - now))
+            out.append(entry)
+        out += [
+            {"job_id": j, "attempt": a, "rank": r}
+            for j, a, r in sorted(node.cancel_ranks)
+            if (j, a) not in node.cancel
+        ]
+        return out
 
     async def task_report(self, name: str, rep: dict[str, Any]) -> None:
         """Record that a task started or exited on node ``name``."""
@@ -757,17 +909,19 @@ class Controller:
         node.heartbeat = self.clock.now()
         # Cancels already handed out are repeated (heartbeat answers carry them too) but do
         # not make the poll answer at once again: the agent is already stopping those tasks.
-        idle = not node.assign and node.cancel <= node.cancel_sent
+        idle = (
+            not node.assign
+            and node.cancel <= node.cancel_sent
+            and node.cancel_ranks <= node.cancel_ranks_sent
+        )
         if idle and wait > 0 and not self._closing:
             node.wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(node.wake.wait(), timeout=wait)
         node.cancel_sent |= node.cancel
+        node.cancel_ranks_sent |= node.cancel_ranks
         node.handed |= node.assign.keys()
-        return {
-            "assignments": list(node.assign.values()),
-            "cancel": [{"job_id": j, "attempt": a} for j, a in sorted(node.cancel)],
-        }
+        return {"assignments": list(node.assign.values()), "cancel": self._cancels(node)}
 
     def lease_terms(self) -> dict[str, float]:
         """Return the lease an agent holds, as registration and heartbeat answers tell it."""
@@ -861,16 +1015,30 @@ class Controller:
                 why = f"exceeded max runtime {limit}s"
                 changes += self._end(over, now, JobState.FAILED, None, why)
         changes += self._requeue_lost_changes(now)
+        changes += await self._apply_drains(now)
         for ext in self.extensions:
             changes += ext.before_cycle(self, now)
         started_clock = time.perf_counter()
         started = self.cluster.cycle(t)
         seconds = time.perf_counter() - started_clock
+        # Victims whose grace ended: the cycle requeued them (their tasks, SIGKILLed by now,
+        # still fence the next attempt until reported gone).
+        for job_id in [j for j in self._evicting if not self.cluster.in_grace(j)]:
+            over = self.jobs.get(job_id)
+            if over is not None:
+                changes += self._end_eviction(over, now, "requeued: its grace period is over")
         for job_id in self.cluster.preempted():
             victim = self.jobs.get(job_id)
-            if victim is not None:
+            if victim is None:
+                continue
+            grace = self.cluster.grace_of(job_id)
+            if grace > 0:
+                changes += self._evict(victim, now, grace)
+            else:
                 self._stop_tasks(victim)
                 changes += self._requeued(victim, now, "preempted by a higher-priority job")
+        for job_id in self.cluster.resized():
+            changes += self._resize(job_id, now)
         offers: list[JobRt] = []
         for job_id in started:
             rt = self.jobs[job_id]
@@ -905,6 +1073,7 @@ class Controller:
         # job PENDING in the store with nothing running.
         resume = await self._resume_points(offers)
         for rt in offers:
+            rt.resume = resume.get(rt.rec.id)
             if rt.stopping:
                 # Released by _unfence once the previous attempt's tasks are gone.
                 rt.held, rt.held_resume = True, resume.get(rt.rec.id)
@@ -937,7 +1106,7 @@ class Controller:
                     return key[0] == n
 
                 for job_id in list(self._fenced_on.get(name, ())):
-                    self._unfence(job_id, on_node)
+                    changes += self._unfence(job_id, on_node)
         return changes
 
     async def _resume_points(self, jobs: list[JobRt]) -> dict[int, str]:
@@ -960,6 +1129,8 @@ class Controller:
         local = [r for r, t in sorted(rt.tasks.items()) if t.node == task.node]
         master = self.nodes.get(rt.tasks[0].node)
         spec = rt.spec
+        span = self.cluster.elastic_range(rt.rec.id)
+        elastic = None if span is None else {"min_tasks": span[0], "max_tasks": span[1]}
         node.assign[(rt.rec.id, rt.attempt, rank)] = {
             "job_id": rt.rec.id,
             "attempt": rt.attempt,
@@ -987,6 +1158,8 @@ class Controller:
                 if n in self.nodes
             ],
             "resume_from": resume,
+            # An elastic job's range: the launcher sets torchrun's elastic rendezvous.
+            "elastic": elastic,
             "token": self.job_token(rt.rec, spec.max_runtime),
             "max_runtime": spec.max_runtime,
             "server": self.server_url,
@@ -1002,17 +1175,30 @@ class Controller:
         node = self.nodes[name]
         node.assign.pop((job_id, attempt, rank), None)
         node.handed.discard((job_id, attempt, rank))
+        changes: list[JobChange] = []
         if reported is TaskState.EXITED:
-            self._unfence(job_id, lambda key, _since: key == (name, attempt, rank))
+            # The last task of a preemption victim gone: it is queued again here.
+            changes = self._unfence(job_id, lambda key, _since: key == (name, attempt, rank))
         rt = self.jobs.get(job_id)
         task = rt.tasks.get(rank) if rt is not None and rt.attempt == attempt else None
         if rt is None or task is None or task.node != name:
             if reported is TaskState.RUNNING:
-                node.cancel.add((job_id, attempt))  # a leftover of an earlier attempt
+                if rt is not None and rt.attempt == attempt and rt.tasks:
+                    # A rank an elastic resize took away: the others run on.
+                    node.cancel_ranks.add((job_id, attempt, rank))
+                else:
+                    node.cancel.add((job_id, attempt))  # a leftover of an earlier attempt
                 node.wake.set()
-            return []
+            return changes
         if task.state is TaskState.EXITED:
-            return []
+            return changes
+        if job_id in self._evicting:
+            # Stopped by a preemption (SIGTERM, checkpoint, exit): not the job's failure nor
+            # its end. _unfence requeues it once every task is gone.
+            if reported is TaskState.EXITED:
+                code = rep.get("exit_code")
+                task.state, task.exit_code = TaskState.EXITED, None if code is None else int(code)
+            return changes
         if reported is TaskState.RUNNING:
             if task.state is TaskState.ASSIGNED:
                 task.state, task.since = TaskState.RUNNING, now
@@ -1049,7 +1235,12 @@ class Controller:
         return []
 
     # Transitions ----------------------------------------------------------------------
-    def _stop_tasks(self, rt: JobRt) -> None:
+    def _stop_tasks(self, rt: JobRt, grace_until: float | None = None) -> None:
+        """Cancel the tasks of the job's attempt and fence them (see :attr:`JobRt.stopping`).
+
+        ``grace_until``: when a preemption's grace ends (the agents wait until then before
+        SIGKILL); None: the agents' own stop grace.
+        """
         now = self.clock.now()
         for rank, task in rt.tasks.items():
             node = self.nodes.get(task.node)
@@ -1059,6 +1250,8 @@ class Controller:
             node.assign.pop(key, None)
             if task.state is not TaskState.EXITED:
                 node.cancel.add((rt.rec.id, rt.attempt))
+                if grace_until is not None:
+                    node.cancel_grace[(rt.rec.id, rt.attempt)] = grace_until
                 node.wake.set()
             # Fenced: the job's next attempt waits until this task is known to be gone.
             if task.state is TaskState.RUNNING or (
@@ -1078,14 +1271,17 @@ class Controller:
                     del self._fenced_on[name]
         rt.stopping.clear()
 
-    def _unfence(self, job_id: int, gone: Callable[[tuple[str, int, int], float], bool]) -> None:
+    def _unfence(
+        self, job_id: int, gone: Callable[[tuple[str, int, int], float], bool]
+    ) -> list[JobChange]:
         """Forget the stopping tasks of a job for which ``gone(key, since)`` holds.
 
-        A placement held for them is handed out once none is left.
+        Once none is left, a placement held for them is handed out, and a preemption victim
+        in its grace is queued again (its changes are returned).
         """
         rt = self.jobs.get(job_id)
         if rt is None or not rt.stopping:
-            return
+            return []
         nodes = set()
         for key, since in list(rt.stopping.items()):
             if gone(key, since):
@@ -1097,10 +1293,111 @@ class Controller:
                 on.discard(job_id)
                 if not on:
                     del self._fenced_on[name]
+        if not rt.stopping and job_id in self._evicting:
+            return self._end_eviction(rt, self.clock.now(), "requeued: its tasks stopped")
         if not rt.stopping and rt.held:
             rt.held = False
             for rank in rt.tasks:
                 self._offer(rt, rank, rt.held_resume)
+        return []
+
+    # Preemption with a grace period, elastic resizes ------------------------------------
+    def _evict(self, rt: JobRt, now: float, grace: int) -> list[JobChange]:
+        """Stop a preemption victim's tasks with ``grace`` seconds to checkpoint.
+
+        The job keeps its placement (and the scheduler its resources) meanwhile, shown as
+        ``PREEMPTED``; it is queued again when its tasks are gone or the grace is over.
+        """
+        until = now + grace
+        self._evicting[rt.rec.id] = until
+        self._stop_tasks(rt, grace_until=until)
+        rt.state = JobState.PREEMPTED
+        changes = [
+            JobChange(
+                rt.rec.id,
+                now,
+                state=JobState.PREEMPTED.value,
+                reason="preempted: checkpointing within its grace period",
+                event=f"preempted by a higher-priority job; {grace}s to checkpoint and stop",
+            )
+        ]
+        if not rt.stopping:  # nothing had started: nothing to wait for
+            changes += self._end_eviction(rt, now, "requeued: none of its tasks had started")
+        return changes
+
+    def _end_eviction(self, rt: JobRt, now: float, why: str) -> list[JobChange]:
+        """Queue a preemption victim again (its tasks are gone, or its grace is over)."""
+        self._evicting.pop(rt.rec.id, None)
+        # A no-op when the cycle already requeued it at the end of its grace.
+        self.cluster.release_evicted(rt.rec.id, int(now))
+        self._wake.set()
+        self._unplace(rt)
+        rt.state, rt.started_at = JobState.PENDING, None
+        return self._pending_change(rt, now, why)
+
+    @staticmethod
+    def _pending_change(rt: JobRt, now: float, why: str) -> list[JobChange]:
+        return [
+            JobChange(
+                rt.rec.id,
+                now,
+                state=JobState.PENDING.value,
+                reason="requeued",
+                placement=[],
+                clear=("started_at",),
+                event=why,
+            )
+        ]
+
+    def _resize(self, job_id: int, now: float) -> list[JobChange]:
+        """Follow an elastic job the cycle grew or shrank: offer new ranks, stop removed ones.
+
+        Ranks that keep their node and devices run on (torchrun's elastic rendezvous takes
+        the newcomers in); the attempt stays the same.
+        """
+        rt = self.jobs.get(job_id)
+        if rt is None or not rt.state.placed:
+            return []
+        placement = self.cluster.placement(job_id)
+        old = rt.tasks
+        tasks: dict[int, TaskRt] = {}
+        added: list[int] = []
+        for rank, (name, gpus) in enumerate(placement):
+            task = old.get(rank)
+            if task is not None and task.node == name and task.gpus == gpus:
+                tasks[rank] = task
+            else:
+                tasks[rank] = TaskRt(name, gpus, since=now)
+                added.append(rank)
+        for rank, task in old.items():
+            if tasks.get(rank) is not task:
+                self._stop_rank(rt, rank, task)
+        held = rt.held
+        self._place(rt, tasks)
+        rt.held = held  # a held placement is handed out whole once the fence lifts
+        if not held:
+            for rank in added:
+                self._offer(rt, rank, rt.resume)
+        return [
+            JobChange(
+                job_id,
+                now,
+                placement=_placement_json(placement),
+                event=f"resized to {len(placement)} task(s)",
+            )
+        ]
+
+    def _stop_rank(self, rt: JobRt, rank: int, task: TaskRt) -> None:
+        """Stop one rank of a running attempt (an elastic job shrank)."""
+        node = self.nodes.get(task.node)
+        if node is None:
+            return
+        key = (rt.rec.id, rt.attempt, rank)
+        node.assign.pop(key, None)
+        if task.state is TaskState.RUNNING or key in node.handed:
+            node.cancel_ranks.add(key)
+            node.wake.set()
+        node.handed.discard(key)
 
     def _end(
         self, rt: JobRt, now: float, state: JobState, exit_code: int | None, why: str
@@ -1132,6 +1429,7 @@ class Controller:
         return self._requeued(rt, now, why)
 
     def _requeued(self, rt: JobRt, now: float, why: str) -> list[JobChange]:
+        self._evicting.pop(rt.rec.id, None)
         self._unplace(rt)
         rt.state, rt.started_at = JobState.PENDING, None
         return self._requeue_changes(rt, now, why)

@@ -17,7 +17,9 @@ class JobState(str, Enum):
     ``PENDING`` waits for a placement (a job no node could ever take waits too, held with an
     ``unschedulable`` reason); ``SCHEDULED`` is placed and offered to the agents;
     ``RUNNING`` once all of its tasks run. ``PREEMPTED`` is a passing state recorded when a
-    placed job is stopped and queued again. The last three are final.
+    placed job is stopped and queued again; a preemption victim with a grace period stays in
+    it, placed, while its tasks checkpoint and stop. ``SUCCEEDED``, ``FAILED`` and
+    ``CANCELLED`` are final.
     """
 
     PENDING = "PENDING"

@@ -24,7 +24,8 @@ agent maps them back to the physical GPUs (for the task's device limits) and to 
 ``CUDA_VISIBLE_DEVICES`` names (an index, or a MIG instance's UUID).
 
 Preemption: a cancel entry may carry its own ``grace`` (the scheduler's grace period), the
-seconds between SIGTERM and SIGKILL. When rank 0 of an attempt ends having written to its
+seconds between SIGTERM and SIGKILL. An entry with a ``rank`` stops that rank of the attempt
+only (an elastic job shrank). When rank 0 of an attempt ends having written to its
 ``CPLAT_CHECKPOINT_DIR``, the agent records that folder as a checkpoint of the job (``POST
 /v1/jobs/{id}/checkpoints``, step = the attempt) before it reports the exit, so the requeued
 attempt gets it as ``CPLAT_RESUME_FROM``. A checkpoint cut short by the SIGKILL is recorded
@@ -970,16 +971,22 @@ class Agent:
                 attempt = None if item.get("attempt") is None else int(item["attempt"])
                 # The scheduler's grace period of a preemption, else the agent's own.
                 grace = float(item.get("grace", self.stop_grace))
+                # One rank of an attempt (an elastic job shrank); the others run on.
+                rank = None if item.get("rank") is None else int(item["rank"])
             except (KeyError, ValueError, TypeError, AttributeError, OverflowError):
                 log.error("ignoring a malformed cancel entry")
                 continue
             if not 0 <= grace <= MAX_CANCEL_GRACE:  # NaN fails this too
                 grace = self.stop_grace
-            self._cancelled[(job_id, attempt)] = None
-            while len(self._cancelled) > CANCEL_MEMORY:
-                self._cancelled.popitem(last=False)
+            if rank is None or attempt is None:
+                # Not for a single rank: a later grow of the same attempt may add it back.
+                self._cancelled[(job_id, attempt)] = None
+                while len(self._cancelled) > CANCEL_MEMORY:
+                    self._cancelled.popitem(last=False)
             for key, proc in list(self.launcher.processes.items()):
                 if key.job_id != job_id or (attempt is not None and key.attempt != attempt):
+                    continue
+                if rank is not None and attempt is not None and key.rank != rank:
                     continue
                 if not proc.stop_requested:
                     log.info("cancelling task %s (grace %.1fs)", key, grace)

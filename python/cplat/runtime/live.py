@@ -331,6 +331,7 @@ class LiveCluster:
         self._usage: UsageSnapshot | None = None
         self.reservations: dict[int, LiveReservation] = {}
         self._drains_begun: set[int] = set()
+        self._undrain: list[str] = []  # nodes of drain windows removed while they drained
         self.moved: list[int] = []  # gangs the last cycle moved to the solver's placement
         # Rebuilds are deferred to the next cycle (or restore), so that a burst of nodes
         # registering costs one rebuild, not one each. `_built` nodes are in `sched`.
@@ -492,16 +493,33 @@ class LiveCluster:
         self._apply_reservation(res)
 
     def remove_reservation(self, res_id: int) -> bool:
-        """Drop a reservation (rebuilds the scheduler); False when there was none."""
-        if self.reservations.pop(res_id, None) is None:
+        """Drop a reservation (rebuilds the scheduler); False when there was none.
+
+        The nodes of a drain window that had begun come back with the next
+        :meth:`due_drains`.
+        """
+        res = self.reservations.pop(res_id, None)
+        if res is None:
             return False
+        if res_id in self._drains_begun:
+            self._undrain += [n for n in res.nodes if n not in self._undrain]
         self._drains_begun.discard(res_id)
         self._dirty = True
         return True
 
-    def set_reservations(self, items: Iterable[LiveReservation]) -> None:
-        """Replace every reservation (recovery after a restart)."""
+    def set_reservations(self, items: Iterable[LiveReservation], now: int | None = None) -> None:
+        """Replace every reservation (recovery after a restart).
+
+        With ``now``, drain windows that ended by then count as begun: the next
+        :meth:`due_drains` brings their nodes back (the server may have been away at their
+        end). Windows going on at ``now`` drain (again) at the next :meth:`due_drains`.
+        """
         self.reservations = {r.id: r for r in items}
+        self._drains_begun = (
+            set()
+            if now is None
+            else {r.id for r in self.reservations.values() if r.drain and r.end <= now}
+        )
         self._dirty = True
 
     def _apply_reservation(self, res: LiveReservation) -> None:
@@ -575,7 +593,8 @@ class LiveCluster:
         until then; what still runs is requeued by the drain) and ``up`` at its end. Each is
         returned once; the caller applies it as an operator's drain or uncordon.
         """
-        out: list[tuple[str, str]] = []
+        out = [(n, "up") for n in self._undrain if n in self._node_index]
+        self._undrain = []
         for res in sorted(self.reservations.values(), key=lambda r: (r.start, r.id)):
             if not res.drain:
                 continue
@@ -716,6 +735,10 @@ class LiveCluster:
         """Seconds an evicted job has left to checkpoint (0: stop it now, or not evicted)."""
         deadline = self._evicted.get(job_id)
         return 0 if deadline is None else max(0, deadline - self._now)
+
+    def in_grace(self, job_id: int) -> bool:
+        """Whether a job evicted by a preemption still holds its resources (its grace)."""
+        return job_id in self._evicted
 
     def release_evicted(self, job_id: int, now: int) -> bool:
         """Requeue an evicted job now: its tasks are gone before its grace ended.

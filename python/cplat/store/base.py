@@ -335,6 +335,10 @@ class Store(Protocol):
         """Jobs not in a terminal state, ascending id (recovery after a restart)."""
         ...
 
+    async def finished_jobs(self, since: float) -> list[JobRecord]:
+        """Jobs that started and ended at ``since`` or later, ascending id (fair-share history)."""
+        ...
+
     async def job_events(
         self, job_id: int, *, after: int | None = None, limit: int = 1000
     ) -> list[EventRecord]:

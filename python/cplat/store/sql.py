@@ -519,6 +519,28 @@ class SqlStore(ABC):
         rows = await self._select(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {UNFINISHED} ORDER BY id")
         return [job_from_row(r) for r in rows]
 
+    async def finished_jobs(self, since: float) -> list[JobRecord]:
+        """Jobs that ran and ended (succeeded, failed, cancelled) at ``since`` or later.
+
+        For recovery after a restart: the fair-share queue sorts count the work they did.
+
+        Parameters
+        ----------
+        since : float
+            Only jobs with ``finished_at >= since``.
+
+        Returns
+        -------
+        list of JobRecord
+            The jobs that have a ``started_at``, ascending id.
+        """
+        rows = await self._select(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE NOT ({UNFINISHED}) "
+            "AND started_at IS NOT NULL AND finished_at >= $1 ORDER BY id",
+            float(since),
+        )
+        return [job_from_row(r) for r in rows]
+
     async def job_events(
         self, job_id: int, *, after: int | None = None, limit: int = 1000
     ) -> list[EventRecord]:

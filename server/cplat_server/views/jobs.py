@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from cplat.errors import InputError
+from cplat.live.controller import Controller
 from cplat.live.spec import JobSpec
 from cplat.store.base import (
     CheckpointIn,
@@ -60,8 +61,14 @@ MAX_FOLLOW_WAIT = 60
 GONE_CHECK, KEEP_ALIVE = 1.0, 15.0
 
 
-def job_json(rec: JobRecord, reason: str | None = None) -> dict[str, Any]:
-    """Return the API's view of a stored job (``reason``: the scheduler's, for waiting jobs)."""
+def job_json(
+    rec: JobRecord, reason: str | None = None, queue_position: int | None = None
+) -> dict[str, Any]:
+    """Return the API's view of a stored job.
+
+    ``reason``: the scheduler's, for waiting jobs; ``queue_position``: a queued job's place in
+    the order the next cycle considers the queue (1 first), None for other jobs.
+    """
     spec = rec.spec
     return {
         "id": rec.id,
@@ -88,7 +95,14 @@ def job_json(rec: JobRecord, reason: str | None = None) -> dict[str, Any]:
         "finished_at": rec.finished_at,
         "exit_code": rec.exit_code,
         "tracking": spec.get("tracking"),
+        "queue_position": queue_position,
     }
+
+
+def queue_positions(ctrl: Controller) -> dict[int, int]:
+    """Return each queued job's position (1: considered first), over every project."""
+    order = ctrl.cluster.queue_order(int(ctrl.clock.now()))
+    return {job_id: i for i, job_id in enumerate(order, start=1)}
 
 
 def sees_env_values(who: Principal, project: str) -> bool:
@@ -101,9 +115,14 @@ def sees_env_values(who: Principal, project: str) -> bool:
     )
 
 
-def job_view(who: Principal, rec: JobRecord, reason: str | None = None) -> dict[str, Any]:
+def job_view(
+    who: Principal,
+    rec: JobRecord,
+    reason: str | None = None,
+    queue_position: int | None = None,
+) -> dict[str, Any]:
     """Return :func:`job_json` as ``who`` may read it: ``env`` values null for viewers."""
-    out = job_json(rec, reason)
+    out = job_json(rec, reason, queue_position)
     if not sees_env_values(who, rec.project):
         out["env"] = dict.fromkeys(out["env"])
     return out
@@ -253,8 +272,9 @@ async def _visible_job(request: web.Request) -> JobRecord:
 async def get_job(request: web.Request) -> web.Response:
     """``GET /v1/jobs/{id}``."""
     rec = await _visible_job(request)
-    reason = request.app[CONTROLLER].reason(rec.id)
-    return json_response(job_view(principal(request), rec, reason))
+    ctrl = request.app[CONTROLLER]
+    position = queue_positions(ctrl).get(rec.id) if rec.state == "PENDING" else None
+    return json_response(job_view(principal(request), rec, ctrl.reason(rec.id), position))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -282,9 +302,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     more = len(recs) > limit
     recs = recs[:limit]
     ctrl = request.app[CONTROLLER]
+    # Positions count every project's queued jobs: a caller sees how many are ahead of theirs.
+    positions = queue_positions(ctrl) if any(r.state == "PENDING" for r in recs) else {}
     return json_response(
         {
-            "jobs": [job_view(who, r, ctrl.reason(r.id)) for r in recs],
+            "jobs": [job_view(who, r, ctrl.reason(r.id), positions.get(r.id)) for r in recs],
             "next_cursor": str(recs[-1].id) if more else None,
         }
     )

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from cplat.errors import InputError
-from cplat.runtime.live import LiveReservation
+from cplat.live.controller import live_reservation
 from cplat.store.base import ReservationIn, ReservationRecord
 from cplat_server.errors import bad_request, not_found
 from cplat_server.keys import (
@@ -94,11 +94,6 @@ def reservation_json(rec: ReservationRecord, now: float) -> dict[str, Any]:
         "created_at": rec.created_at,
         "active": rec.start <= now < rec.end,
     }
-
-
-def live_reservation(rec: ReservationRecord) -> LiveReservation:
-    """Return the scheduler's view of a stored reservation."""
-    return LiveReservation(rec.id, rec.start, rec.end, rec.nodes, rec.owner, rec.drain)
 
 
 async def create(request: web.Request) -> web.Response:
