@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_harness import ADMIN, Service, running_service, token
 from yarl import URL
 
+from cplat.testing.service import ADMIN, Service, running_service, token
 from cplat_server.errors import ApiError
 from cplat_server.keys import ascii_int, nesting_exceeds, parse_json
 from cplat_server.schemas import MAX_DEPTH, NAME, TEXT, pattern_matches

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from service_harness import SECRET
 
 from cplat.errors import InputError
+from cplat.testing.service import SECRET
 from cplat_server.datadir import LOCK_FILE, lock_data_dir, secure_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent

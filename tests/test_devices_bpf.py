@@ -526,8 +526,7 @@ def test_isolation_attaches_the_task_program(nodes: Path) -> None:
 def test_jobs_of_an_agent_with_device_programs(nodes: Path) -> None:
     """A real server and agent: the node says devices are restricted, and they are."""
     pytest.importorskip("aiohttp")
-    from service_harness import running_service
-
+    from cplat.testing.service import running_service
     from cplat_server.auth import create_token
     from cplat_server.keys import SECRET
 

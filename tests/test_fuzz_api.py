@@ -28,9 +28,9 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_harness import ADMIN, Service, running_service, token
 from yarl import URL
 
+from cplat.testing.service import ADMIN, Service, running_service, token
 from cplat_server.routes import ROUTES, Route
 from cplat_server.schemas import MAX_INT, Schema
 

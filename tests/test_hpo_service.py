@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from service_harness import ADMIN, Service, running_service, token  # noqa: E402
+from cplat.testing.service import ADMIN, Service, running_service, token  # noqa: E402
 
 TRAIN = Path(__file__).with_name("hpo_train.py")
 SPACE = {
@@ -209,8 +209,8 @@ def test_study_survives_kill_9_of_the_server(tmp_path: Path) -> None:
     import urllib.error
     import urllib.request
 
-    from mlflow_harness import free_port
-    from service_harness import SECRET
+    from cplat.testing.served import free_port
+    from cplat.testing.service import SECRET
 
     member = token("ana", "vision", "member", ttl=3600)
     port = free_port()
@@ -348,10 +348,13 @@ def test_quarter_gpu_trials_share_one_gpu(tmp_path: Path) -> None:
             deadline = time.monotonic() + 20
             while True:
                 _, out = await svc.call("GET", "/v1/studies/q", member)
-                if len(out["trials"]) == 4 or time.monotonic() > deadline:
+                # A trial is listed once asked, and has its job a moment later.
+                trials = out["trials"]
+                if len(trials) == 4 and all(t["job_id"] is not None for t in trials):
                     break
+                assert time.monotonic() < deadline, trials
                 await asyncio.sleep(0.1)
-            jobs = [await svc.wait(t["job_id"], member, {"SCHEDULED"}) for t in out["trials"]]
+            jobs = [await svc.wait(t["job_id"], member, {"SCHEDULED"}) for t in trials]
             devices = {(p["node"], tuple(p["gpus"])) for j in jobs for p in j["placement"]}
             assert len(devices) == 1, devices
             _, cluster = await svc.call("GET", "/v1/cluster", member)

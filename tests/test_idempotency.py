@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from service_harness import PG_DSN, Service, running_service, token
 
 from cplat.cli.main import main
 from cplat.client import ApiError, Client
 from cplat.store import AuditIn, IdempotencyIn, NewJob, Store, StoreError, open_store
 from cplat.store.schema import MIGRATIONS
+from cplat.testing.service import PG_DSN, Service, running_service, token
 
 ANA = token("ana", "vision", "member")
 KEY = "Idempotency-Key"

@@ -36,7 +36,6 @@ import pytest
 
 pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
-from service_harness import Service, running_service  # noqa: E402
 
 from cplat.runtime.agent import Agent  # noqa: E402
 from cplat.runtime.discovery import GpuMonitor  # noqa: E402
@@ -55,6 +54,7 @@ from cplat.runtime.isolation import (  # noqa: E402
     load_isolation_settings,
 )
 from cplat.runtime.launch import Launcher, LaunchError, TaskKey  # noqa: E402
+from cplat.testing.service import Service, running_service  # noqa: E402
 from cplat_server.auth import create_token  # noqa: E402
 from cplat_server.keys import SECRET  # noqa: E402
 

@@ -29,8 +29,7 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-from service_harness import ADMIN, SECRET, Service, running_service, token  # noqa: E402
-
+from cplat.testing.service import ADMIN, SECRET, Service, running_service, token  # noqa: E402
 from cplat_server.keys import CONTROLLER  # noqa: E402
 
 PY = sys.executable

@@ -37,9 +37,9 @@ import pytest
 pytest.importorskip("aiohttp")
 
 import aiohttp  # noqa: E402
-from service_harness import ADMIN, SECRET, Service, running_service, token  # noqa: E402
 
 from cplat.client import Client, ServerUnreachableError  # noqa: E402
+from cplat.testing.service import ADMIN, SECRET, Service, running_service, token  # noqa: E402
 from cplat_server.config import ServiceConfig, ssl_context  # noqa: E402
 
 PY = sys.executable

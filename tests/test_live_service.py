@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 
 pytest.importorskip("aiohttp")
-from service_harness import ADMIN, running_service, token  # noqa: E402
-
 from cplat.store import open_store  # noqa: E402
 from cplat.store.base import ReservationIn  # noqa: E402
+from cplat.testing.service import ADMIN, running_service, token  # noqa: E402
 from cplat_server.keys import CONTROLLER  # noqa: E402
 
 MEMBER = token("ana", "vision", "member")

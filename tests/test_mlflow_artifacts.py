@@ -350,8 +350,8 @@ try:
 except ImportError:  # the proxy's tests drive the real client; the storage tests above do not
     mlflow = None
 
-from mlflow_harness import CLIENT_ENV, Served, serve  # noqa: E402
-from service_harness import ADMIN, token  # noqa: E402
+from cplat.testing.served import CLIENT_ENV, Served, serve  # noqa: E402
+from cplat.testing.service import ADMIN, token  # noqa: E402
 
 needs_mlflow = pytest.mark.skipif(mlflow is None, reason="needs the mlflow client")
 
@@ -712,9 +712,8 @@ def test_settings_s3_and_local(tmp_path: Path) -> None:
 
 def test_s3_backend_behind_the_proxy(s3: Any, tmp_path: Path) -> None:
     """The proxy over S3 storage (moto in-process): upload, list, download, delete."""
-    from service_harness import SECRET
-
     from cplat.ml.tracking import open_tracking_store
+    from cplat.testing.service import SECRET
     from cplat_server.config import ServiceConfig
     from cplat_server.views.mlflow_compat.artifacts import (
         ARTIFACTS,
@@ -793,7 +792,7 @@ def test_serve_with_an_s3_endpoint(tmp_path: Path) -> None:
     """`cplat serve` configured for an S3-compatible endpoint (moto's server on loopback)."""
     moto_server = pytest.importorskip("moto.server")
     boto3 = pytest.importorskip("boto3")
-    from mlflow_harness import free_port
+    from cplat.testing.served import free_port
 
     port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)

@@ -21,8 +21,9 @@ np = pytest.importorskip("numpy")
 
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow_harness import CLIENT_ENV, Served, serve  # noqa: E402
-from service_harness import token  # noqa: E402
+
+from cplat.testing.served import CLIENT_ENV, Served, serve  # noqa: E402
+from cplat.testing.service import token  # noqa: E402
 
 ANA = token("ana", "vision", "member")
 EVE = token("eve", "other", "member")

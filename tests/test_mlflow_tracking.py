@@ -24,8 +24,9 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow_harness import CLIENT_ENV, Served, serve  # noqa: E402
-from service_harness import PG_DSN, SECRET, token  # noqa: E402
+
+from cplat.testing.served import CLIENT_ENV, Served, serve  # noqa: E402
+from cplat.testing.service import PG_DSN, SECRET, token  # noqa: E402
 
 ANA = token("ana", "vision", "member")
 VIC = token("vic", "vision", "viewer")

@@ -30,8 +30,8 @@ from schemathesis.checks import (
 )
 from schemathesis.config import SchemathesisConfig
 from schemathesis.schemas import BaseSchema
-from service_harness import ADMIN, Service, running_service, token
 
+from cplat.testing.service import ADMIN, Service, running_service, token
 from cplat_server.app import VERSION
 from cplat_server.openapi import spec
 

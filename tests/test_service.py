@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_harness import ADMIN, PG_DSN, running_service, token
 
 from cplat.runtime.discovery import device_slots
+from cplat.testing.service import ADMIN, PG_DSN, running_service, token
 
 BACKENDS = [
     "sqlite",

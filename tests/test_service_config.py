@@ -7,10 +7,10 @@ from pathlib import Path
 
 import jwt
 import pytest
-from service_harness import ADMIN, running_service, token
 
 from cplat.cli.main import main
 from cplat.errors import InputError
+from cplat.testing.service import ADMIN, running_service, token
 from cplat_server.config import jwt_secret, load_config
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import jwt
 import pytest
-from service_harness import ADMIN, running_service, token
+
+from cplat.testing.service import ADMIN, running_service, token
 
 A_VIEW = token("vic", "A", "viewer")
 A_MEMBER = token("mia", "A", "member")

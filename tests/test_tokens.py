@@ -15,11 +15,11 @@ from typing import Any
 
 import jwt
 import pytest
-from service_harness import ADMIN, PG_DSN, SECRET, Service, running_service, token
 
 from cplat.cli.main import main
 from cplat.errors import InputError
 from cplat.store import RevokedToken, open_store
+from cplat.testing.service import ADMIN, PG_DSN, SECRET, Service, running_service, token
 from cplat_server.auth import (
     JOB_TOKEN_SLACK,
     Revocations,

@@ -17,12 +17,11 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-from mlflow_harness import Served, serve  # noqa: E402
-from service_harness import token  # noqa: E402
-
 from cplat.cli.main import build_parser, main  # noqa: E402
 from cplat.cli.tracking import MlflowApi, prepare_submission  # noqa: E402
 from cplat.client import Client  # noqa: E402
+from cplat.testing.served import Served, serve  # noqa: E402
+from cplat.testing.service import token  # noqa: E402
 
 ANA = token("ana", "vision", "member")
 EVE = token("eve", "other", "member")

@@ -637,7 +637,7 @@ QUIET = {
 
 def test_job_with_experiment_end_to_end(tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
-    from service_harness import running_service, token
+    from cplat.testing.service import running_service, token
 
     member = token("ana", "vision", "member")
     small = {"resources": {"cpu_milli": 100, "memory_mib": 512}}

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_harness import ADMIN, running_service, token
 
 from cplat.live.feasibility import ClusterShape, NodeShape
 from cplat.live.spec import TaskResources
+from cplat.testing.service import ADMIN, running_service, token
 
 MEMBER = token("ana", "vision", "member")
 

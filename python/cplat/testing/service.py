@@ -1,4 +1,9 @@
-"""Run the service in-process on a free port, with a real store and optional real agents."""
+"""The service in-process for tests: a free port, a real store, optional real agents.
+
+Tests and benchmarks share these builders: :func:`running_service` starts ``cplat serve``'s
+app (SQLite in a temporary data dir, or PostgreSQL at ``$CPLAT_TEST_PG_DSN``), :func:`token`
+signs tokens with the test secret, :class:`Service` calls the API and starts agents.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ def token(
     cluster_admin: bool = False,
     ttl: int = 3600,
 ) -> str:
+    """Return a token signed with :data:`SECRET` for ``user`` in ``project`` with ``role``."""
     return create_token(SECRET, user, project, role, cluster_admin=cluster_admin, ttl=ttl)
 
 
@@ -38,6 +44,8 @@ ADMIN = token("root", "system", "admin", cluster_admin=True)
 
 @dataclass
 class Service:
+    """A running service: its URL, an HTTP session, the app and its settings, started agents."""
+
     url: str
     session: aiohttp.ClientSession
     app: web.Application
@@ -47,6 +55,7 @@ class Service:
     async def call(
         self, method: str, path: str, tok: str | None = None, **kw: Any
     ) -> tuple[int, Any]:
+        """Send a request with ``tok`` as bearer token; return the status and the body."""
         headers = kw.pop("headers", {})
         if tok is not None:
             headers["Authorization"] = f"Bearer {tok}"
@@ -56,6 +65,7 @@ class Service:
             return r.status, body
 
     async def submit(self, tok: str, **job: Any) -> dict[str, Any]:
+        """Submit a job (fields of ``POST /v1/jobs``) and return it; fails unless 201."""
         body = {"name": "job", "command": ["true"], **job}
         status, data = await self.call("POST", "/v1/jobs", tok, json=body)
         assert status == 201, data
@@ -64,6 +74,7 @@ class Service:
     async def wait(
         self, job_id: int, tok: str, states: set[str] | None = None, timeout: float = 20
     ) -> dict[str, Any]:
+        """Return the job once its state is one of ``states`` (default: a final state)."""
         want = states or TERMINAL
         deadline = time.monotonic() + timeout
         while True:
@@ -76,6 +87,7 @@ class Service:
             await asyncio.sleep(0.05)
 
     async def start_agent(self, name: str, work: Path, **kw: Any) -> None:
+        """Start a real node agent in this event loop and wait until it has registered."""
         from cplat.runtime.agent import Agent
 
         # Tasks run as the test's own user unless a test asks otherwise: tests/test_isolation.py
@@ -93,6 +105,7 @@ class Service:
 
 
 async def reset_postgres(dsn: str) -> None:
+    """Empty the ``public`` schema of the test database (every table, every row)."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
@@ -104,6 +117,7 @@ async def reset_postgres(dsn: str) -> None:
 
 @contextlib.asynccontextmanager
 async def running_service(tmp: Path, backend: str = "sqlite", **cfg: Any) -> AsyncIterator[Service]:
+    """Run the service until the block ends; ``cfg`` overrides :class:`ServiceConfig` fields."""
     db = ""
     if backend == "postgres":
         await reset_postgres(PG_DSN)

@@ -1,7 +1,7 @@
 """A real ``cplat serve`` subprocess for tests that drive the unmodified ``mlflow`` client.
 
 The server gets a known JWT secret through ``CPLAT_JWT_SECRET`` so that tests make tokens with
-:func:`service_harness.token`; the client is pointed at it with ``MLFLOW_TRACKING_URI`` and
+:func:`cplat.testing.service.token`; the client is pointed at it with ``MLFLOW_TRACKING_URI`` and
 authenticates with ``MLFLOW_TRACKING_TOKEN`` (switch tokens with :meth:`Served.use`).
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service_harness import SECRET
+from cplat.testing.service import SECRET
 
 #: The client fails fast in tests instead of retrying with back-off.
 CLIENT_ENV = {
