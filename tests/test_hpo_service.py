@@ -1,4 +1,4 @@
-"""Studies through the service: the API with a real agent, and (slow) kill -9 mid-study.
+"""Studies through the service: the API with a real agent, and kill -9 mid-study.
 
 The trials run ``tests/hpo_train.py``, a closed-form training curve reporting through
 ``cplat.hpo.report`` to the service's MLflow API, exactly as a user's script would.
@@ -198,7 +198,6 @@ def test_study_through_the_service(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.slow
 def test_study_survives_kill_9_of_the_server(tmp_path: Path) -> None:
     """The issue's study end to end: ``cplat serve`` and ``cplat agent`` as processes, 16
     trials 4 at a time, pruning, and a ``kill -9`` of the server in the middle."""
