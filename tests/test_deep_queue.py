@@ -14,8 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cplat.scheduler import QueuePolicy, nodes_from_table
-from cplat.sim.run import simulate
+from cplat.model import GpuModels, NodeTable
+from cplat.profile import POLICIES
+from cplat.scheduler import Checkpointing, QueuePolicy, nodes_from_table
+from cplat.sim.run import SimResult, simulate
 from cplat.traces.deep_queue import deep_queue_nodes, deep_queue_trace
 from cplat.traces.schema import JOB_SCHEMA
 from cplat.workload import lublin_feitelson, synthetic_cluster_nodes
@@ -92,3 +94,92 @@ def test_trace_shape() -> None:
     assert deep_queue_trace(0).num_rows == 0
     with pytest.raises(ValueError):
         deep_queue_trace(10, load=0.0)
+
+
+def _same(a: SimResult, b: SimResult) -> None:
+    assert a.jobs.equals(b.jobs)
+    assert np.array_equal(a.start, b.start) and np.array_equal(a.end, b.end)
+    assert np.array_equal(a.reservation, b.reservation)
+    assert (a.events, a.cycles) == (b.events, b.cycles)
+    assert np.array_equal(a.gpu_series, b.gpu_series)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        QueuePolicy("fcfs", "none"),
+        QueuePolicy("fcfs", "easy"),
+        QueuePolicy("sjf", "easy", max_backfill_jobs=10),
+        QueuePolicy("fcfs", "conservative", calendar_resolution=60),
+        QueuePolicy("f1", "rlsched"),
+    ],
+    ids=lambda p: p.name,
+)
+def test_native_loop_matches_the_python_loop(policy: QueuePolicy) -> None:
+    jobs, nodes = _trace("deep", 4)
+    calls: list[tuple[int, int]] = []
+    fast = simulate(jobs, nodes, queue=policy, progress=lambda d, t: calls.append((d, t)))
+    slow = simulate(jobs, nodes, queue=policy, native=False)
+    _same(fast, slow)
+    assert calls[-1] == (len(jobs), len(jobs))
+
+
+def test_native_loop_with_reservations_checkpoints_exclusive_and_horizon() -> None:
+    jobs = lublin_feitelson(800, nodes=32, seed=5, estimate="overestimate")
+    nodes = nodes_from_table(synthetic_cluster_nodes(32))
+    exclusive = np.arange(800) % 7 == 0
+    kwargs: dict[str, Any] = {
+        "queue": QueuePolicy("fcfs", "easy"),
+        "reservations": [(5_000, 20_000, [0, 1, 2, 3], ""), (50_000, 60_000, [4, 5], "")],
+        "checkpoint": Checkpointing(600, 30),
+        "exclusive": exclusive,
+    }
+    _same(simulate(jobs, nodes, **kwargs), simulate(jobs, nodes, native=False, **kwargs))
+    stop = int(jobs.column("submit_time").to_numpy()[400])
+    a = simulate(jobs, nodes, horizon=stop, **kwargs)
+    _same(a, simulate(jobs, nodes, horizon=stop, native=False, **kwargs))
+    assert (a.end < 0).any()
+
+
+def test_native_loop_on_gpus_records_the_same_series() -> None:
+    n = 16
+    nodes = NodeTable(
+        name=tuple(f"g{i}" for i in range(n)),
+        cpu_milli=np.full(n, 64_000, dtype=np.int64),
+        memory_mib=np.full(n, 256_000, dtype=np.int64),
+        num_gpu=np.full(n, 8, dtype=np.int32),
+        gpu_model=np.zeros(n, dtype=np.int32),
+        models=GpuModels(("A100",)),
+    )
+    rng = np.random.default_rng(7)
+    m = 600
+    dur = rng.integers(10, 5_000, m)
+    jobs = pa.table(
+        {
+            "job_id": np.arange(m, dtype=np.int64),
+            "submit_time": np.sort(rng.integers(0, 40_000, m)),
+            "duration": dur,
+            "requested_time": dur * 3,
+            "num_tasks": rng.integers(1, 4, m).astype(np.int32),
+            "cpu_milli": np.full(m, 4_000, dtype=np.int64),
+            "memory_mib": np.full(m, 1_000, dtype=np.int64),
+            "num_gpu": rng.integers(1, 3, m).astype(np.int32),
+            "gpu_milli": np.where(rng.random(m) < 0.3, 500, 1000).astype(np.int32),
+            "gpu_models": [""] * m,
+            "user": ["u"] * m,
+            "group": ["g"] * m,
+            "priority": np.zeros(m, dtype=np.int32),
+            "queue": ["q"] * m,
+        },
+        schema=JOB_SCHEMA,
+    )
+    policy = QueuePolicy("fcfs", "easy")
+    fast = simulate(jobs, nodes, placement=POLICIES["fgd"], queue=policy)
+    _same(fast, simulate(jobs, nodes, placement=POLICIES["fgd"], queue=policy, native=False))
+    assert len(fast.gpu_series) == fast.cycles
+
+
+def test_native_refuses_what_it_cannot_replay() -> None:
+    jobs, nodes = _trace("deep", 0)
+    with pytest.raises(ValueError, match="native"):
+        simulate(jobs, nodes, tick=60, native=True)

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cplat/queue.hpp"
+#include "cplat/replay.hpp"
 #include "pybind.hpp"
 
 namespace cplat::py_bind {
@@ -277,6 +278,43 @@ void bind_queue(py::module_& m) {
       .def_property_readonly("num_jobs", &QueueScheduler::num_jobs)
       .def_property_readonly("num_pending", &QueueScheduler::num_pending)
       .def_property_readonly("num_running", &QueueScheduler::num_running);
+
+  py::class_<Replay>(m, "Replay")
+      .def(py::init([](QueueScheduler& q, Engine& e, const py::object& wall,
+                       const py::object& wakeups, int64_t horizon, bool track_gpu) {
+             const In<int64_t> w = column<int64_t>(wall, "wall");
+             const In<int64_t> k = column<int64_t>(wakeups, "wakeups");
+             return Replay(q, e, std::vector<int64_t>(w.data(), w.data() + w.size()),
+                           std::vector<int64_t>(k.data(), k.data() + k.size()), horizon,
+                           track_gpu);
+           }),
+           py::arg("queue"), py::arg("engine"), py::arg("wall"), py::arg("wakeups"),
+           py::arg("horizon"), py::arg("track_gpu"), py::keep_alive<1, 2>(),
+           py::keep_alive<1, 3>())
+      .def(
+          "run",
+          [](Replay& r, int64_t finished_goal) {
+            py::gil_scoped_release release;
+            return r.run(finished_goal);
+          },
+          py::arg("finished_goal"))
+      .def("start", [](const Replay& r) { return to_array(r.start()); })
+      .def("end", [](const Replay& r) { return to_array(r.end()); })
+      .def("nodes", [](const Replay& r) {
+        std::vector<int64_t> offsets;
+        std::vector<int32_t> flat = r.nodes(offsets);
+        return py::make_tuple(to_array(offsets), to_array(flat));
+      })
+      .def("gpus", [](const Replay& r) {
+        std::vector<int64_t> offsets;
+        std::vector<int32_t> flat = r.gpus(offsets);
+        return py::make_tuple(to_array(offsets), to_array(flat));
+      })
+      .def("gpu_series", [](const Replay& r) { return to_array(r.gpu_series()); })
+      .def_property_readonly("cycles", &Replay::cycles)
+      .def_property_readonly("events", &Replay::events)
+      .def_property_readonly("finished", &Replay::finished)
+      .def_property_readonly("done", &Replay::done);
 }
 
 }  // namespace cplat::py_bind

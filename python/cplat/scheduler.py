@@ -476,6 +476,21 @@ class Scheduler:
             self.queue_sort.add_jobs(jobs, index)
         return index
 
+    def native_replay(
+        self, wall: I64, wakeups: I64, horizon: int | None, track_gpu: bool
+    ) -> _core.Replay:
+        """Return the native event loop over this scheduler's jobs (none submitted yet).
+
+        ``wall`` is each job's run time, ``wakeups`` extra instants to schedule at. The loop
+        is :mod:`cplat.sim`'s for runs without failures, preemption, elastic jobs, queue-sort
+        plugins, ticks or a decision log (see :func:`cplat.sim.run.simulate`).
+        """
+        if self.queue_sort is not None:
+            raise InputError("the native replay runs without a queue-sort plugin")
+        return _core.Replay(
+            self._q, self.engine, wall, wakeups, -1 if horizon is None else horizon, track_gpu
+        )
+
     def submit(self, jobs: I32 | I64) -> int:
         """Make registered jobs pending; returns how many were accepted.
 

@@ -8,7 +8,10 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
+#include <set>
 #include <span>
+#include <utility>
 #include <string_view>
 #include <vector>
 
@@ -183,6 +186,7 @@ class QueueScheduler {
   [[nodiscard]] int32_t num_jobs() const { return static_cast<int32_t>(submit_.size()); }
   [[nodiscard]] JobState state(int64_t job) const { return state_[index(job)]; }
   [[nodiscard]] int64_t start_time(int64_t job) const { return start_[index(job)]; }
+  [[nodiscard]] int64_t submit_time(int64_t job) const { return submit_[index(job)]; }
   [[nodiscard]] Code reason(int64_t job) const { return reason_[index(job)]; }
   // The first reservation a blocked job was given (EASY/rlsched head, conservative: every
   // job), -1 if none. With exact estimates a job starts no later than this.
@@ -199,10 +203,18 @@ class QueueScheduler {
   size_t index(int64_t job) const;
   // Unchecked views for the internal loops (indices come from the queue's own tables).
   [[nodiscard]] JobState state_of(int32_t job) const { return state_[static_cast<size_t>(job)]; }
-  [[nodiscard]] int32_t tasks_now(int32_t job) const;
+  [[nodiscard]] int32_t tasks_now(int32_t job) const {
+    const auto j = static_cast<size_t>(job);
+    return state_[j] == JobState::kRunning ? static_cast<int32_t>(nodes_[j].size())
+                                           : num_tasks_[j];
+  }
   [[nodiscard]] double lost_work_now(int32_t job, int64_t now) const;
   static void check_job(const JobSpec& job);
-  [[nodiscard]] Vec need_of(int32_t job) const;
+  [[nodiscard]] Vec need_of(int32_t job) const {
+    const Request& t = task_[static_cast<size_t>(job)];
+    const int64_t n = tasks_now(job);
+    return {t.cpu_milli * n, t.memory_mib * n, t.total_gpu_milli() * n};
+  }
   [[nodiscard]] double key(int32_t job, int64_t now) const;
   bool key_less(int32_t a, int32_t b, int64_t now) const;
   void compact_pending();
@@ -233,9 +245,14 @@ class QueueScheduler {
   [[nodiscard]] Vec planned_free(int64_t now) const;  // free now, as running_calendar sees it
   Calendar running_calendar(int64_t now) const;
   void backfill_easy(int32_t head, int64_t now);
+  // EASY without reservations (the common case): the shadow time from running jobs by end.
+  void backfill_easy_shadow(int32_t head, int64_t now);
+  [[nodiscard]] int64_t release_time(int64_t end, int64_t now) const;
   void backfill_rlsched(int32_t head, int64_t now);
   void backfill_conservative(int64_t now);
   int64_t rlsched_reservation(int32_t head) const;
+  void add_running(int32_t job);
+  void note_need(int32_t job);
   void remove_running(int32_t job);
 
   Engine* engine_;
@@ -264,6 +281,13 @@ class QueueScheduler {
   std::vector<Code> reason_;
   std::vector<std::vector<int32_t>> nodes_, gpus_;
   std::vector<int32_t> running_pos_;  // index into running_, -1 if not running
+  // Running jobs by expected end (start + requested), for EASY's shadow time.
+  std::set<std::pair<int64_t, int32_t>> by_end_;
+  // Per job, set when submitted: its need with all its tasks; and the least of them over every
+  // job submitted so far (a lower bound of every pending job's need).
+  std::vector<Vec> need_full_;
+  Vec min_need_{std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max(),
+                std::numeric_limits<int64_t>::max()};
   // Queues.
   std::vector<int32_t> pending_;  // submission order; entries may be stale until compacted
   int32_t pending_count_ = 0;

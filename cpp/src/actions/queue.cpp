@@ -82,6 +82,7 @@ int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_t
   terminating_.push_back(0);
   ckpt_interval_.push_back(0);
   ckpt_cost_.push_back(0);
+  need_full_.push_back({});
   return id;
 }
 
@@ -567,6 +568,7 @@ Status QueueScheduler::submit(int64_t job_id) {
     return {Code::kInvalidArgument, "Queue"};
   }
   state_[j] = JobState::kPending;
+  note_need(job);
   if (!pending_.empty() && submitted_before(job, pending_.back())) fcfs_sorted_ = false;
   pending_.push_back(job);
   ++pending_count_;
@@ -628,16 +630,6 @@ int32_t QueueScheduler::tasks_of(int64_t job) const {
   return tasks_now(static_cast<int32_t>(index(job)));
 }
 
-int32_t QueueScheduler::tasks_now(int32_t job) const {
-  const auto j = static_cast<size_t>(job);
-  return state_[j] == JobState::kRunning ? static_cast<int32_t>(nodes_[j].size()) : num_tasks_[j];
-}
-
-Calendar::Vec QueueScheduler::need_of(int32_t job) const {
-  const Request& t = task_[static_cast<size_t>(job)];
-  const int64_t n = tasks_now(job);
-  return {t.cpu_milli * n, t.memory_mib * n, t.total_gpu_milli() * n};
-}
 
 double QueueScheduler::key(int32_t job, int64_t now) const {
   const auto j = static_cast<size_t>(job);
@@ -813,8 +805,7 @@ bool QueueScheduler::try_start(int32_t job, int64_t now) {
   start_[j] = now;
   charge(job, +1);
   --pending_count_;
-  running_pos_[j] = static_cast<int32_t>(running_.size());
-  running_.push_back(job);
+  add_running(job);
   started_.push_back(job);
   return true;
 }
@@ -847,8 +838,7 @@ bool QueueScheduler::start_elastic(int32_t job, int64_t now) {
     start_[j] = now;
     charge(job, +1);
     --pending_count_;
-    running_pos_[j] = static_cast<int32_t>(running_.size());
-    running_.push_back(job);
+    add_running(job);
     started_.push_back(job);
     return true;
   }
@@ -907,7 +897,30 @@ void QueueScheduler::grow(int64_t now) {
   }
 }
 
+void QueueScheduler::note_need(int32_t job) {
+  // Called once the request and the count are checked (bounded): the products cannot overflow.
+  const auto j = static_cast<size_t>(job);
+  const Request& t = task_[j];
+  const int64_t n = num_tasks_[j];
+  need_full_[j] = {t.cpu_milli * n, t.memory_mib * n, t.total_gpu_milli() * n};
+  for (size_t d = 0; d < min_need_.size(); ++d) {
+    min_need_[d] = std::min(min_need_[d], need_full_[j][d]);
+  }
+}
+
+void QueueScheduler::add_running(int32_t job) {
+  const auto j = static_cast<size_t>(job);
+  running_pos_[j] = static_cast<int32_t>(running_.size());
+  running_.push_back(job);
+  [[maybe_unused]] const bool fresh = by_end_.emplace(start_[j] + requested_[j], job).second;
+  CPLAT_ASSERT(fresh);
+  CPLAT_ASSERT(by_end_.size() == running_.size());
+}
+
 void QueueScheduler::remove_running(int32_t job) {
+  const auto j = static_cast<size_t>(job);
+  [[maybe_unused]] const size_t erased = by_end_.erase({start_[j] + requested_[j], job});
+  CPLAT_ASSERT(erased == 1);
   const auto pos = static_cast<size_t>(running_pos_[static_cast<size_t>(job)]);
   const int32_t last = running_.back();
   running_[pos] = last;
@@ -997,6 +1010,7 @@ Status QueueScheduler::restore(int64_t job_id, int64_t start, std::span<const in
   }
   const auto per = static_cast<size_t>(t.wants_gpu() ? t.num_gpu : 0);
   if (gpus.size() != nodes.size() * per) return kInvalid;
+  note_need(job);  // checked: a requeue makes it pending
   const ClusterState& st = engine_->state();
   for (const int32_t n : nodes) {
     if (n < 0 || n >= st.num_nodes()) return kInvalid;
@@ -1039,8 +1053,7 @@ Status QueueScheduler::restore(int64_t job_id, int64_t start, std::span<const in
   terminating_[j] = 0;
   charge(job, +1);  // after nodes_: an elastic job is charged for the tasks it runs
   if (exclusive_[j] != 0) set_exclusive_flags(job, true);
-  running_pos_[j] = static_cast<int32_t>(running_.size());
-  running_.push_back(job);
+  add_running(job);
   CPLAT_ASSERT(pending_count_ >= 0);
   CPLAT_ASSERT(running_[static_cast<size_t>(running_pos_[j])] == job);
   CPLAT_ASSERT(std::find(pending_.begin(), pending_.end(), job) == pending_.end());
@@ -1088,10 +1101,87 @@ Calendar QueueScheduler::running_calendar(int64_t now) const {
   return cal;
 }
 
+int64_t QueueScheduler::release_time(int64_t end, int64_t now) const {
+  // As running_calendar places a release: overdue jobs end any moment (now + 1), and times are
+  // rounded up to the calendar's resolution from now.
+  const int64_t t = std::max(end, now + 1);
+  const int64_t res = opts_.calendar_resolution;
+  return res > 1 ? now + ((t - now + res - 1) / res) * res : t;
+}
+
+void QueueScheduler::backfill_easy_shadow(int32_t head, int64_t now) {
+  // The calendar of backfill_easy without building it. Without reservations the profile of
+  // running jobs only rises: free now, plus each running job's resources at its (rounded)
+  // expected end. So the head's earliest start (the shadow time) is the first release time at
+  // which the running total covers it (within the horizon), and a job fits the profile with the
+  // head's reservation in place iff it fits now and either ends by the shadow time or fits in
+  // what is left at the shadow time once the head and the jobs backfilled past it are counted.
+  // by_end_ keeps running jobs in expected-end order, so this costs the releases walked to the
+  // shadow plus one test per candidate: no calendar, no steps.
+  Vec free = available_free();
+  const auto h = static_cast<size_t>(head);
+  const Vec head_need = need_of(head);
+  int64_t shadow = Calendar::kNever;
+  Vec at_shadow = free;
+  if (covers(free, head_need)) {
+    shadow = now;
+  } else {
+    const int64_t limit = opts_.calendar_horizon > 0 ? now + opts_.calendar_horizon
+                                                     : std::numeric_limits<int64_t>::max();
+    auto it = by_end_.begin();
+    while (it != by_end_.end()) {
+      const int64_t t = release_time(it->first, now);
+      if (t > limit) break;
+      for (; it != by_end_.end() && release_time(it->first, now) == t; ++it) {
+        const Vec got = need_of(it->second);
+        for (size_t d = 0; d < at_shadow.size(); ++d) at_shadow[d] += got[d];
+      }
+      if (covers(at_shadow, head_need)) {
+        shadow = t;
+        break;
+      }
+    }
+  }
+  Vec extra{};  // free at the shadow time after the head and the jobs running past it
+  if (shadow != Calendar::kNever) {
+    if (reservation_[h] < 0) reservation_[h] = shadow;
+    for (size_t d = 0; d < extra.size(); ++d) extra[d] = at_shadow[d] - head_need[d];
+  }
+  auto consider = [&](int32_t j) {
+    const int64_t end = now + requested_[static_cast<size_t>(j)];
+    const Vec& need = need_full_[static_cast<size_t>(j)];  // pending: all its tasks
+    CPLAT_ASSERT(need == need_of(j));
+    if (!covers(free, need)) return;
+    const bool past = shadow != Calendar::kNever && end > shadow;
+    if (past && !covers(extra, need)) return;
+    if (!try_start(j, now)) return;
+    for (size_t d = 0; d < free.size(); ++d) {
+      free[d] -= need[d];
+      if (past) extra[d] -= need[d];
+    }
+  };
+  int32_t tested = 0;
+  const bool in_order = opts_.order == QueueOrder::kFcfs && fcfs_sorted_;
+  if (!in_order) sorted_pending(now, scratch_);
+  const std::vector<int32_t>& order = in_order ? pending_ : scratch_;
+  // try_start changes job states only, never the order being walked.
+  for (const int32_t j : order) {
+    // Every pending job needs at least min_need_: once that is not free, nobody fits now.
+    if (!covers(free, min_need_)) break;
+    if (j == head || state_of(j) != JobState::kPending) continue;
+    if (opts_.max_backfill_jobs > 0 && tested++ >= opts_.max_backfill_jobs) break;
+    consider(j);
+  }
+}
+
 void QueueScheduler::backfill_easy(int32_t head, int64_t now) {
   // The head gets a reservation at its earliest start; any other job may start now if it
   // fits in the profile with that reservation in place (ends before it, or uses capacity the
   // head will not need).
+  if (reservations_.empty()) {
+    backfill_easy_shadow(head, now);
+    return;
+  }
   Calendar cal = running_calendar(now);
   const Vec head_need = need_of(head);
   const int64_t t = cal.earliest_start(head_need, requested_[static_cast<size_t>(head)], now);
