@@ -16,7 +16,7 @@ import pytest
 
 from cplat.model import GpuModels, NodeTable
 from cplat.profile import POLICIES
-from cplat.scheduler import Checkpointing, QueuePolicy, nodes_from_table
+from cplat.scheduler import SLURM_BACKFILL, Checkpointing, QueuePolicy, nodes_from_table
 from cplat.sim.run import SimResult, simulate
 from cplat.traces.deep_queue import deep_queue_nodes, deep_queue_trace
 from cplat.traces.schema import JOB_SCHEMA
@@ -183,3 +183,47 @@ def test_native_refuses_what_it_cannot_replay() -> None:
     jobs, nodes = _trace("deep", 0)
     with pytest.raises(ValueError, match="native"):
         simulate(jobs, nodes, tick=60, native=True)
+
+
+def _peak_cores(res: SimResult) -> int:
+    size = res.columns.num_tasks.astype(np.int64)
+    times = np.concatenate([res.end, res.start])
+    delta = np.concatenate([-size, size])  # at equal times ends come first
+    order = np.lexsort((delta, times))
+    return int(np.cumsum(delta[order]).max())
+
+
+@pytest.mark.parametrize("backfill", ["easy", "conservative"])
+def test_slurm_like_bounds_run_the_same_in_both_loops(backfill: str) -> None:
+    jobs, nodes = _trace("deep", 6)
+    policy = QueuePolicy("fcfs", backfill, **SLURM_BACKFILL)
+    fast = simulate(jobs, nodes, queue=policy)
+    _same(fast, simulate(jobs, nodes, queue=policy, native=False))
+    assert (fast.end >= 0).all()
+    assert _peak_cores(fast) <= 64 * 8
+    # Reservations are never in the past and lie within the window.
+    planned = fast.reservation >= 0
+    assert planned.any()
+    assert (fast.reservation[planned] >= fast.columns.submit[planned]).all()
+
+
+def test_backfill_interval() -> None:
+    jobs, nodes = _trace("deep", 7)
+    for backfill in ("easy", "conservative"):
+        every = simulate(jobs, nodes, queue=QueuePolicy("fcfs", backfill))
+        # Integer times: a pass at most once a second is a pass every cycle.
+        same = simulate(jobs, nodes, queue=QueuePolicy("fcfs", backfill, backfill_interval=1))
+        assert np.array_equal(every.start, same.start)
+        rare = simulate(jobs, nodes, queue=QueuePolicy("fcfs", backfill, backfill_interval=3600))
+        assert (rare.end >= 0).all() and _peak_cores(rare) <= 64 * 8
+        assert not np.array_equal(every.start, rare.start)
+
+
+def test_bounded_conservative_window_limit() -> None:
+    nodes = nodes_from_table(deep_queue_nodes(4))
+    with pytest.raises(ValueError, match="slots"):
+        simulate(
+            deep_queue_trace(10, nodes=4),
+            nodes,
+            queue=QueuePolicy("fcfs", "conservative", calendar_horizon=2**21),
+        )

@@ -16,8 +16,10 @@ QueueOptions make_options(const std::string& order, const std::string& backfill,
                           bool rlsched_wait, int64_t resolution, int64_t horizon,
                           int32_t max_backfill_jobs, const std::string& preemption,
                           bool random_victims, uint64_t seed, bool topology_aware,
-                          const std::string& max_span, int64_t grace_period) {
+                          const std::string& max_span, int64_t grace_period,
+                          int64_t backfill_interval) {
   QueueOptions o;
+  o.backfill_interval = backfill_interval;
   o.grace_period = grace_period;
   o.topology_aware = topology_aware;
   const auto span = span_limit_from_name(max_span);
@@ -90,11 +92,13 @@ void bind_queue(py::module_& m) {
                        bool lock_head, bool rlsched_wait, int64_t resolution, int64_t horizon,
                        int32_t max_backfill_jobs, const std::string& preemption,
                        bool random_victims, uint64_t seed, bool topology_aware,
-                       const std::string& max_span, int64_t grace_period) {
+                       const std::string& max_span, int64_t grace_period,
+                       int64_t backfill_interval) {
              return QueueScheduler(
                  engine, make_options(order, backfill, lock_head, rlsched_wait, resolution,
                                       horizon, max_backfill_jobs, preemption, random_victims,
-                                      seed, topology_aware, max_span, grace_period));
+                                      seed, topology_aware, max_span, grace_period,
+                                      backfill_interval));
            }),
            py::arg("engine"), py::arg("order") = "fcfs", py::arg("backfill") = "none",
            py::arg("lock_head") = false, py::arg("rlsched_wait") = false,
@@ -102,7 +106,8 @@ void bind_queue(py::module_& m) {
            py::arg("max_backfill_jobs") = 0, py::arg("preemption") = "none",
            py::arg("random_victims") = false, py::arg("seed") = 0,
            py::arg("topology_aware") = false, py::arg("max_span") = "none",
-           py::arg("grace_period") = 0, py::keep_alive<1, 2>())
+           py::arg("grace_period") = 0, py::arg("backfill_interval") = 0,
+           py::keep_alive<1, 2>())
       .def(
           "set_quotas",
           [](QueueScheduler& q, const py::object& cohort_in, const py::object& nominal_in,

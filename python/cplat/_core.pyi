@@ -183,6 +183,7 @@ class QueueScheduler:
         topology_aware: bool = False,
         max_span: str = "none",
         grace_period: int = 0,
+        backfill_interval: int = 0,
     ) -> None: ...
     def set_quotas(
         self,

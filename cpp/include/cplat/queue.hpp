@@ -13,11 +13,13 @@
 #include <span>
 #include <utility>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "cplat/calendar.hpp"
 #include "cplat/framework.hpp"
 #include "cplat/rng.hpp"
+#include "cplat/slots.hpp"
 #include "cplat/topology.hpp"
 
 namespace cplat {
@@ -72,6 +74,9 @@ struct QueueOptions {
   int64_t calendar_resolution = 1;  // seconds
   int64_t calendar_horizon = 0;     // seconds, 0 = unbounded
   int32_t max_backfill_jobs = 0;    // jobs tested for backfilling per cycle, 0 = all
+  // Seconds between backfill passes (Slurm's bf_interval); cycles in between start only what
+  // the queue order allows. 0 = a pass every cycle.
+  int64_t backfill_interval = 0;
   Preemption preemption = Preemption::kNone;
   // Gangs: fewest spines, then racks (topology-aware), optionally within one rack/spine.
   bool topology_aware = false;
@@ -102,8 +107,11 @@ struct JobSpec {
 // restore) answer kInvalidArgument for an unknown job instead, as for a job in the wrong state.
 class QueueScheduler {
  public:
-  // Throws std::invalid_argument for a grace period or calendar horizon outside [0, kMaxTime],
-  // a calendar resolution outside [1, kMaxTime] or a negative backfill budget.
+  // Throws std::invalid_argument for a grace period, calendar horizon or backfill interval
+  // outside [0, kMaxTime],
+  // a calendar resolution outside [1, kMaxTime], a negative backfill budget, or (conservative
+  // backfilling) a window of more than kMaxSlots slots.
+  static constexpr int64_t kMaxSlots = int64_t{1} << 20;
   QueueScheduler(Engine& engine, QueueOptions options);
 
   // Register a job (not yet pending). `requested` is the run-time estimate used for
@@ -250,6 +258,20 @@ class QueueScheduler {
   [[nodiscard]] int64_t release_time(int64_t end, int64_t now) const;
   void backfill_rlsched(int32_t head, int64_t now);
   void backfill_conservative(int64_t now);
+  // Conservative within a bounded window (calendar_horizon > 0), on a slot profile.
+  void backfill_conservative_slots(int64_t now);
+  // Within one conservative pass: where the last job of a shape (need, duration) could start,
+  // inserted as `start` (Calendar::kNever: nowhere).
+  struct Shape {
+    Vec need;
+    int64_t duration;
+    bool operator==(const Shape&) const = default;
+  };
+  struct ShapeHash {
+    size_t operator()(const Shape& s) const;
+  };
+  int64_t& earliest_seen(const Vec& need, int64_t duration, int64_t start);
+  std::unordered_map<Shape, int64_t, ShapeHash> seen_;
   int64_t rlsched_reservation(int32_t head) const;
   void add_running(int32_t job);
   void note_need(int32_t job);
@@ -286,6 +308,9 @@ class QueueScheduler {
   // Per job, set when submitted: its need with all its tasks; and the least of them over every
   // job submitted so far (a lower bound of every pending job's need).
   std::vector<Vec> need_full_;
+  // Bounded conservative backfilling: the window's slots (scratch) and their profile.
+  std::vector<Vec> slot_free_;
+  SlotProfile profile_;
   Vec min_need_{std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max(),
                 std::numeric_limits<int64_t>::max()};
   // Queues.
@@ -295,6 +320,8 @@ class QueueScheduler {
   std::vector<int32_t> running_;
   std::vector<int32_t> started_;
   int32_t locked_head_ = -1;
+  bool backfilled_ = false;  // a backfill pass ran, at last_backfill_
+  int64_t last_backfill_ = 0;
   int64_t locked_reservation_ = -1;
   mutable std::vector<int32_t> scratch_;
 };

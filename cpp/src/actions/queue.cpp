@@ -36,7 +36,17 @@ QueueScheduler::QueueScheduler(Engine& engine, QueueOptions options)
   check_range(opts_.grace_period, 0, kMaxTime, "grace_period");
   check_range(opts_.calendar_resolution, 1, kMaxTime, "calendar_resolution");
   check_range(opts_.calendar_horizon, 0, kMaxTime, "calendar_horizon");
+  check_range(opts_.backfill_interval, 0, kMaxTime, "backfill_interval");
   check_range(opts_.max_backfill_jobs, 0, std::numeric_limits<int32_t>::max(), "max_backfill_jobs");
+  // Bounded conservative backfilling plans on horizon / resolution slots.
+  if (opts_.backfill == BackfillMode::kConservative &&
+      (opts_.calendar_horizon + opts_.calendar_resolution - 1) / opts_.calendar_resolution >
+          kMaxSlots) {
+    throw std::invalid_argument(
+        "conservative backfill plans at most 2^20 slots: calendar_horizon / "
+        "calendar_resolution is " +
+        std::to_string(opts_.calendar_horizon / opts_.calendar_resolution));
+  }
 }
 
 size_t QueueScheduler::index(int64_t job) const { return checked_index(job, num_jobs(), "job"); }
@@ -1242,10 +1252,98 @@ void QueueScheduler::backfill_rlsched(int32_t head, int64_t now) {
   }
 }
 
+int64_t& QueueScheduler::earliest_seen(const Vec& need, int64_t duration, int64_t start) {
+  const auto [it, fresh] = seen_.try_emplace(Shape{need, duration}, start);
+  (void)fresh;
+  return it->second;
+}
+
+size_t QueueScheduler::ShapeHash::operator()(const Shape& s) const {
+  uint64_t h = static_cast<uint64_t>(s.duration) * 0x9E3779B97F4A7C15ULL;
+  for (const int64_t x : s.need) h = (h ^ static_cast<uint64_t>(x)) * 0x100000001B3ULL;
+  return static_cast<size_t>(h ^ (h >> 29));
+}
+
+void QueueScheduler::backfill_conservative_slots(int64_t now) {
+  seen_.clear();
+  // Bounded conservative backfilling, as Slurm's backfill plans (bf_window, bf_resolution,
+  // bf_max_job_test): time in slots of `calendar_resolution` seconds over a window of
+  // `calendar_horizon` seconds. A release counts from the slot at its rounded time (as the
+  // calendar rounds), a reservation holds whole slots, and a job that cannot start within the
+  // window gets no reservation and holds nothing. Plans never promise what is not free; what
+  // lies past the window is not planned.
+  const int64_t res = opts_.calendar_resolution;
+  const auto slots = static_cast<size_t>((opts_.calendar_horizon + res - 1) / res);
+  auto slot_of = [&](int64_t dt) {  // first slot starting at or after now + dt (dt >= 0)
+    return static_cast<size_t>(std::min<int64_t>((dt + res - 1) / res,
+                                                 static_cast<int64_t>(slots)));
+  };
+  slot_free_.assign(slots, Vec{});
+  Vec free = available_free();
+  // Releases of running jobs, in end order, up to the window's end (as differences).
+  for (const auto& [end, job] : by_end_) {
+    const size_t k = slot_of(std::max(end, now + 1) - now);
+    if (k >= slots) break;
+    const Vec got = need_of(job);
+    for (size_t d = 0; d < got.size(); ++d) slot_free_[k][d] += got[d];
+  }
+  // Advance reservations: their capacity is out of the plans until the window ends.
+  for (const Reservation& r : reservations_) {
+    if (r.end <= now) continue;
+    const Vec cap = reserved_capacity(r);
+    for (size_t d = 0; d < cap.size(); ++d) free[d] -= cap[d];
+    const size_t k = slot_of(r.end - now);
+    if (k < slots) {
+      for (size_t d = 0; d < cap.size(); ++d) slot_free_[k][d] += cap[d];
+    }
+  }
+  for (size_t k = 0; k < slots; ++k) {
+    for (size_t d = 0; d < free.size(); ++d) {
+      free[d] += slot_free_[k][d];
+      slot_free_[k][d] = free[d];
+    }
+  }
+  profile_.reset(slot_free_);
+  int32_t tested = 0;
+  const bool in_order = opts_.order == QueueOrder::kFcfs && fcfs_sorted_;
+  if (!in_order) sorted_pending(now, scratch_);
+  const std::vector<int32_t>& order = in_order ? pending_ : scratch_;
+  for (const int32_t j : order) {
+    if (state_of(j) != JobState::kPending) continue;
+    if (opts_.max_backfill_jobs > 0 && tested++ >= opts_.max_backfill_jobs) break;
+    const auto jj = static_cast<size_t>(j);
+    const size_t len = slot_of(requested_[jj]);
+    const Vec& need = need_full_[jj];
+    Vec take{};
+    for (size_t d = 0; d < need.size(); ++d) take[d] = -need[d];
+    int64_t& from = earliest_seen(need, static_cast<int64_t>(len), 0);  // as above, in slots
+    if (from == Calendar::kNever) continue;
+    size_t k = profile_.earliest(static_cast<size_t>(from), len, need);
+    from = k >= slots ? Calendar::kNever : static_cast<int64_t>(k);
+    if (k >= slots) continue;
+    if (reservation_[jj] < 0) reservation_[jj] = now + static_cast<int64_t>(k) * res;
+    if (k == 0) {
+      if (try_start(j, now)) {
+        profile_.add(0, len, take);
+        continue;
+      }
+      // The aggregate fits but the nodes do not (fragmentation): reserve the next chance.
+      k = profile_.earliest(1, len, need);
+      if (k >= slots) continue;
+    }
+    profile_.add(k, k + len, take);
+  }
+}
+
 void QueueScheduler::backfill_conservative(int64_t now) {
   // Every pending job, in queue order, gets the earliest reservation that delays no earlier
   // one; jobs whose reservation is now start now.
+  if (opts_.calendar_horizon > 0) {
+    backfill_conservative_slots(now);
+    return;
+  }
   Calendar cal = running_calendar(now);
+  seen_.clear();
   sorted_pending(now, scratch_);
   int32_t tested = 0;
   for (const int32_t j : scratch_) {
@@ -1253,7 +1351,13 @@ void QueueScheduler::backfill_conservative(int64_t now) {
     if (opts_.max_backfill_jobs > 0 && tested++ >= opts_.max_backfill_jobs) break;
     const int64_t req = requested_[static_cast<size_t>(j)];
     const Vec need = need_of(j);
-    int64_t t = cal.earliest_start(need, req, now);
+    // Plans only take capacity within a cycle, so a shape's earliest start only moves later:
+    // search from where the last job of the same shape found room (exact, and bursts of
+    // identical jobs cost one search each).
+    int64_t& from = earliest_seen(need, req, now);
+    if (from == Calendar::kNever) continue;
+    int64_t t = cal.earliest_start(need, req, from);
+    from = t;
     if (t == Calendar::kNever) continue;
     if (reservation_[static_cast<size_t>(j)] < 0) reservation_[static_cast<size_t>(j)] = t;
     if (t == now) {
@@ -1299,6 +1403,14 @@ const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
       locked_head_ = -1;
       locked_reservation_ = -1;
       continue;
+    }
+    if (opts_.backfill_interval > 0 && backfilled_ &&
+        now < last_backfill_ + opts_.backfill_interval) {
+      break;  // not yet time for the next backfill pass
+    }
+    if (opts_.backfill != BackfillMode::kNone) {
+      backfilled_ = true;
+      last_backfill_ = now;
     }
     switch (opts_.backfill) {
       case BackfillMode::kNone: break;
