@@ -113,41 +113,14 @@ void bind_queue(py::module_& m) {
           [](QueueScheduler& q, const py::object& cohort_in, const py::object& nominal_in,
              const py::object& borrowing_in, const py::object& lending_in,
              const py::object& cohort_parent_in, const py::object& cohort_borrowing_in) {
-            // nominal / borrowing / lending: projects x 3 (milli-CPU, MiB, milli-GPU), row-major.
-            const In<int32_t> cohort = column<int32_t>(cohort_in, "cohort");
-            const In<int64_t> nominal = column<int64_t>(nominal_in, "nominal");
-            const In<int64_t> borrowing = column<int64_t>(borrowing_in, "borrowing_limit");
-            const In<int64_t> lending = column<int64_t>(lending_in, "lending_limit");
-            const In<int32_t> cohort_parent = column<int32_t>(cohort_parent_in, "cohort_parent");
-            const In<int64_t> cohort_borrowing =
-                column<int64_t>(cohort_borrowing_in, "cohort_borrowing_limit");
-            const py::ssize_t p = cohort.size();
-            if (nominal.size() != 3 * p || borrowing.size() != 3 * p || lending.size() != 3 * p) {
-              throw std::invalid_argument("quota arrays must have 3 values per project");
-            }
-            std::vector<QuotaSpec> specs(static_cast<size_t>(p));
-            for (py::ssize_t i = 0; i < p; ++i) {
-              QuotaSpec& s = specs[static_cast<size_t>(i)];
-              s.cohort = cohort.at(i);
-              for (py::ssize_t d = 0; d < 3; ++d) {
-                s.nominal[static_cast<size_t>(d)] = nominal.at(3 * i + d);
-                s.borrowing_limit[static_cast<size_t>(d)] = borrowing.at(3 * i + d);
-                s.lending_limit[static_cast<size_t>(d)] = lending.at(3 * i + d);
-              }
-            }
-            const py::ssize_t c = cohort_parent.size();
-            if (cohort_borrowing.size() != 3 * c) {
-              throw std::invalid_argument("cohort limits must have 3 values per cohort");
-            }
-            std::vector<CohortSpec> cohorts(static_cast<size_t>(c));
-            for (py::ssize_t i = 0; i < c; ++i) {
-              cohorts[static_cast<size_t>(i)].parent = cohort_parent.at(i);
-              for (py::ssize_t d = 0; d < 3; ++d) {
-                cohorts[static_cast<size_t>(i)].borrowing_limit[static_cast<size_t>(d)] =
-                    cohort_borrowing.at(3 * i + d);
-              }
-            }
-            q.set_quotas(std::move(specs), std::move(cohorts));
+            // nominal / borrowing / lending: projects x 3 (milli-CPU, MiB, milli-GPU), row-major;
+            // the queue checks the lengths and the values.
+            q.set_quotas(span_of(column<int32_t>(cohort_in, "cohort")),
+                         span_of(column<int64_t>(nominal_in, "nominal")),
+                         span_of(column<int64_t>(borrowing_in, "borrowing_limit")),
+                         span_of(column<int64_t>(lending_in, "lending_limit")),
+                         span_of(column<int32_t>(cohort_parent_in, "cohort_parent")),
+                         span_of(column<int64_t>(cohort_borrowing_in, "cohort_borrowing_limit")));
           },
           py::arg("cohort"), py::arg("nominal"), py::arg("borrowing_limit"), py::arg("lending_limit"),
           py::arg("cohort_parent"), py::arg("cohort_borrowing_limit"))

@@ -2178,6 +2178,41 @@ void test_slot_profile_matches_array() {
   }
 }
 
+// QuotaLedger from columns (what the bindings hand over): lengths and values checked in the
+// core; borrowing within a cohort.
+void test_quota_ledger_columns() {
+  using std::invalid_argument;
+  QuotaLedger ledger;
+  const std::vector<int32_t> cohort{0, 0};
+  const std::vector<int64_t> nominal{4000, 0, 0, 0, 0, 0};
+  const std::vector<int64_t> borrowing{0, 0, 0, 4000, 0, 0};
+  const std::vector<int64_t> lending{4000, 0, 0, 0, 0, 0};
+  const std::vector<int32_t> parent{-1};
+  const std::vector<int64_t> caps{-1, -1, -1};
+  const std::vector<int64_t> short_col{4000, 0, 0};
+  const std::vector<int64_t> two{-1, -1};
+  CHECK_CONTAINS(CHECK_THROWS(invalid_argument,
+                              ledger.set(cohort, short_col, borrowing, lending, parent, caps)),
+                 "3 values per project");
+  CHECK_CONTAINS(CHECK_THROWS(invalid_argument,
+                              ledger.set(cohort, nominal, borrowing, lending, parent, two)),
+                 "3 values per cohort");
+  const std::vector<int64_t> negative{-1, 0, 0, 0, 0, 0};
+  CHECK_THROWS(invalid_argument, ledger.set(cohort, negative, borrowing, lending, parent, caps));
+  CHECK(ledger.empty());  // a refused table changes nothing
+  ledger.set(cohort, nominal, borrowing, lending, parent, caps);
+  CHECK_EQ(ledger.num_projects(), 2);
+  CHECK(ledger.same_root(0, 1));
+  // Project 1 has no nominal quota: it borrows project 0's unused 4 cores, no more.
+  CHECK(ledger.admits(1, Calendar::Vec{4000, 0, 0}));
+  CHECK(!ledger.admits(1, Calendar::Vec{5000, 0, 0}));
+  ledger.charge(0, Calendar::Vec{3000, 0, 0}, +1);
+  CHECK(!ledger.admits(1, Calendar::Vec{2000, 0, 0}));
+  CHECK(ledger.admits(1, Calendar::Vec{1000, 0, 0}));
+  CHECK(ledger.usage_of(0) == (Calendar::Vec{3000, 0, 0}));
+  CHECK_THROWS(std::out_of_range, ledger.usage_of(2));
+}
+
 void test_queue_argument_checks() {
   using std::invalid_argument;
   using std::out_of_range;
@@ -2430,6 +2465,7 @@ int main() {
       {"calendar_argument_checks", test_calendar_argument_checks},
       {"queue_argument_checks", test_queue_argument_checks},
       {"slot_profile_matches_array", test_slot_profile_matches_array},
+      {"quota_ledger_columns", test_quota_ledger_columns},
       {"quota_argument_checks", test_quota_argument_checks},
       {"rng", test_rng},
   };

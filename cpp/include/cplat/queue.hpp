@@ -18,6 +18,7 @@
 
 #include "cplat/calendar.hpp"
 #include "cplat/framework.hpp"
+#include "cplat/quota.hpp"
 #include "cplat/rng.hpp"
 #include "cplat/slots.hpp"
 #include "cplat/topology.hpp"
@@ -44,23 +45,6 @@ struct Reservation {
   int64_t end = 0;
   std::vector<int32_t> nodes;
   int32_t owner = -1;  // project id; -1 = nobody (maintenance window)
-};
-
-// Cohorts form a tree (a hierarchy of resource pools): projects borrow from any project under
-// the same root, and a cohort may cap how much its whole subtree uses beyond the sum of its
-// projects' nominal quotas (borrowing_limit < 0: no cap).
-struct CohortSpec {
-  int32_t parent = -1;
-  Calendar::Vec borrowing_limit{-1, -1, -1};
-};
-
-// Quota of one project (names as Kueue users know them). Projects of one cohort tree lend
-// their unused nominal quota to each other; the hard limit is nominal + borrowing_limit.
-struct QuotaSpec {
-  int32_t cohort = -1;                 // its cohort (a tree node); -1: borrows from nobody
-  Calendar::Vec nominal{};             // guaranteed (milli-CPU, MiB, milli-GPU)
-  Calendar::Vec borrowing_limit{};     // most it may use above nominal
-  Calendar::Vec lending_limit{};       // most of its unused nominal others may borrow
 };
 
 struct QueueOptions {
@@ -137,6 +121,12 @@ class QueueScheduler {
   // cohort beyond the table gets a root cohort of its own. Jobs of projects the new table
   // lacks lose their project.
   void set_quotas(std::vector<QuotaSpec> quotas, std::vector<CohortSpec> cohorts = {});
+  // The same from columns (see QuotaLedger::set); std::invalid_argument for inconsistent
+  // lengths.
+  void set_quotas(std::span<const int32_t> cohort, std::span<const int64_t> nominal,
+                  std::span<const int64_t> borrowing, std::span<const int64_t> lending,
+                  std::span<const int32_t> cohort_parent,
+                  std::span<const int64_t> cohort_borrowing);
   // A project outside the quota table means no quota; negative checkpoint times mean 0.
   void set_job_meta(int64_t job, int32_t project, int64_t checkpoint_interval,
                     int64_t checkpoint_cost);
@@ -273,6 +263,8 @@ class QueueScheduler {
   int64_t& earliest_seen(const Vec& need, int64_t duration, int64_t start);
   std::unordered_map<Shape, int64_t, ShapeHash> seen_;
   int64_t rlsched_reservation(int32_t head) const;
+  // A placed job starts running at `start` (a restored one is not reported as started).
+  void mark_running(int32_t job, int64_t start, bool restored = false);
   void add_running(int32_t job);
   void note_need(int32_t job);
   void remove_running(int32_t job);
@@ -285,11 +277,8 @@ class QueueScheduler {
   std::vector<double> priority_;
   std::vector<int32_t> project_;
   std::vector<int64_t> ckpt_interval_, ckpt_cost_;
-  std::vector<QuotaSpec> quotas_;
-  std::vector<CohortSpec> cohorts_;
-  [[nodiscard]] int32_t cohort_root(int32_t c) const;
-  [[nodiscard]] bool in_subtree(int32_t project, int32_t cohort) const;
-  std::vector<Vec> usage_;  // per project
+  QuotaLedger quota_;  // quotas, cohorts and usage per project
+  void after_quotas_changed();
   std::vector<int32_t> preempted_;
   Rng victim_rng_;
   std::vector<uint8_t> exclusive_;
