@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cplat/queue.hpp"
+#include "cplat/replay.hpp"
 #include "pybind.hpp"
 
 namespace cplat::py_bind {
@@ -15,8 +16,10 @@ QueueOptions make_options(const std::string& order, const std::string& backfill,
                           bool rlsched_wait, int64_t resolution, int64_t horizon,
                           int32_t max_backfill_jobs, const std::string& preemption,
                           bool random_victims, uint64_t seed, bool topology_aware,
-                          const std::string& max_span, int64_t grace_period) {
+                          const std::string& max_span, int64_t grace_period,
+                          int64_t backfill_interval) {
   QueueOptions o;
+  o.backfill_interval = backfill_interval;
   o.grace_period = grace_period;
   o.topology_aware = topology_aware;
   const auto span = span_limit_from_name(max_span);
@@ -89,11 +92,13 @@ void bind_queue(py::module_& m) {
                        bool lock_head, bool rlsched_wait, int64_t resolution, int64_t horizon,
                        int32_t max_backfill_jobs, const std::string& preemption,
                        bool random_victims, uint64_t seed, bool topology_aware,
-                       const std::string& max_span, int64_t grace_period) {
+                       const std::string& max_span, int64_t grace_period,
+                       int64_t backfill_interval) {
              return QueueScheduler(
                  engine, make_options(order, backfill, lock_head, rlsched_wait, resolution,
                                       horizon, max_backfill_jobs, preemption, random_victims,
-                                      seed, topology_aware, max_span, grace_period));
+                                      seed, topology_aware, max_span, grace_period,
+                                      backfill_interval));
            }),
            py::arg("engine"), py::arg("order") = "fcfs", py::arg("backfill") = "none",
            py::arg("lock_head") = false, py::arg("rlsched_wait") = false,
@@ -101,47 +106,21 @@ void bind_queue(py::module_& m) {
            py::arg("max_backfill_jobs") = 0, py::arg("preemption") = "none",
            py::arg("random_victims") = false, py::arg("seed") = 0,
            py::arg("topology_aware") = false, py::arg("max_span") = "none",
-           py::arg("grace_period") = 0, py::keep_alive<1, 2>())
+           py::arg("grace_period") = 0, py::arg("backfill_interval") = 0,
+           py::keep_alive<1, 2>())
       .def(
           "set_quotas",
           [](QueueScheduler& q, const py::object& cohort_in, const py::object& nominal_in,
              const py::object& borrowing_in, const py::object& lending_in,
              const py::object& cohort_parent_in, const py::object& cohort_borrowing_in) {
-            // nominal / borrowing / lending: projects x 3 (milli-CPU, MiB, milli-GPU), row-major.
-            const In<int32_t> cohort = column<int32_t>(cohort_in, "cohort");
-            const In<int64_t> nominal = column<int64_t>(nominal_in, "nominal");
-            const In<int64_t> borrowing = column<int64_t>(borrowing_in, "borrowing_limit");
-            const In<int64_t> lending = column<int64_t>(lending_in, "lending_limit");
-            const In<int32_t> cohort_parent = column<int32_t>(cohort_parent_in, "cohort_parent");
-            const In<int64_t> cohort_borrowing =
-                column<int64_t>(cohort_borrowing_in, "cohort_borrowing_limit");
-            const py::ssize_t p = cohort.size();
-            if (nominal.size() != 3 * p || borrowing.size() != 3 * p || lending.size() != 3 * p) {
-              throw std::invalid_argument("quota arrays must have 3 values per project");
-            }
-            std::vector<QuotaSpec> specs(static_cast<size_t>(p));
-            for (py::ssize_t i = 0; i < p; ++i) {
-              QuotaSpec& s = specs[static_cast<size_t>(i)];
-              s.cohort = cohort.at(i);
-              for (py::ssize_t d = 0; d < 3; ++d) {
-                s.nominal[static_cast<size_t>(d)] = nominal.at(3 * i + d);
-                s.borrowing_limit[static_cast<size_t>(d)] = borrowing.at(3 * i + d);
-                s.lending_limit[static_cast<size_t>(d)] = lending.at(3 * i + d);
-              }
-            }
-            const py::ssize_t c = cohort_parent.size();
-            if (cohort_borrowing.size() != 3 * c) {
-              throw std::invalid_argument("cohort limits must have 3 values per cohort");
-            }
-            std::vector<CohortSpec> cohorts(static_cast<size_t>(c));
-            for (py::ssize_t i = 0; i < c; ++i) {
-              cohorts[static_cast<size_t>(i)].parent = cohort_parent.at(i);
-              for (py::ssize_t d = 0; d < 3; ++d) {
-                cohorts[static_cast<size_t>(i)].borrowing_limit[static_cast<size_t>(d)] =
-                    cohort_borrowing.at(3 * i + d);
-              }
-            }
-            q.set_quotas(std::move(specs), std::move(cohorts));
+            // nominal / borrowing / lending: projects x 3 (milli-CPU, MiB, milli-GPU), row-major;
+            // the queue checks the lengths and the values.
+            q.set_quotas(span_of(column<int32_t>(cohort_in, "cohort")),
+                         span_of(column<int64_t>(nominal_in, "nominal")),
+                         span_of(column<int64_t>(borrowing_in, "borrowing_limit")),
+                         span_of(column<int64_t>(lending_in, "lending_limit")),
+                         span_of(column<int32_t>(cohort_parent_in, "cohort_parent")),
+                         span_of(column<int64_t>(cohort_borrowing_in, "cohort_borrowing_limit")));
           },
           py::arg("cohort"), py::arg("nominal"), py::arg("borrowing_limit"), py::arg("lending_limit"),
           py::arg("cohort_parent"), py::arg("cohort_borrowing_limit"))
@@ -277,6 +256,43 @@ void bind_queue(py::module_& m) {
       .def_property_readonly("num_jobs", &QueueScheduler::num_jobs)
       .def_property_readonly("num_pending", &QueueScheduler::num_pending)
       .def_property_readonly("num_running", &QueueScheduler::num_running);
+
+  py::class_<Replay>(m, "Replay")
+      .def(py::init([](QueueScheduler& q, Engine& e, const py::object& wall,
+                       const py::object& wakeups, int64_t horizon, bool track_gpu) {
+             const In<int64_t> w = column<int64_t>(wall, "wall");
+             const In<int64_t> k = column<int64_t>(wakeups, "wakeups");
+             return Replay(q, e, std::vector<int64_t>(w.data(), w.data() + w.size()),
+                           std::vector<int64_t>(k.data(), k.data() + k.size()), horizon,
+                           track_gpu);
+           }),
+           py::arg("queue"), py::arg("engine"), py::arg("wall"), py::arg("wakeups"),
+           py::arg("horizon"), py::arg("track_gpu"), py::keep_alive<1, 2>(),
+           py::keep_alive<1, 3>())
+      .def(
+          "run",
+          [](Replay& r, int64_t finished_goal) {
+            py::gil_scoped_release release;
+            return r.run(finished_goal);
+          },
+          py::arg("finished_goal"))
+      .def("start", [](const Replay& r) { return to_array(r.start()); })
+      .def("end", [](const Replay& r) { return to_array(r.end()); })
+      .def("nodes", [](const Replay& r) {
+        std::vector<int64_t> offsets;
+        std::vector<int32_t> flat = r.nodes(offsets);
+        return py::make_tuple(to_array(offsets), to_array(flat));
+      })
+      .def("gpus", [](const Replay& r) {
+        std::vector<int64_t> offsets;
+        std::vector<int32_t> flat = r.gpus(offsets);
+        return py::make_tuple(to_array(offsets), to_array(flat));
+      })
+      .def("gpu_series", [](const Replay& r) { return to_array(r.gpu_series()); })
+      .def_property_readonly("cycles", &Replay::cycles)
+      .def_property_readonly("events", &Replay::events)
+      .def_property_readonly("finished", &Replay::finished)
+      .def_property_readonly("done", &Replay::done);
 }
 
 }  // namespace cplat::py_bind

@@ -30,6 +30,7 @@
 #include "cplat/plugin.hpp"
 #include "cplat/queue.hpp"
 #include "cplat/rng.hpp"
+#include "cplat/slots.hpp"
 #include "cplat/topology.hpp"
 #include "cplat/types.hpp"
 
@@ -2136,6 +2137,82 @@ void test_calendar_argument_checks() {
   CHECK(sat.free_at(5) == (Calendar::Vec{Calendar::kLimit, 0, -Calendar::kLimit}));
 }
 
+// SlotProfile (bounded conservative backfilling) against a plain array: random range adds,
+// earliest starts and reads agree.
+void test_slot_profile_matches_array() {
+  Rng rng(11);
+  for (int round = 0; round < 40; ++round) {
+    const size_t n = 1 + static_cast<size_t>(rng.below(70));
+    std::vector<Calendar::Vec> plain(n);
+    for (auto& v : plain) {
+      v = {static_cast<int64_t>(rng.below(20)), static_cast<int64_t>(rng.below(3)),
+           static_cast<int64_t>(rng.below(2))};
+    }
+    SlotProfile prof;
+    prof.reset(plain);
+    for (int op = 0; op < 60; ++op) {
+      const size_t a = static_cast<size_t>(rng.below(n));
+      const size_t b = a + static_cast<size_t>(rng.below(n - a + 3));
+      const Calendar::Vec delta{static_cast<int64_t>(rng.below(9)) - 5,
+                                static_cast<int64_t>(rng.below(3)) - 1, 0};
+      prof.add(a, b, delta);
+      for (size_t k = a; k < std::min(b, n); ++k) {
+        for (size_t d = 0; d < delta.size(); ++d) plain[k][d] += delta[d];
+      }
+      const Calendar::Vec need{static_cast<int64_t>(rng.below(15)),
+                               static_cast<int64_t>(rng.below(2)), 0};
+      const size_t from = static_cast<size_t>(rng.below(n + 1));
+      const size_t len = 1 + static_cast<size_t>(rng.below(6));
+      size_t want = n;
+      for (size_t c = from; c < n && want == n; ++c) {
+        bool ok = true;
+        for (size_t k = c; k < std::min(n, c + len) && ok; ++k) {
+          for (size_t d = 0; d < need.size(); ++d) ok = ok && plain[k][d] >= need[d];
+        }
+        if (ok) want = c;
+      }
+      CHECK_EQ(prof.earliest(from, len, need), want);
+      const size_t at = static_cast<size_t>(rng.below(n));
+      CHECK(prof.at(at) == plain[at]);
+    }
+  }
+}
+
+// QuotaLedger from columns (what the bindings hand over): lengths and values checked in the
+// core; borrowing within a cohort.
+void test_quota_ledger_columns() {
+  using std::invalid_argument;
+  QuotaLedger ledger;
+  const std::vector<int32_t> cohort{0, 0};
+  const std::vector<int64_t> nominal{4000, 0, 0, 0, 0, 0};
+  const std::vector<int64_t> borrowing{0, 0, 0, 4000, 0, 0};
+  const std::vector<int64_t> lending{4000, 0, 0, 0, 0, 0};
+  const std::vector<int32_t> parent{-1};
+  const std::vector<int64_t> caps{-1, -1, -1};
+  const std::vector<int64_t> short_col{4000, 0, 0};
+  const std::vector<int64_t> two{-1, -1};
+  CHECK_CONTAINS(CHECK_THROWS(invalid_argument,
+                              ledger.set(cohort, short_col, borrowing, lending, parent, caps)),
+                 "3 values per project");
+  CHECK_CONTAINS(CHECK_THROWS(invalid_argument,
+                              ledger.set(cohort, nominal, borrowing, lending, parent, two)),
+                 "3 values per cohort");
+  const std::vector<int64_t> negative{-1, 0, 0, 0, 0, 0};
+  CHECK_THROWS(invalid_argument, ledger.set(cohort, negative, borrowing, lending, parent, caps));
+  CHECK(ledger.empty());  // a refused table changes nothing
+  ledger.set(cohort, nominal, borrowing, lending, parent, caps);
+  CHECK_EQ(ledger.num_projects(), 2);
+  CHECK(ledger.same_root(0, 1));
+  // Project 1 has no nominal quota: it borrows project 0's unused 4 cores, no more.
+  CHECK(ledger.admits(1, Calendar::Vec{4000, 0, 0}));
+  CHECK(!ledger.admits(1, Calendar::Vec{5000, 0, 0}));
+  ledger.charge(0, Calendar::Vec{3000, 0, 0}, +1);
+  CHECK(!ledger.admits(1, Calendar::Vec{2000, 0, 0}));
+  CHECK(ledger.admits(1, Calendar::Vec{1000, 0, 0}));
+  CHECK(ledger.usage_of(0) == (Calendar::Vec{3000, 0, 0}));
+  CHECK_THROWS(std::out_of_range, ledger.usage_of(2));
+}
+
 void test_queue_argument_checks() {
   using std::invalid_argument;
   using std::out_of_range;
@@ -2151,6 +2228,13 @@ void test_queue_argument_checks() {
     CHECK_THROWS(invalid_argument, QueueRig(bad));
     bad = {};
     bad.max_backfill_jobs = -1;
+    CHECK_THROWS(invalid_argument, QueueRig(bad));
+    bad = {};
+    bad.backfill_interval = -1;
+    CHECK_THROWS(invalid_argument, QueueRig(bad));
+    bad = {};
+    bad.backfill = BackfillMode::kConservative;
+    bad.calendar_horizon = QueueScheduler::kMaxSlots + 1;  // resolution 1: too many slots
     CHECK_THROWS(invalid_argument, QueueRig(bad));
   }
   QueueRig rig;
@@ -2380,6 +2464,8 @@ int main() {
       {"engine_argument_checks", test_engine_argument_checks},
       {"calendar_argument_checks", test_calendar_argument_checks},
       {"queue_argument_checks", test_queue_argument_checks},
+      {"slot_profile_matches_array", test_slot_profile_matches_array},
+      {"quota_ledger_columns", test_quota_ledger_columns},
       {"quota_argument_checks", test_quota_argument_checks},
       {"rng", test_rng},
   };

@@ -107,6 +107,17 @@ FIGURES: tuple[Figure, ...] = (
            "jobs/s", True, 20_000, 0.022, 0.5, PYTHON_REF),
     Figure("sim.easy_rss", "FCFS+EASY replay peak memory (500,000 jobs; 100,000 quick)",
            "MB", False, 2048),
+    # The deep-queue trace (cplat.traces.deep_queue, RICC-shaped): 447,794 jobs (60,000 quick)
+    # on 1,024 nodes x 8 cores, thousands waiting; the goals are 40,000 and 10,000 jobs/s.
+    # EASY is exact; conservative plans with Slurm's default bounds (SLURM_BACKFILL). Ratio
+    # targets: one quick run on the reference VM (0.093 and 0.055).
+    Figure("sim.deep_easy_rate", "FCFS+EASY replay of the deep-queue trace, 8,192 cores, 1 core",
+           "jobs/s", True, 40_000, 0.09, 0.5, PYTHON_REF),
+    Figure("sim.deep_conservative_rate",
+           "FCFS+conservative (Slurm bounds) replay of the deep-queue trace, 8,192 cores, 1 core",
+           "jobs/s", True, 10_000, 0.05, 0.5, PYTHON_REF),
+    Figure("sim.deep_rss", "deep-queue replay peak memory, EASY and conservative",
+           "MB", False, 2048),
     Figure("sim.openb_replay", "openb time-driven replay (read + FGD placement), 8,152 pods",
            "s", False, 5.0, 0.029, 0.5, PYTHON_REF),
     Figure("policies.victim_search", "victim search: 1,000 nodes, 10,000 running jobs",

@@ -72,6 +72,7 @@ _QUEUE_KEYS = (
     "preemption",
     "lock_head",
     "max_backfill_jobs",
+    "backfill_interval",
     "calendar_resolution",
     "calendar_horizon",
     "random_victims",

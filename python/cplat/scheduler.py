@@ -27,6 +27,18 @@ I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
+#: Slurm's backfill defaults (slurm.conf ``SchedulerParameters``) as :class:`QueuePolicy`
+#: settings: ``bf_max_job_test=500`` -> ``max_backfill_jobs``, ``bf_window=1440`` (minutes)
+#: -> ``calendar_horizon``, ``bf_resolution=60`` -> ``calendar_resolution``,
+#: ``bf_interval=30`` -> ``backfill_interval``. ``QueuePolicy``'s own defaults are unbounded
+#: (exact); ``QueuePolicy("fcfs", "conservative", **SLURM_BACKFILL)`` plans as Slurm does.
+SLURM_BACKFILL: dict[str, int] = {
+    "max_backfill_jobs": 500,
+    "calendar_horizon": 86_400,
+    "calendar_resolution": 60,
+    "backfill_interval": 30,
+}
+
 
 @dataclass(frozen=True)
 class QueuePolicy:
@@ -51,6 +63,9 @@ class QueuePolicy:
         Backfill calendar resolution and look-ahead (seconds; horizon 0 = unbounded).
     max_backfill_jobs
         Jobs tested for backfilling per cycle (0 = all).
+    backfill_interval
+        Seconds between backfill passes (0 = every cycle); the cycles in between start only
+        what the queue order allows (Slurm's ``bf_interval``). See :data:`SLURM_BACKFILL`.
     preemption
         ``none``, ``priority`` (a higher-priority head may evict lower-priority jobs),
         ``reclaim`` (a project within its guaranteed quota may evict other projects' borrowed
@@ -74,6 +89,7 @@ class QueuePolicy:
     calendar_resolution: int = 1
     calendar_horizon: int = 0
     max_backfill_jobs: int = 0
+    backfill_interval: int = 0
     preemption: str = "none"
     random_victims: bool = False
     topology_aware: bool = False
@@ -432,6 +448,7 @@ class Scheduler:
             topology_aware=q.topology_aware,
             max_span=q.max_span,
             grace_period=q.grace_period,
+            backfill_interval=q.backfill_interval,
         )
         self.quotas = quotas
         if quotas is not None:
@@ -475,6 +492,21 @@ class Scheduler:
         if self.queue_sort is not None:
             self.queue_sort.add_jobs(jobs, index)
         return index
+
+    def native_replay(
+        self, wall: I64, wakeups: I64, horizon: int | None, track_gpu: bool
+    ) -> _core.Replay:
+        """Return the native event loop over this scheduler's jobs (none submitted yet).
+
+        ``wall`` is each job's run time, ``wakeups`` extra instants to schedule at. The loop
+        is :mod:`cplat.sim`'s for runs without failures, preemption, elastic jobs, queue-sort
+        plugins, ticks or a decision log (see :func:`cplat.sim.run.simulate`).
+        """
+        if self.queue_sort is not None:
+            raise InputError("the native replay runs without a queue-sort plugin")
+        return _core.Replay(
+            self._q, self.engine, wall, wakeups, -1 if horizon is None else horizon, track_gpu
+        )
 
     def submit(self, jobs: I32 | I64) -> int:
         """Make registered jobs pending; returns how many were accepted.

@@ -8,13 +8,19 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
+#include <set>
 #include <span>
+#include <utility>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "cplat/calendar.hpp"
 #include "cplat/framework.hpp"
+#include "cplat/quota.hpp"
 #include "cplat/rng.hpp"
+#include "cplat/slots.hpp"
 #include "cplat/topology.hpp"
 
 namespace cplat {
@@ -41,23 +47,6 @@ struct Reservation {
   int32_t owner = -1;  // project id; -1 = nobody (maintenance window)
 };
 
-// Cohorts form a tree (a hierarchy of resource pools): projects borrow from any project under
-// the same root, and a cohort may cap how much its whole subtree uses beyond the sum of its
-// projects' nominal quotas (borrowing_limit < 0: no cap).
-struct CohortSpec {
-  int32_t parent = -1;
-  Calendar::Vec borrowing_limit{-1, -1, -1};
-};
-
-// Quota of one project (names as Kueue users know them). Projects of one cohort tree lend
-// their unused nominal quota to each other; the hard limit is nominal + borrowing_limit.
-struct QuotaSpec {
-  int32_t cohort = -1;                 // its cohort (a tree node); -1: borrows from nobody
-  Calendar::Vec nominal{};             // guaranteed (milli-CPU, MiB, milli-GPU)
-  Calendar::Vec borrowing_limit{};     // most it may use above nominal
-  Calendar::Vec lending_limit{};       // most of its unused nominal others may borrow
-};
-
 struct QueueOptions {
   QueueOrder order = QueueOrder::kFcfs;
   BackfillMode backfill = BackfillMode::kNone;
@@ -69,6 +58,9 @@ struct QueueOptions {
   int64_t calendar_resolution = 1;  // seconds
   int64_t calendar_horizon = 0;     // seconds, 0 = unbounded
   int32_t max_backfill_jobs = 0;    // jobs tested for backfilling per cycle, 0 = all
+  // Seconds between backfill passes (Slurm's bf_interval); cycles in between start only what
+  // the queue order allows. 0 = a pass every cycle.
+  int64_t backfill_interval = 0;
   Preemption preemption = Preemption::kNone;
   // Gangs: fewest spines, then racks (topology-aware), optionally within one rack/spine.
   bool topology_aware = false;
@@ -99,8 +91,11 @@ struct JobSpec {
 // restore) answer kInvalidArgument for an unknown job instead, as for a job in the wrong state.
 class QueueScheduler {
  public:
-  // Throws std::invalid_argument for a grace period or calendar horizon outside [0, kMaxTime],
-  // a calendar resolution outside [1, kMaxTime] or a negative backfill budget.
+  // Throws std::invalid_argument for a grace period, calendar horizon or backfill interval
+  // outside [0, kMaxTime],
+  // a calendar resolution outside [1, kMaxTime], a negative backfill budget, or (conservative
+  // backfilling) a window of more than kMaxSlots slots.
+  static constexpr int64_t kMaxSlots = int64_t{1} << 20;
   QueueScheduler(Engine& engine, QueueOptions options);
 
   // Register a job (not yet pending). `requested` is the run-time estimate used for
@@ -126,6 +121,12 @@ class QueueScheduler {
   // cohort beyond the table gets a root cohort of its own. Jobs of projects the new table
   // lacks lose their project.
   void set_quotas(std::vector<QuotaSpec> quotas, std::vector<CohortSpec> cohorts = {});
+  // The same from columns (see QuotaLedger::set); std::invalid_argument for inconsistent
+  // lengths.
+  void set_quotas(std::span<const int32_t> cohort, std::span<const int64_t> nominal,
+                  std::span<const int64_t> borrowing, std::span<const int64_t> lending,
+                  std::span<const int32_t> cohort_parent,
+                  std::span<const int64_t> cohort_borrowing);
   // A project outside the quota table means no quota; negative checkpoint times mean 0.
   void set_job_meta(int64_t job, int32_t project, int64_t checkpoint_interval,
                     int64_t checkpoint_cost);
@@ -183,6 +184,7 @@ class QueueScheduler {
   [[nodiscard]] int32_t num_jobs() const { return static_cast<int32_t>(submit_.size()); }
   [[nodiscard]] JobState state(int64_t job) const { return state_[index(job)]; }
   [[nodiscard]] int64_t start_time(int64_t job) const { return start_[index(job)]; }
+  [[nodiscard]] int64_t submit_time(int64_t job) const { return submit_[index(job)]; }
   [[nodiscard]] Code reason(int64_t job) const { return reason_[index(job)]; }
   // The first reservation a blocked job was given (EASY/rlsched head, conservative: every
   // job), -1 if none. With exact estimates a job starts no later than this.
@@ -199,10 +201,18 @@ class QueueScheduler {
   size_t index(int64_t job) const;
   // Unchecked views for the internal loops (indices come from the queue's own tables).
   [[nodiscard]] JobState state_of(int32_t job) const { return state_[static_cast<size_t>(job)]; }
-  [[nodiscard]] int32_t tasks_now(int32_t job) const;
+  [[nodiscard]] int32_t tasks_now(int32_t job) const {
+    const auto j = static_cast<size_t>(job);
+    return state_[j] == JobState::kRunning ? static_cast<int32_t>(nodes_[j].size())
+                                           : num_tasks_[j];
+  }
   [[nodiscard]] double lost_work_now(int32_t job, int64_t now) const;
   static void check_job(const JobSpec& job);
-  [[nodiscard]] Vec need_of(int32_t job) const;
+  [[nodiscard]] Vec need_of(int32_t job) const {
+    const Request& t = task_[static_cast<size_t>(job)];
+    const int64_t n = tasks_now(job);
+    return {t.cpu_milli * n, t.memory_mib * n, t.total_gpu_milli() * n};
+  }
   [[nodiscard]] double key(int32_t job, int64_t now) const;
   bool key_less(int32_t a, int32_t b, int64_t now) const;
   void compact_pending();
@@ -233,9 +243,30 @@ class QueueScheduler {
   [[nodiscard]] Vec planned_free(int64_t now) const;  // free now, as running_calendar sees it
   Calendar running_calendar(int64_t now) const;
   void backfill_easy(int32_t head, int64_t now);
+  // EASY without reservations (the common case): the shadow time from running jobs by end.
+  void backfill_easy_shadow(int32_t head, int64_t now);
+  [[nodiscard]] int64_t release_time(int64_t end, int64_t now) const;
   void backfill_rlsched(int32_t head, int64_t now);
   void backfill_conservative(int64_t now);
+  // Conservative within a bounded window (calendar_horizon > 0), on a slot profile.
+  void backfill_conservative_slots(int64_t now);
+  // Within one conservative pass: where the last job of a shape (need, duration) could start,
+  // inserted as `start` (Calendar::kNever: nowhere).
+  struct Shape {
+    Vec need;
+    int64_t duration;
+    bool operator==(const Shape&) const = default;
+  };
+  struct ShapeHash {
+    size_t operator()(const Shape& s) const;
+  };
+  int64_t& earliest_seen(const Vec& need, int64_t duration, int64_t start);
+  std::unordered_map<Shape, int64_t, ShapeHash> seen_;
   int64_t rlsched_reservation(int32_t head) const;
+  // A placed job starts running at `start` (a restored one is not reported as started).
+  void mark_running(int32_t job, int64_t start, bool restored = false);
+  void add_running(int32_t job);
+  void note_need(int32_t job);
   void remove_running(int32_t job);
 
   Engine* engine_;
@@ -246,11 +277,8 @@ class QueueScheduler {
   std::vector<double> priority_;
   std::vector<int32_t> project_;
   std::vector<int64_t> ckpt_interval_, ckpt_cost_;
-  std::vector<QuotaSpec> quotas_;
-  std::vector<CohortSpec> cohorts_;
-  [[nodiscard]] int32_t cohort_root(int32_t c) const;
-  [[nodiscard]] bool in_subtree(int32_t project, int32_t cohort) const;
-  std::vector<Vec> usage_;  // per project
+  QuotaLedger quota_;  // quotas, cohorts and usage per project
+  void after_quotas_changed();
   std::vector<int32_t> preempted_;
   Rng victim_rng_;
   std::vector<uint8_t> exclusive_;
@@ -264,6 +292,16 @@ class QueueScheduler {
   std::vector<Code> reason_;
   std::vector<std::vector<int32_t>> nodes_, gpus_;
   std::vector<int32_t> running_pos_;  // index into running_, -1 if not running
+  // Running jobs by expected end (start + requested), for EASY's shadow time.
+  std::set<std::pair<int64_t, int32_t>> by_end_;
+  // Per job, set when submitted: its need with all its tasks; and the least of them over every
+  // job submitted so far (a lower bound of every pending job's need).
+  std::vector<Vec> need_full_;
+  // Bounded conservative backfilling: the window's slots (scratch) and their profile.
+  std::vector<Vec> slot_free_;
+  SlotProfile profile_;
+  Vec min_need_{std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max(),
+                std::numeric_limits<int64_t>::max()};
   // Queues.
   std::vector<int32_t> pending_;  // submission order; entries may be stale until compacted
   int32_t pending_count_ = 0;
@@ -271,6 +309,8 @@ class QueueScheduler {
   std::vector<int32_t> running_;
   std::vector<int32_t> started_;
   int32_t locked_head_ = -1;
+  bool backfilled_ = false;  // a backfill pass ran, at last_backfill_
+  int64_t last_backfill_ = 0;
   int64_t locked_reservation_ = -1;
   mutable std::vector<int32_t> scratch_;
 };

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cplat/check.hpp"
+#include "queue_detail.hpp"
 
 namespace cplat {
 
@@ -19,12 +20,6 @@ constexpr std::array<std::string_view, kNumBackfillModes> kBackfillNames = {"non
 constexpr std::array<std::string_view, kNumPreemptionModes> kPreemptionNames = {
     "none", "priority", "reclaim", "both"};
 
-bool covers(const Calendar::Vec& have, const Calendar::Vec& need) {
-  for (size_t d = 0; d < have.size(); ++d) {
-    if (have[d] < need[d]) return false;
-  }
-  return true;
-}
 }  // namespace
 
 std::string_view queue_order_name(QueueOrder o) { return kOrderNames[static_cast<size_t>(o)]; }
@@ -36,7 +31,17 @@ QueueScheduler::QueueScheduler(Engine& engine, QueueOptions options)
   check_range(opts_.grace_period, 0, kMaxTime, "grace_period");
   check_range(opts_.calendar_resolution, 1, kMaxTime, "calendar_resolution");
   check_range(opts_.calendar_horizon, 0, kMaxTime, "calendar_horizon");
+  check_range(opts_.backfill_interval, 0, kMaxTime, "backfill_interval");
   check_range(opts_.max_backfill_jobs, 0, std::numeric_limits<int32_t>::max(), "max_backfill_jobs");
+  // Bounded conservative backfilling plans on horizon / resolution slots.
+  if (opts_.backfill == BackfillMode::kConservative &&
+      (opts_.calendar_horizon + opts_.calendar_resolution - 1) / opts_.calendar_resolution >
+          kMaxSlots) {
+    throw std::invalid_argument(
+        "conservative backfill plans at most 2^20 slots: calendar_horizon / "
+        "calendar_resolution is " +
+        std::to_string(opts_.calendar_horizon / opts_.calendar_resolution));
+  }
 }
 
 size_t QueueScheduler::index(int64_t job) const { return checked_index(job, num_jobs(), "job"); }
@@ -82,46 +87,30 @@ int32_t QueueScheduler::add_job(int64_t submit, int64_t requested, int32_t num_t
   terminating_.push_back(0);
   ckpt_interval_.push_back(0);
   ckpt_cost_.push_back(0);
+  need_full_.push_back({});
   return id;
 }
 
 void QueueScheduler::set_quotas(std::vector<QuotaSpec> quotas, std::vector<CohortSpec> cohorts) {
-  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
-  const auto num_cohorts = static_cast<int64_t>(cohorts.size());
-  for (size_t p = 0; p < quotas.size(); ++p) {
-    const QuotaSpec& q = quotas[p];
-    const std::string at = "project " + std::to_string(p) + ": ";
-    // Beyond the table: a root cohort of its own (added below, at most one per project).
-    check_range(q.cohort, -1, num_cohorts + static_cast<int64_t>(quotas.size()) - 1, at + "cohort");
-    for (size_t d = 0; d < q.nominal.size(); ++d) {
-      check_range(q.nominal[d], 0, kMax, at + "nominal");
-      check_range(q.borrowing_limit[d], 0, kMax, at + "borrowing_limit");
-      check_range(q.lending_limit[d], 0, kMax, at + "lending_limit");
-    }
-  }
-  for (size_t c = 0; c < cohorts.size(); ++c) {
-    const std::string at = "cohort " + std::to_string(c) + ": ";
-    const int32_t parent = cohorts[c].parent;
-    if (parent != -1) checked_index(parent, num_cohorts, at + "parent");
-    for (const int64_t v : cohorts[c].borrowing_limit) check_range(v, -1, kMax, at + "borrowing_limit");
-    // Walking up from any cohort must reach a root within the table's size.
-    int32_t up = static_cast<int32_t>(c);
-    for (int64_t hops = 0; up >= 0; ++hops) {
-      if (hops > num_cohorts) throw std::invalid_argument(at + "its parents form a cycle");
-      up = cohorts[static_cast<size_t>(up)].parent;
-    }
-  }
-  quotas_ = std::move(quotas);
-  cohorts_ = std::move(cohorts);
-  // Jobs keep their project only where the new table has it.
+  quota_.set(std::move(quotas), std::move(cohorts));  // checks everything first
+  after_quotas_changed();
+}
+
+void QueueScheduler::set_quotas(std::span<const int32_t> cohort, std::span<const int64_t> nominal,
+                                std::span<const int64_t> borrowing,
+                                std::span<const int64_t> lending,
+                                std::span<const int32_t> cohort_parent,
+                                std::span<const int64_t> cohort_borrowing) {
+  quota_.set(cohort, nominal, borrowing, lending, cohort_parent, cohort_borrowing);
+  after_quotas_changed();
+}
+
+void QueueScheduler::after_quotas_changed() {
+  // Jobs keep their project only where the new table has it; running jobs are charged anew.
   for (int32_t& p : project_) {
-    if (p >= static_cast<int32_t>(quotas_.size())) p = -1;
+    if (p >= quota_.num_projects()) p = -1;
   }
-  // A project naming a cohort the table lacks gets a root cohort of its own id space.
-  for (const QuotaSpec& q : quotas_) {
-    while (q.cohort >= static_cast<int32_t>(cohorts_.size())) cohorts_.push_back(CohortSpec{});
-  }
-  usage_.assign(quotas_.size(), Vec{0, 0, 0});
+  quota_.clear_usage();
   for (const int32_t j : running_) charge(j, +1);
 }
 
@@ -133,7 +122,7 @@ void QueueScheduler::set_job_meta(int64_t job, int32_t project, int64_t checkpoi
   check_range(checkpoint_cost, std::numeric_limits<int64_t>::min(), kMaxTime, "checkpoint_cost");
   const auto id = static_cast<int32_t>(j);
   if (state_[j] == JobState::kRunning) charge(id, -1);
-  project_[j] = (project >= 0 && project < static_cast<int32_t>(quotas_.size())) ? project : -1;
+  project_[j] = (project >= 0 && project < quota_.num_projects()) ? project : -1;
   if (state_[j] == JobState::kRunning) charge(id, +1);
   ckpt_interval_[j] = std::max<int64_t>(checkpoint_interval, 0);
   ckpt_cost_[j] = std::max<int64_t>(checkpoint_cost, 0);
@@ -202,16 +191,13 @@ void QueueScheduler::set_exclusive(std::span<const int64_t> jobs,
 }
 
 const Calendar::Vec& QueueScheduler::usage(int64_t project) const {
-  return usage_[checked_index(project, static_cast<int64_t>(usage_.size()), "project")];
+  return quota_.usage_of(project);
 }
 
 bool QueueScheduler::terminating(int64_t job) const { return terminating_[index(job)] != 0; }
 
 void QueueScheduler::charge(int32_t job, int64_t sign) {
-  const int32_t p = project_[static_cast<size_t>(job)];
-  if (p < 0) return;
-  const Vec need = need_of(job);
-  for (size_t d = 0; d < need.size(); ++d) usage_[static_cast<size_t>(p)][d] += sign * need[d];
+  quota_.charge(project_[static_cast<size_t>(job)], need_of(job), sign);
 }
 
 bool QueueScheduler::quota_admits(int32_t job) const {
@@ -222,91 +208,7 @@ bool QueueScheduler::quota_admits(int32_t job) const {
 }
 
 bool QueueScheduler::quota_admits_need(int32_t job, const Vec& need) const {
-  // Quota amounts may be anything up to INT64_MAX ("unlimited") and a cohort sums many of
-  // them: the arithmetic is 128-bit so that no sum can overflow.
-  using Wide = Int128;
-  const int32_t p = project_[static_cast<size_t>(job)];
-  if (p < 0) return true;
-  const QuotaSpec& q = quotas_[static_cast<size_t>(p)];
-  const Vec& use = usage_[static_cast<size_t>(p)];
-  for (size_t d = 0; d < need.size(); ++d) {
-    const Wide after = Wide{use[d]} + need[d];
-    if (after > Wide{q.nominal[d]} + q.borrowing_limit[d]) return false;  // hard limit
-    // All the project would borrow with this job, against what the rest of the cohort can
-    // lend (its members' unused nominal within their lending limits, less their own borrowing).
-    const Wide borrow = std::max<Wide>(0, after - q.nominal[d]);
-    if (borrow <= 0) continue;
-    if (q.cohort < 0) return false;
-    const int32_t root = cohort_root(q.cohort);
-    Wide pool = 0;
-    for (size_t k = 0; k < quotas_.size(); ++k) {
-      if (static_cast<int32_t>(k) == p || quotas_[k].cohort < 0 ||
-          cohort_root(quotas_[k].cohort) != root) {
-        continue;
-      }
-      const Wide unused = std::max<Wide>(0, Wide{quotas_[k].nominal[d]} - usage_[k][d]);
-      pool += std::min<Wide>(quotas_[k].lending_limit[d], unused);
-      pool -= std::max<Wide>(0, Wide{usage_[k][d]} - quotas_[k].nominal[d]);
-    }
-    if (borrow > pool) return false;
-  }
-  // Each cohort on the way up may cap what its subtree takes beyond its own nominal quota.
-  for (int32_t c = q.cohort, hops = 0; c >= 0 && hops < 64;
-       c = cohorts_[static_cast<size_t>(c)].parent, ++hops) {
-    const CohortSpec& cs = cohorts_[static_cast<size_t>(c)];
-    std::array<Wide, Calendar::kDims> used{};
-    std::array<Wide, Calendar::kDims> nominal{};
-    bool capped = false;
-    for (size_t d = 0; d < need.size(); ++d) capped = capped || cs.borrowing_limit[d] >= 0;
-    if (!capped) continue;
-    for (size_t k = 0; k < quotas_.size(); ++k) {
-      if (!in_subtree(static_cast<int32_t>(k), c)) continue;
-      for (size_t d = 0; d < need.size(); ++d) {
-        used[d] += usage_[k][d];
-        nominal[d] += quotas_[k].nominal[d];
-      }
-    }
-    for (size_t d = 0; d < need.size(); ++d) {
-      if (cs.borrowing_limit[d] >= 0 && used[d] + need[d] > nominal[d] + cs.borrowing_limit[d]) {
-        return false;
-      }
-    }
-  }
-  return true;
-}
-
-double QueueScheduler::lost_work(int64_t job, int64_t now) const {
-  const size_t j = index(job);
-  check_range(now, -kMaxTime, kMaxTime, "now");
-  return lost_work_now(static_cast<int32_t>(j), now);
-}
-
-double QueueScheduler::lost_work_now(int32_t job, int64_t now) const {
-  const auto j = static_cast<size_t>(job);
-  if (state_[j] != JobState::kRunning) return 0.0;
-  const int64_t elapsed = std::max<int64_t>(0, now - start_[j]);
-  const int64_t period = ckpt_interval_[j] > 0 ? ckpt_interval_[j] + ckpt_cost_[j] : 0;
-  const int64_t since = period > 0 ? elapsed % period : elapsed;
-  const Request& t = task_[j];
-  const int64_t size = t.wants_gpu() ? t.total_gpu_milli() : std::max<int64_t>(t.cpu_milli, 1);
-  return static_cast<double>(since) * static_cast<double>(size * num_tasks_[j]);
-}
-
-int32_t QueueScheduler::cohort_root(int32_t c) const {
-  int32_t hops = 0;
-  while (c >= 0 && cohorts_[static_cast<size_t>(c)].parent >= 0 && hops++ < 64) {
-    c = cohorts_[static_cast<size_t>(c)].parent;
-  }
-  return c;
-}
-
-bool QueueScheduler::in_subtree(int32_t project, int32_t cohort) const {
-  int32_t c = quotas_[static_cast<size_t>(project)].cohort;
-  for (int32_t hops = 0; c >= 0 && hops < 64; ++hops) {
-    if (c == cohort) return true;
-    c = cohorts_[static_cast<size_t>(c)].parent;
-  }
-  return false;
+  return quota_.admits(project_[static_cast<size_t>(job)], need);
 }
 
 Calendar::Vec QueueScheduler::available_free() const {
@@ -321,243 +223,6 @@ Calendar::Vec QueueScheduler::available_free() const {
   return free;
 }
 
-bool QueueScheduler::may_evict(int32_t victim, int32_t head, bool head_within_nominal) const {
-  const auto v = static_cast<size_t>(victim);
-  const auto h = static_cast<size_t>(head);
-  if (terminating_[v] != 0) return false;
-  const bool by_priority =
-      opts_.preemption == Preemption::kPriority || opts_.preemption == Preemption::kBoth;
-  if (by_priority && priority_[v] < priority_[h]) return true;
-  if (!head_within_nominal) return false;
-  const int32_t vp = project_[v];
-  const int32_t hp = project_[h];
-  if (vp < 0 || vp == hp) return false;
-  const QuotaSpec& vq = quotas_[static_cast<size_t>(vp)];
-  const int32_t hc = quotas_[static_cast<size_t>(hp)].cohort;
-  if (vq.cohort < 0 || hc < 0 || cohort_root(vq.cohort) != cohort_root(hc)) return false;
-  for (size_t d = 0; d < vq.nominal.size(); ++d) {
-    if (usage_[static_cast<size_t>(vp)][d] > vq.nominal[d]) return true;  // it is borrowing
-  }
-  return false;
-}
-
-bool QueueScheduler::head_within_nominal(int32_t head) const {
-  const bool by_reclaim =
-      opts_.preemption == Preemption::kReclaim || opts_.preemption == Preemption::kBoth;
-  const int32_t hp = project_[static_cast<size_t>(head)];
-  if (!by_reclaim || hp < 0) return false;
-  const Vec need = need_of(head);
-  const QuotaSpec& q = quotas_[static_cast<size_t>(hp)];
-  for (size_t d = 0; d < need.size(); ++d) {
-    if (usage_[static_cast<size_t>(hp)][d] + need[d] > q.nominal[d]) return false;
-  }
-  return true;
-}
-
-bool QueueScheduler::preempt_on_one_node(int32_t head, int64_t now) {
-  // A one-task head: find the node where evicting eligible jobs frees room for it (devices
-  // included) at the least lost work, as a scheduler that preempts per node does.
-  const ClusterState& st = engine_->state();
-  const Request& r = task_[static_cast<size_t>(head)];
-  const bool within = head_within_nominal(head);
-  // Eligible running jobs per node.
-  std::vector<std::vector<int32_t>> on_node(static_cast<size_t>(st.num_nodes()));
-  for (const int32_t j : running_) {
-    // Jobs this cycle just started are not undone by the same cycle.
-    if (start_[static_cast<size_t>(j)] == now || !may_evict(j, head, within)) continue;
-    for (const int32_t n : nodes_[static_cast<size_t>(j)]) {
-      auto& list = on_node[static_cast<size_t>(n)];
-      if (list.empty() || list.back() != j) list.push_back(j);
-    }
-  }
-  double best_cost = std::numeric_limits<double>::infinity();
-  std::vector<int32_t> best;
-  std::vector<int32_t> dev;
-  // The random baseline takes nodes in random order and the first node that works.
-  std::vector<int32_t> order(static_cast<size_t>(st.num_nodes()));
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
-  if (opts_.random_victims) {
-    for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[victim_rng_.below(i)]);
-  }
-  for (const int32_t n : order) {
-    if (opts_.random_victims && !best.empty()) break;
-    auto& cand = on_node[static_cast<size_t>(n)];
-    if (cand.empty() || st.flags(n) != 0) continue;
-    if (r.wants_gpu() && (st.gpu_count(n) == 0 ||
-                          (r.models != 0 && (st.gpu_model(n) < 0 ||
-                                             ((r.models >> st.gpu_model(n)) & 1U) == 0)))) {
-      continue;
-    }
-    if (opts_.random_victims) {
-      for (size_t i = cand.size(); i > 1; --i) std::swap(cand[i - 1], cand[victim_rng_.below(i)]);
-    } else {
-      std::sort(cand.begin(), cand.end(), [&](int32_t a, int32_t b) {
-        const double ca = lost_work_now(a, now);
-        const double cb = lost_work_now(b, now);
-        return ca < cb || (ca == cb && a < b);
-      });
-    }
-    int64_t cpu = st.cpu_free(n);
-    int64_t mem = st.memory_free(n);
-    const std::span<const int32_t> fr = st.gpu_free_of(n);
-    dev.assign(fr.begin(), fr.end());
-    auto give_back = [&](int32_t j, int sign) {
-      const auto jj = static_cast<size_t>(j);
-      const Request& t = task_[jj];
-      const auto per = static_cast<size_t>(t.wants_gpu() ? t.num_gpu : 0);
-      for (size_t i = 0; i < nodes_[jj].size(); ++i) {
-        if (nodes_[jj][i] != n) continue;
-        cpu += sign * t.cpu_milli;
-        mem += sign * t.memory_mib;
-        for (size_t g = 0; g < per; ++g) {
-          dev[static_cast<size_t>(gpus_[jj][i * per + g])] += sign * t.gpu_milli;
-        }
-      }
-    };
-    auto fits = [&] {
-      if (cpu < r.cpu_milli || mem < r.memory_mib) return false;
-      if (!r.wants_gpu()) return true;
-      int32_t ok = 0;
-      for (const int32_t f : dev) ok += (f >= r.gpu_milli) ? 1 : 0;
-      return ok >= r.num_gpu;
-    };
-    std::vector<int32_t> chosen;
-    double cost = 0.0;
-    for (const int32_t j : cand) {
-      if (fits() || cost >= best_cost) break;
-      give_back(j, +1);
-      chosen.push_back(j);
-      cost += lost_work_now(j, now);
-    }
-    if (!fits() || chosen.empty() || cost >= best_cost) continue;
-    for (size_t i = chosen.size(); i-- > 0;) {  // drop victims the head does not need
-      give_back(chosen[i], -1);
-      if (fits()) {
-        cost -= lost_work_now(chosen[i], now);
-        chosen.erase(chosen.begin() + static_cast<std::ptrdiff_t>(i));
-      } else {
-        give_back(chosen[i], +1);
-      }
-    }
-    if (cost < best_cost) {
-      best_cost = cost;
-      best = chosen;
-    }
-  }
-  for (const int32_t j : best) {
-    evict(j);
-  }
-  return !best.empty();
-}
-
-bool QueueScheduler::preempt_for(int32_t head, int64_t now) {
-  if (opts_.grace_period > 0) {
-    // Victims already checkpointing will free enough: wait for them, evict no one else.
-    Vec soon = available_free();
-    const Vec t = terminating_free();
-    for (size_t d = 0; d < soon.size(); ++d) soon[d] += t[d];
-    const Vec need_now = need_of(head);
-    bool any = false;
-    for (const int64_t v : t) any = any || v > 0;
-    if (any && covers(soon, need_now)) return false;
-  }
-  // Only when the head lacks capacity (not merely a good arrangement of it), evict the set of
-  // eligible running jobs that loses the least work, cheapest first, then drop any victim the
-  // head turns out not to need. A job (a whole gang) is always evicted as one unit.
-  if (num_tasks_[static_cast<size_t>(head)] == 1) return preempt_on_one_node(head, now);
-  const Vec need = need_of(head);
-  Vec free = available_free();
-  if (covers(free, need)) return false;
-  // Elastic jobs that may be preempted shrink (to their minimum) before anyone is evicted.
-  const bool within_for_shrink = head_within_nominal(head);
-  for (const int32_t j : std::vector<int32_t>(running_.begin(), running_.end())) {
-    if (covers(free, need)) break;
-    if (!elastic(j) || start_[static_cast<size_t>(j)] == now ||
-        !may_evict(j, head, within_for_shrink)) {
-      continue;
-    }
-    const Request& t = task_[static_cast<size_t>(j)];
-    int32_t tasks = 0;
-    for (size_t d = 0; d < need.size(); ++d) {
-      const int64_t per = d == 0 ? t.cpu_milli : d == 1 ? t.memory_mib : t.total_gpu_milli();
-      if (per > 0 && need[d] > free[d]) {
-        // At most the whole job: the quotient alone may exceed int32.
-        const int64_t short_by = std::min<int64_t>((need[d] - free[d] + per - 1) / per, kMaxTasks);
-        tasks = std::max<int32_t>(tasks, static_cast<int32_t>(short_by));
-      }
-    }
-    const Vec got = shrink(j, tasks);
-    for (size_t d = 0; d < free.size(); ++d) free[d] += got[d];
-  }
-  if (covers(free, need)) return true;
-  const auto h = static_cast<size_t>(head);
-  const bool by_priority =
-      opts_.preemption == Preemption::kPriority || opts_.preemption == Preemption::kBoth;
-  const bool by_reclaim =
-      opts_.preemption == Preemption::kReclaim || opts_.preemption == Preemption::kBoth;
-  bool head_within_nominal = false;
-  const int32_t hp = project_[h];
-  if (by_reclaim && hp >= 0) {
-    head_within_nominal = true;
-    const QuotaSpec& q = quotas_[static_cast<size_t>(hp)];
-    for (size_t d = 0; d < need.size(); ++d) {
-      head_within_nominal =
-          head_within_nominal && usage_[static_cast<size_t>(hp)][d] + need[d] <= q.nominal[d];
-    }
-  }
-  std::vector<std::pair<double, int32_t>> candidates;
-  for (const int32_t j : running_) {
-    const auto v = static_cast<size_t>(j);
-    if (start_[v] == now || terminating_[v] != 0) continue;  // just started, or leaving
-    bool eligible = by_priority && priority_[v] < priority_[h];
-    if (!eligible && head_within_nominal) {
-      const int32_t vp = project_[v];
-      if (vp >= 0 && vp != hp && quotas_[static_cast<size_t>(vp)].cohort >= 0 &&
-          quotas_[static_cast<size_t>(hp)].cohort >= 0 &&
-          cohort_root(quotas_[static_cast<size_t>(vp)].cohort) ==
-              cohort_root(quotas_[static_cast<size_t>(hp)].cohort)) {
-        for (size_t d = 0; d < need.size(); ++d) {
-          eligible = eligible ||
-                     usage_[static_cast<size_t>(vp)][d] > quotas_[static_cast<size_t>(vp)].nominal[d];
-        }
-      }
-    }
-    if (eligible) candidates.emplace_back(lost_work_now(j, now), j);
-  }
-  std::sort(candidates.begin(), candidates.end(), [&](const auto& a, const auto& b) {
-    if (a.first != b.first) return a.first < b.first;
-    return start_[static_cast<size_t>(a.second)] > start_[static_cast<size_t>(b.second)] ||
-           (start_[static_cast<size_t>(a.second)] == start_[static_cast<size_t>(b.second)] &&
-            a.second < b.second);
-  });
-  if (opts_.random_victims) {
-    for (size_t i = candidates.size(); i > 1; --i) {
-      std::swap(candidates[i - 1], candidates[victim_rng_.below(i)]);
-    }
-  }
-  std::vector<int32_t> victims;
-  for (const auto& [cost, j] : candidates) {
-    if (covers(free, need)) break;
-    const Vec got = need_of(j);
-    for (size_t d = 0; d < free.size(); ++d) free[d] += got[d];
-    victims.push_back(j);
-  }
-  if (!covers(free, need)) return false;
-  for (size_t i = victims.size(); i-- > 0;) {
-    const Vec got = need_of(victims[i]);
-    Vec without = free;
-    for (size_t d = 0; d < free.size(); ++d) without[d] -= got[d];
-    if (covers(without, need)) {
-      free = without;
-      victims.erase(victims.begin() + static_cast<std::ptrdiff_t>(i));
-    }
-  }
-  for (const int32_t j : victims) {
-    evict(j);
-  }
-  return !victims.empty();
-}
-
 Status QueueScheduler::submit(int64_t job_id) {
   if (job_id < 0 || job_id >= num_jobs()) return {Code::kInvalidArgument, "Queue"};
   const auto job = static_cast<int32_t>(job_id);
@@ -567,6 +232,7 @@ Status QueueScheduler::submit(int64_t job_id) {
     return {Code::kInvalidArgument, "Queue"};
   }
   state_[j] = JobState::kPending;
+  note_need(job);
   if (!pending_.empty() && submitted_before(job, pending_.back())) fcfs_sorted_ = false;
   pending_.push_back(job);
   ++pending_count_;
@@ -628,16 +294,6 @@ int32_t QueueScheduler::tasks_of(int64_t job) const {
   return tasks_now(static_cast<int32_t>(index(job)));
 }
 
-int32_t QueueScheduler::tasks_now(int32_t job) const {
-  const auto j = static_cast<size_t>(job);
-  return state_[j] == JobState::kRunning ? static_cast<int32_t>(nodes_[j].size()) : num_tasks_[j];
-}
-
-Calendar::Vec QueueScheduler::need_of(int32_t job) const {
-  const Request& t = task_[static_cast<size_t>(job)];
-  const int64_t n = tasks_now(job);
-  return {t.cpu_milli * n, t.memory_mib * n, t.total_gpu_milli() * n};
-}
 
 double QueueScheduler::key(int32_t job, int64_t now) const {
   const auto j = static_cast<size_t>(job);
@@ -681,7 +337,7 @@ void QueueScheduler::compact_pending() {
 
 int32_t QueueScheduler::select_head(int64_t now) {
   // Jobs whose project has no quota left do not block the queue: they wait aside.
-  const bool quotas = !quotas_.empty();
+  const bool quotas = !quota_.empty();
   auto eligible = [&](int32_t j) {
     if (state_of(j) != JobState::kPending) return false;
     if (quotas && !quota_admits(j)) {
@@ -793,7 +449,7 @@ void QueueScheduler::set_exclusive_flags(int32_t job, bool on) {
 bool QueueScheduler::try_start(int32_t job, int64_t now) {
   const auto j = static_cast<size_t>(job);
   CPLAT_ASSERT(state_[j] == JobState::kPending);
-  if (!quotas_.empty() && !quota_admits(job)) {
+  if (!quota_.empty() && !quota_admits(job)) {
     reason_[j] = Code::kQuotaExceeded;
     return false;
   }
@@ -808,14 +464,7 @@ bool QueueScheduler::try_start(int32_t job, int64_t now) {
   if (restricted) unmask_nodes();
   reason_[j] = s.code;
   if (!s.ok()) return false;
-  if (exclusive_[j] != 0) set_exclusive_flags(job, true);
-  state_[j] = JobState::kRunning;
-  start_[j] = now;
-  charge(job, +1);
-  --pending_count_;
-  running_pos_[j] = static_cast<int32_t>(running_.size());
-  running_.push_back(job);
-  started_.push_back(job);
+  mark_running(job, now);
   return true;
 }
 
@@ -832,7 +481,7 @@ bool QueueScheduler::start_elastic(int32_t job, int64_t now) {
   }
   const bool restricted = !reservations_.empty() || exclusive_[j] != 0;
   for (int32_t count = top; count >= min_tasks_[j]; --count) {
-    if (!quotas_.empty() &&
+    if (!quota_.empty() &&
         !quota_admits_need(job, {one[0] * count, one[1] * count, one[2] * count})) {
       reason_[j] = Code::kQuotaExceeded;
       continue;
@@ -842,14 +491,7 @@ bool QueueScheduler::start_elastic(int32_t job, int64_t now) {
     if (restricted) unmask_nodes();
     reason_[j] = s.code;
     if (!s.ok()) continue;
-    if (exclusive_[j] != 0) set_exclusive_flags(job, true);
-    state_[j] = JobState::kRunning;
-    start_[j] = now;
-    charge(job, +1);
-    --pending_count_;
-    running_pos_[j] = static_cast<int32_t>(running_.size());
-    running_.push_back(job);
-    started_.push_back(job);
+    mark_running(job, now);
     return true;
   }
   if (top < min_tasks_[j]) reason_[j] = Code::kInsufficientCpu;
@@ -892,7 +534,7 @@ void QueueScheduler::grow(int64_t now) {
     const Request& t = task_[j];
     bool grew = false;
     while (static_cast<int32_t>(nodes_[j].size()) < num_tasks_[j]) {
-      if (!quotas_.empty() && !quota_admits_need(job, {t.cpu_milli, t.memory_mib, t.total_gpu_milli()})) {
+      if (!quota_.empty() && !quota_admits_need(job, {t.cpu_milli, t.memory_mib, t.total_gpu_milli()})) {
         break;
       }
       int32_t node = -1;
@@ -907,7 +549,46 @@ void QueueScheduler::grow(int64_t now) {
   }
 }
 
+void QueueScheduler::note_need(int32_t job) {
+  // Called once the request and the count are checked (bounded): the products cannot overflow.
+  const auto j = static_cast<size_t>(job);
+  const Request& t = task_[j];
+  const int64_t n = num_tasks_[j];
+  need_full_[j] = {t.cpu_milli * n, t.memory_mib * n, t.total_gpu_milli() * n};
+  for (size_t d = 0; d < min_need_.size(); ++d) {
+    min_need_[d] = std::min(min_need_[d], need_full_[j][d]);
+  }
+}
+
+void QueueScheduler::mark_running(int32_t job, int64_t start, bool restored) {
+  // The one way into the running state: the job holds its nodes_ / gpus_ already.
+  const auto j = static_cast<size_t>(job);
+  CPLAT_ASSERT(state_[j] == JobState::kPending || (restored && state_[j] == JobState::kNew));
+  CPLAT_ASSERT(!nodes_[j].empty());
+  const bool was_pending = state_[j] == JobState::kPending;
+  if (exclusive_[j] != 0) set_exclusive_flags(job, true);
+  state_[j] = JobState::kRunning;
+  start_[j] = start;
+  terminating_[j] = 0;
+  charge(job, +1);  // after nodes_ and the state: an elastic job is charged for its tasks
+  if (was_pending) --pending_count_;
+  add_running(job);
+  if (!restored) started_.push_back(job);
+}
+
+void QueueScheduler::add_running(int32_t job) {
+  const auto j = static_cast<size_t>(job);
+  running_pos_[j] = static_cast<int32_t>(running_.size());
+  running_.push_back(job);
+  [[maybe_unused]] const bool fresh = by_end_.emplace(start_[j] + requested_[j], job).second;
+  CPLAT_ASSERT(fresh);
+  CPLAT_ASSERT(by_end_.size() == running_.size());
+}
+
 void QueueScheduler::remove_running(int32_t job) {
+  const auto j = static_cast<size_t>(job);
+  [[maybe_unused]] const size_t erased = by_end_.erase({start_[j] + requested_[j], job});
+  CPLAT_ASSERT(erased == 1);
   const auto pos = static_cast<size_t>(running_pos_[static_cast<size_t>(job)]);
   const int32_t last = running_.back();
   running_[pos] = last;
@@ -938,25 +619,6 @@ Status QueueScheduler::finish(int64_t job_id) {
   nodes_[j] = {};
   gpus_[j] = {};
   return Status::Ok();
-}
-
-void QueueScheduler::evict(int32_t job) {
-  if (opts_.grace_period > 0) {
-    terminating_[static_cast<size_t>(job)] = 1;  // keeps its resources while it checkpoints
-    preempted_.push_back(job);
-  } else if (requeue(job).ok()) {
-    preempted_.push_back(job);
-  }
-}
-
-Calendar::Vec QueueScheduler::terminating_free() const {
-  Vec soon{0, 0, 0};
-  for (const int32_t j : running_) {
-    if (terminating_[static_cast<size_t>(j)] == 0) continue;
-    const Vec got = need_of(j);
-    for (size_t d = 0; d < soon.size(); ++d) soon[d] += got[d];
-  }
-  return soon;
 }
 
 Status QueueScheduler::requeue(int64_t job_id) {
@@ -997,6 +659,7 @@ Status QueueScheduler::restore(int64_t job_id, int64_t start, std::span<const in
   }
   const auto per = static_cast<size_t>(t.wants_gpu() ? t.num_gpu : 0);
   if (gpus.size() != nodes.size() * per) return kInvalid;
+  note_need(job);  // checked: a requeue makes it pending
   const ClusterState& st = engine_->state();
   for (const int32_t n : nodes) {
     if (n < 0 || n >= st.num_nodes()) return kInvalid;
@@ -1024,7 +687,7 @@ Status QueueScheduler::restore(int64_t job_id, int64_t start, std::span<const in
   }
   if (was == JobState::kPending) {
     // Leave the queue for good (not just a stale entry): a later requeue appends it again.
-    --pending_count_;
+    // (mark_running counts it out of the pending jobs.)
     std::erase(pending_, job);
     if (locked_head_ == job) {
       locked_head_ = -1;
@@ -1033,150 +696,13 @@ Status QueueScheduler::restore(int64_t job_id, int64_t start, std::span<const in
   }
   nodes_[j].assign(nodes.begin(), nodes.end());
   gpus_[j].assign(gpus.begin(), gpus.end());
-  state_[j] = JobState::kRunning;
   reason_[j] = Code::kOk;
-  start_[j] = start;
-  terminating_[j] = 0;
-  charge(job, +1);  // after nodes_: an elastic job is charged for the tasks it runs
-  if (exclusive_[j] != 0) set_exclusive_flags(job, true);
-  running_pos_[j] = static_cast<int32_t>(running_.size());
-  running_.push_back(job);
+  mark_running(job, start, /*restored=*/true);
   CPLAT_ASSERT(pending_count_ >= 0);
   CPLAT_ASSERT(running_[static_cast<size_t>(running_pos_[j])] == job);
   CPLAT_ASSERT(std::find(pending_.begin(), pending_.end(), job) == pending_.end());
   CPLAT_ASSERT(tasks_now(job) == static_cast<int32_t>(count));
   return Status::Ok();
-}
-
-Calendar::Vec QueueScheduler::reserved_capacity(const Reservation& r) const {
-  const ClusterState& st = engine_->state();
-  Vec cap{0, 0, 0};
-  for (const int32_t n : r.nodes) {
-    cap[0] += st.cpu_capacity(n);
-    cap[1] += st.memory_capacity(n);
-    cap[2] += static_cast<int64_t>(st.gpu_count(n)) * kMilliGpu;
-  }
-  return cap;
-}
-
-Calendar::Vec QueueScheduler::planned_free(int64_t now) const {
-  // What the plans below see as free now: reserved capacity is out of them until its window
-  // ends, whether or not the reserved nodes are busy.
-  Vec free = available_free();
-  for (const Reservation& r : reservations_) {
-    if (r.end <= now) continue;
-    const Vec cap = reserved_capacity(r);
-    for (size_t d = 0; d < free.size(); ++d) free[d] -= cap[d];
-  }
-  return free;
-}
-
-Calendar QueueScheduler::running_calendar(int64_t now) const {
-  // Free capacity of the nodes that can take work, plus every running job's resources at its
-  // expected end (jobs past their estimate are expected to end any moment: now + 1).
-  Calendar cal(now, available_free(), opts_.calendar_resolution, opts_.calendar_horizon);
-  for (const int32_t j : running_) {
-    const int64_t end = start_[static_cast<size_t>(j)] + requested_[static_cast<size_t>(j)];
-    cal.add_release(std::max(end, now + 1), need_of(j));
-  }
-  // Reserved nodes are out of the queue's plans from now until their window ends: a job that
-  // would overlap the window may not use them at all (try_start masks them). Conservative for
-  // jobs that end before the window and for the owner, both of which may still be placed there.
-  for (const Reservation& r : reservations_) {
-    if (r.end > now) cal.reserve(now, r.end, reserved_capacity(r));
-  }
-  return cal;
-}
-
-void QueueScheduler::backfill_easy(int32_t head, int64_t now) {
-  // The head gets a reservation at its earliest start; any other job may start now if it
-  // fits in the profile with that reservation in place (ends before it, or uses capacity the
-  // head will not need).
-  Calendar cal = running_calendar(now);
-  const Vec head_need = need_of(head);
-  const int64_t t = cal.earliest_start(head_need, requested_[static_cast<size_t>(head)], now);
-  if (t != Calendar::kNever) {
-    cal.reserve(t, t + requested_[static_cast<size_t>(head)], head_need);
-    if (reservation_[static_cast<size_t>(head)] < 0) reservation_[static_cast<size_t>(head)] = t;
-  }
-  sorted_pending(now, scratch_);
-  int32_t tested = 0;
-  for (const int32_t j : scratch_) {
-    if (j == head || state_of(j) != JobState::kPending) continue;
-    if (opts_.max_backfill_jobs > 0 && tested++ >= opts_.max_backfill_jobs) break;
-    const int64_t end = now + requested_[static_cast<size_t>(j)];
-    const Vec need = need_of(j);
-    if (cal.fits(now, end, need) && try_start(j, now)) cal.reserve(now, end, need);
-  }
-}
-
-int64_t QueueScheduler::rlsched_reservation(int32_t head) const {
-  // Running jobs by expected end; the head's reservation is the end at which enough has been
-  // freed (computed once per blocked head, as the published evaluation does).
-  Vec free = available_free();
-  scratch_.assign(running_.begin(), running_.end());
-  std::stable_sort(scratch_.begin(), scratch_.end(), [&](int32_t a, int32_t b) {
-    return start_[static_cast<size_t>(a)] + requested_[static_cast<size_t>(a)] <
-           start_[static_cast<size_t>(b)] + requested_[static_cast<size_t>(b)];
-  });
-  const Vec need = need_of(head);
-  int64_t est = -1;
-  for (const int32_t j : scratch_) {
-    const Vec got = need_of(j);
-    for (size_t d = 0; d < free.size(); ++d) free[d] += got[d];
-    est = start_[static_cast<size_t>(j)] + requested_[static_cast<size_t>(j)];
-    if (covers(free, need)) break;
-  }
-  return est;
-}
-
-void QueueScheduler::backfill_rlsched(int32_t head, int64_t now) {
-  int64_t est = locked_reservation_;
-  if (!opts_.lock_head || est < 0) {
-    est = rlsched_reservation(head);
-    if (opts_.lock_head) locked_reservation_ = est;
-    if (reservation_[static_cast<size_t>(head)] < 0) reservation_[static_cast<size_t>(head)] = est;
-  }
-  // Candidates in submission order; a candidate must end (by its estimate) strictly before
-  // the head's reservation. There is no "spare capacity" rule.
-  std::vector<int32_t> order(pending_.begin(), pending_.end());
-  if (!fcfs_sorted_) {
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int32_t a, int32_t b) { return submitted_before(a, b); });
-  }
-  int32_t tested = 0;
-  for (const int32_t j : order) {
-    if (j == head || state_of(j) != JobState::kPending) continue;
-    if (opts_.max_backfill_jobs > 0 && tested++ >= opts_.max_backfill_jobs) break;
-    if (now + requested_[static_cast<size_t>(j)] < est) try_start(j, now);
-  }
-}
-
-void QueueScheduler::backfill_conservative(int64_t now) {
-  // Every pending job, in queue order, gets the earliest reservation that delays no earlier
-  // one; jobs whose reservation is now start now.
-  Calendar cal = running_calendar(now);
-  sorted_pending(now, scratch_);
-  int32_t tested = 0;
-  for (const int32_t j : scratch_) {
-    if (state_of(j) != JobState::kPending) continue;
-    if (opts_.max_backfill_jobs > 0 && tested++ >= opts_.max_backfill_jobs) break;
-    const int64_t req = requested_[static_cast<size_t>(j)];
-    const Vec need = need_of(j);
-    int64_t t = cal.earliest_start(need, req, now);
-    if (t == Calendar::kNever) continue;
-    if (reservation_[static_cast<size_t>(j)] < 0) reservation_[static_cast<size_t>(j)] = t;
-    if (t == now) {
-      if (try_start(j, now)) {
-        cal.reserve(now, now + req, need);
-        continue;
-      }
-      // The aggregate fits but the nodes do not (fragmentation): reserve the next chance.
-      t = cal.earliest_start(need, req, now + 1);
-      if (t == Calendar::kNever) continue;
-    }
-    cal.reserve(t, t + req, need);
-  }
 }
 
 const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
@@ -1209,6 +735,14 @@ const std::vector<int32_t>& QueueScheduler::cycle(int64_t now) {
       locked_head_ = -1;
       locked_reservation_ = -1;
       continue;
+    }
+    if (opts_.backfill_interval > 0 && backfilled_ &&
+        now < last_backfill_ + opts_.backfill_interval) {
+      break;  // not yet time for the next backfill pass
+    }
+    if (opts_.backfill != BackfillMode::kNone) {
+      backfilled_ = true;
+      last_backfill_ = now;
     }
     switch (opts_.backfill) {
       case BackfillMode::kNone: break;

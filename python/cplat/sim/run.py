@@ -33,7 +33,7 @@ from cplat.scheduler import (
 from cplat.sim.events import EventQueue, Kind
 from cplat.sim.faults import FaultModel, NodeFaults
 from cplat.sim.ledger import JobLedger
-from cplat.sim.replay import Replay
+from cplat.sim.replay import PROGRESS_EVERY, Replay
 
 __all__ = ["RESULT_SCHEMA", "FaultModel", "SimResult", "simulate"]
 
@@ -106,6 +106,7 @@ def simulate(
     tick: int | None = None,
     record_log: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    native: bool | None = None,
 ) -> SimResult:
     """Replay ``jobs`` (canonical job table) on ``nodes`` and return what happened.
 
@@ -147,11 +148,16 @@ def simulate(
     progress
         Called as ``progress(finished, total)`` every few thousand finished jobs and once when
         the replay ends.
+    native
+        Run the event loop in native code (same events in the same order, so the same
+        result, many times faster). It can when there is no fault model, preemption, elastic
+        job, queue-sort plugin, tick or decision log. ``None`` (default): whenever it can;
+        ``False``: the Python loop; ``True``: the native loop or ``ValueError``.
 
     Raises
     ------
     ValueError
-        For a tick that is not positive.
+        For a tick that is not positive, or ``native=True`` for a run the native loop cannot do.
     InputError
         When a job names a GPU model the cluster does not have.
     """
@@ -182,6 +188,22 @@ def simulate(
         sched.add_reservation(r_start, r_end, r_nodes, r_owner)
         # A window's end frees its nodes for everyone: schedule then too.
         events.push(r_end, Kind.TICK)
+    plain = (
+        faults is None
+        and queue_sort is None
+        and elastic_min is None
+        and tick is None
+        and not record_log
+        and (queue is None or queue.preemption == "none")
+        and (horizon is None or horizon >= 0)
+    )
+    if native and not plain:
+        raise ValueError(
+            "the native loop runs without faults, preemption, elastic jobs, a queue sort, "
+            "a tick or a decision log"
+        )
+    if plain and native is not False:
+        return _native(sched, cols, nodes, checkpoint, reservations, horizon, progress)
     ledger = JobLedger(cols, checkpoint)
     faulty = NodeFaults(faults, len(nodes)) if faults is not None else None
     log: list[str] = []
@@ -200,10 +222,60 @@ def simulate(
         progress=progress,
     )
     replay.run()
-    return _result(sched, cols, ledger, replay, nodes, log)
+    return _from_replay(sched, cols, ledger, replay, nodes, log)
 
 
-def _result(
+def _native(
+    sched: Scheduler,
+    cols: JobColumns,
+    nodes: NodeTable,
+    checkpoint: Checkpointing | None,
+    reservations: list[tuple[int, int, list[int], str]] | None,
+    horizon: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> SimResult:
+    """Replay in the native loop (:class:`cplat._core.Replay`) and build the result."""
+    n = len(cols)
+    work = np.maximum(cols.duration.astype(np.int64), 0)
+    ck = checkpoint or Checkpointing(0, 0)
+    wall = work
+    if ck.interval > 0:
+        wall = np.where(work > 0, work + ck.cost * ((work - 1) // ck.interval), 0)
+    wakeups = np.asarray([r[1] for r in reservations or []], dtype=np.int64)
+    track_gpu = nodes.total_gpu_milli > 0
+    loop = sched.native_replay(wall.astype(np.int64), wakeups, horizon, track_gpu)
+    goal = PROGRESS_EVERY
+    while not loop.run(goal if progress is not None else n + 1):
+        if progress is not None:
+            progress(loop.finished, n)
+        goal = (loop.finished // PROGRESS_EVERY + 1) * PROGRESS_EVERY
+    if progress is not None:
+        progress(loop.finished, n)
+    node_off, node_flat = loop.nodes()
+    gpu_off, gpu_flat = loop.gpus()
+    return _result(
+        sched,
+        cols,
+        nodes,
+        log=[],
+        start=loop.start(),
+        end=loop.end(),
+        restarts=np.zeros(n, dtype=np.int32),
+        assigned=_list_from(node_off, node_flat),
+        devices=_list_from(gpu_off, gpu_flat),
+        events=loop.events,
+        cycles=loop.cycles,
+        gpu_series=loop.gpu_series(),
+    )
+
+
+def _list_from(offsets: npt.NDArray[np.int64], values: npt.NDArray[np.int32]) -> pa.ListArray:
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32))
+    )
+
+
+def _from_replay(
     sched: Scheduler,
     cols: JobColumns,
     ledger: JobLedger,
@@ -211,8 +283,45 @@ def _result(
     nodes: NodeTable,
     log: list[str],
 ) -> SimResult:
-    """Turn a finished replay's books into a :class:`SimResult`."""
-    start, end = ledger.start, ledger.end
+    """Turn a finished Python replay's books into a :class:`SimResult`."""
+    return _result(
+        sched,
+        cols,
+        nodes,
+        log=log,
+        start=ledger.start,
+        end=ledger.end,
+        restarts=ledger.restarts,
+        assigned=_list_array(ledger.assigned),
+        devices=_list_array(ledger.devices),
+        events=replay.events.popped,
+        cycles=replay.cycles,
+        node_failures=replay.faults.failures if replay.faults is not None else 0,
+        preemptions=replay.preemptions,
+        lost_work=ledger.lost,
+        gpu_series=np.asarray(replay.gpu_series, dtype=np.float64),
+    )
+
+
+def _result(
+    sched: Scheduler,
+    cols: JobColumns,
+    nodes: NodeTable,
+    *,
+    log: list[str],
+    start: npt.NDArray[np.int64],
+    end: npt.NDArray[np.int64],
+    restarts: npt.NDArray[np.int32],
+    assigned: pa.ListArray,
+    devices: pa.ListArray,
+    events: int,
+    cycles: int,
+    gpu_series: npt.NDArray[np.float64],
+    node_failures: int = 0,
+    preemptions: int = 0,
+    lost_work: float = 0.0,
+) -> SimResult:
+    """Build a :class:`SimResult` from a finished replay's books."""
     n = len(cols)
     status = np.where(end >= 0, "completed", np.where(start >= 0, "unfinished", "never_started"))
     reasons = [sched.pending_reason(j) if status[j] == "never_started" else "" for j in range(n)]
@@ -229,9 +338,9 @@ def _result(
             "gpu_milli": cols.gpu_milli,
             "user": list(cols.user),
             "group": list(cols.group),
-            "restarts": ledger.restarts,
-            "nodes": _list_array(ledger.assigned),
-            "gpus": _list_array(ledger.devices),
+            "restarts": restarts,
+            "nodes": assigned,
+            "gpus": devices,
             "pending_reason": reasons,
         },
         schema=RESULT_SCHEMA,
@@ -243,12 +352,12 @@ def _result(
         end=end,
         reservation=sched.reservations(),
         log=log,
-        events=replay.events.popped,
-        cycles=replay.cycles,
-        node_failures=replay.faults.failures if replay.faults is not None else 0,
-        preemptions=replay.preemptions,
-        lost_work=ledger.lost,
+        events=events,
+        cycles=cycles,
+        node_failures=node_failures,
+        preemptions=preemptions,
+        lost_work=lost_work,
         capacity_cpu_milli=int(nodes.cpu_milli.sum()),
         capacity_gpu_milli=nodes.total_gpu_milli,
-        gpu_series=np.asarray(replay.gpu_series, dtype=np.float64).reshape(-1, 3),
+        gpu_series=gpu_series.reshape(-1, 3),
     )
