@@ -29,6 +29,7 @@ Everything a scheduler profile selects reaches the live engine as it reaches the
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -105,7 +106,7 @@ class LiveNode:
 
     def devices(self) -> tuple[DeviceSlot, ...]:
         """Return the node's device slots (whole GPUs unless MIG instances are listed)."""
-        return self.slots or tuple(DeviceSlot(i) for i in range(self.num_gpu))
+        return self.slots or _whole_gpus(self.num_gpu)
 
     @property
     def num_physical(self) -> int:
@@ -125,6 +126,13 @@ class LiveNode:
             self.nvlink,
             self.numa,
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _whole_gpus(n: int) -> tuple[DeviceSlot, ...]:
+    # Shared by every node with n whole GPUs (slots are frozen): a rebuild of 10,000 nodes
+    # asks for them tens of thousands of times.
+    return tuple(DeviceSlot(i) for i in range(n))
 
 
 def unhealthy_gpus(gpus: Sequence[Mapping[str, Any]]) -> set[int]:
@@ -416,6 +424,8 @@ class LiveCluster:
         node = self.nodes[i]
         flags = int(self.sched.state.flags[i]) & ~0b111
         self.sched.state.set_flags(i, flags | NODE_FLAGS[node.state])
+        if not node.unhealthy and not self._holders:
+            return  # nothing to hold back, nothing held (the common case)
         devs = node.devices()
         for (name, slot), idx in list(self._holders.items()):
             if name == node.name and devs[slot].gpu not in node.unhealthy:
@@ -1038,6 +1048,8 @@ class LiveCluster:
 
     def _set_topology(self) -> None:
         assert self.sched is not None
+        if not any(node.nvlink or node.numa for node in self.nodes):
+            return  # one island and one domain everywhere: the state's defaults
         nvlink: list[int] = []
         numa: list[int] = []
         for node in self.nodes:
