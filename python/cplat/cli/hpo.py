@@ -22,13 +22,14 @@ from cplat.cli.jobs import (
     _console,
     _guarded,
     _print_json,
+    connection_options,
     parse_cpu,
     parse_duration,
     parse_env,
     parse_gpu_share,
     parse_memory,
 )
-from cplat.client import DEFAULT_SERVER, ApiError, Client
+from cplat.client import ApiError, Client
 from cplat.errors import InputError
 from cplat.ml.hpo.space import load_space
 
@@ -306,14 +307,7 @@ def add_hpo_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "service; see docs/hpo.md.",
     )
     verbs = hpo.add_subparsers(dest="hpo_command", required=True, metavar="VERB")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--server",
-        metavar="URL",
-        help=f"service URL (default: $CPLAT_SERVER, else {DEFAULT_SERVER})",
-    )
-    common.add_argument("--token", help="access token (default: $CPLAT_TOKEN)")
-    common.add_argument("--ca", metavar="FILE", help="PEM CA bundle for an https:// server")
+    common = argparse.ArgumentParser(add_help=False, parents=[connection_options()])
     common.add_argument("--project", help="project (default: the token's)")
     common.add_argument("--json", action="store_true", help="print JSON")
 

@@ -539,6 +539,27 @@ def _cmd_events(args: argparse.Namespace) -> int:
 
 
 # Parser ------------------------------------------------------------------------------------
+def connection_options() -> argparse.ArgumentParser:
+    """Return the parent parser of ``--server``, ``--token`` and ``--ca``.
+
+    Every verb that talks to a running service takes them (``job``, ``experiments``,
+    ``models``, ``hpo``, ``reservation``).
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server",
+        metavar="URL",
+        help=f"service URL (default: $CPLAT_SERVER, else {DEFAULT_SERVER})",
+    )
+    common.add_argument("--token", help="access token (default: $CPLAT_TOKEN)")
+    common.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="PEM CA bundle to verify an https:// server (default: $CPLAT_CA, else the system's)",
+    )
+    return common
+
+
 def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``job`` and its verbs (submit, list, get, cancel, logs, events) to ``cplat``.
 
@@ -555,18 +576,7 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "(cplat serve).",
     )
     verbs = job.add_subparsers(dest="job_command", required=True, metavar="VERB")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--server",
-        metavar="URL",
-        help=f"service URL (default: $CPLAT_SERVER, else {DEFAULT_SERVER})",
-    )
-    common.add_argument("--token", help="access token (default: $CPLAT_TOKEN)")
-    common.add_argument(
-        "--ca",
-        metavar="FILE",
-        help="PEM CA bundle to verify an https:// server (default: $CPLAT_CA, else the system's)",
-    )
+    common = connection_options()
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 

@@ -20,6 +20,7 @@ from cplat.cli.jobs import (
     _format_time,
     _guarded,
     _print_json,
+    connection_options,
     parse_cpu,
     parse_duration,
     parse_memory,
@@ -145,22 +146,13 @@ def add_reservation_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     sub
         The ``cplat`` parser's subparsers.
     """
-    from cplat.client import DEFAULT_SERVER
-
     top = sub.add_parser(
         "reservation",
         help="reserve nodes for a project, or plan a maintenance window",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     verbs = top.add_subparsers(dest="reservation_command", required=True, metavar="VERB")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--server",
-        metavar="URL",
-        help=f"service URL (default: $CPLAT_SERVER, else {DEFAULT_SERVER})",
-    )
-    common.add_argument("--token", help="access token (default: $CPLAT_TOKEN)")
-    common.add_argument("--ca", metavar="FILE", help="PEM CA bundle of an https:// server")
+    common = connection_options()
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 

@@ -22,8 +22,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cplat.cli.jobs import _client, _guarded
-from cplat.client import DEFAULT_SERVER, ApiError, Client
+from cplat.cli.jobs import _client, _guarded, connection_options
+from cplat.client import ApiError, Client
 from cplat.errors import InputError
 
 if TYPE_CHECKING:
@@ -510,18 +510,7 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
 
 
 def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--server",
-        metavar="URL",
-        help=f"service URL (default: $CPLAT_SERVER, else {DEFAULT_SERVER})",
-    )
-    common.add_argument("--token", help="access token (default: $CPLAT_TOKEN)")
-    common.add_argument(
-        "--ca",
-        metavar="FILE",
-        help="PEM CA bundle to verify an https:// server (default: $CPLAT_CA, else the system's)",
-    )
+    common = argparse.ArgumentParser(add_help=False, parents=[connection_options()])
     common.add_argument("--json", action="store_true", help="print JSON")
     return common
 

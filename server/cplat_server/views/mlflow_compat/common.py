@@ -32,6 +32,7 @@ __all__ = [
     "MlflowError",
     "endpoint",
     "error_response",
+    "page",
 ]
 
 log = logging.getLogger("cplat.server.mlflow")
@@ -82,6 +83,14 @@ class MlflowError(Exception):
         self.code = code
         self.message = message
         self.field = field
+
+
+def page(key: str, items: list[Any], token: str | None) -> dict[str, Any]:
+    """Return a search answer: ``items`` as JSON under ``key``, and the next page's token."""
+    out: dict[str, Any] = {key: [item.to_json() for item in items]}
+    if token:
+        out["next_page_token"] = token
+    return out
 
 
 def error_response(code: str, message: str, field: str | None = None) -> web.Response:
@@ -146,6 +155,14 @@ class Call:
     ) -> int | None:
         """Return an int64 field: a JSON integer, or decimal text as protobuf JSON writes it."""
         return as_int(self.body.get(name), name, default, lo, hi)
+
+    def search(self) -> dict[str, Any]:
+        """Return the arguments every MLflow search shares: filter, page size and token."""
+        return {
+            "filter_string": self.text("filter") or None,
+            "max_results": self.integer("max_results"),
+            "page_token": self.text("page_token") or None,
+        }
 
     def flag(self, name: str, default: bool = False) -> bool:
         """Return a boolean field (``true``/``false``, also as text in a query)."""

@@ -22,6 +22,7 @@ from cplat_server.views.mlflow_compat.common import (
     endpoint,
     invalid,
     missing,
+    page,
     require,
 )
 
@@ -134,15 +135,10 @@ async def search_registered_models(call: Call) -> dict[str, Any]:
     require(call, call.who.project, "viewer", "registered models")
     found, token = await call.store.search_registered_models(
         None if call.who.cluster_admin else [call.who.project],
-        filter_string=call.text("filter") or None,
         order_by=call.strings("order_by"),
-        max_results=call.integer("max_results"),
-        page_token=call.text("page_token") or None,
+        **call.search(),
     )
-    out: dict[str, Any] = {"registered_models": [m.to_json() for m in found]}
-    if token:
-        out["next_page_token"] = token
-    return out
+    return page("registered_models", found, token)
 
 
 @endpoint(write=False)
@@ -293,15 +289,10 @@ async def search_model_versions(call: Call) -> dict[str, Any]:
     require(call, call.who.project, "viewer", "model versions")
     found, token = await call.store.search_model_versions(
         None if call.who.cluster_admin else [call.who.project],
-        filter_string=call.text("filter") or None,
         order_by=call.strings("order_by"),
-        max_results=call.integer("max_results"),
-        page_token=call.text("page_token") or None,
+        **call.search(),
     )
-    out: dict[str, Any] = {"model_versions": [v.to_json() for v in found]}
-    if token:
-        out["next_page_token"] = token
-    return out
+    return page("model_versions", found, token)
 
 
 @endpoint(write=False)

@@ -25,6 +25,7 @@ from cplat_server.views.mlflow_compat.common import (
     endpoint,
     invalid,
     missing,
+    page,
     require,
 )
 
@@ -139,15 +140,10 @@ async def search_experiments(call: Call) -> dict[str, Any]:
     exps, token = await call.store.search_experiments(
         _visible(call),
         view_type=call.text("view_type") or None,
-        filter_string=call.text("filter") or None,
         order_by=call.strings("order_by"),
-        max_results=call.integer("max_results"),
-        page_token=call.text("page_token") or None,
+        **call.search(),
     )
-    out: dict[str, Any] = {"experiments": [e.to_json() for e in exps]}
-    if token:
-        out["next_page_token"] = token
-    return out
+    return page("experiments", exps, token)
 
 
 @endpoint(write=True)
@@ -443,16 +439,11 @@ async def search_runs(call: Call) -> dict[str, Any]:
     runs, token = await call.store.search_runs(
         ids,
         _visible(call),
-        filter_string=call.text("filter") or None,
         view_type=call.text("run_view_type") or None,
         order_by=call.strings("order_by"),
-        max_results=call.integer("max_results"),
-        page_token=call.text("page_token") or None,
+        **call.search(),
     )
-    out: dict[str, Any] = {"runs": [r.to_json() for r in runs]}
-    if token:
-        out["next_page_token"] = token
-    return out
+    return page("runs", runs, token)
 
 
 # --- logged models ----------------------------------------------------------------------------
@@ -564,12 +555,7 @@ async def search_logged_models(call: Call) -> dict[str, Any]:
     models, token = await call.store.search_logged_models(
         ids,
         _visible(call),
-        filter_string=call.text("filter") or None,
         order_by=order,
-        max_results=call.integer("max_results"),
-        page_token=call.text("page_token") or None,
+        **call.search(),
     )
-    out: dict[str, Any] = {"models": [m.to_json() for m in models]}
-    if token:
-        out["next_page_token"] = token
-    return out
+    return page("models", models, token)
