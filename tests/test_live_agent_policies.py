@@ -157,7 +157,9 @@ def test_mig_instances_reach_tasks_by_uuid(tmp_path: Path) -> None:
         await server.start()
         try:
             async with running_agent(server.url, tmp_path / "work", nvml=nvml) as agent:
-                await until(lambda: server.nodes, "registration")
+                # The server records the node before the agent reads its answer, so wait for
+                # the agent's side of the registration, not the server's.
+                await until(lambda: agent.slots, "registration")
                 assert [s.visible() for s in agent.slots] == ["MIG-1111", "MIG-2222", "1"]
                 server.assign("node-a", assignment(1, command=show, gpus=[1]))
                 server.assign("node-a", assignment(2, command=show, gpus=[2]))
