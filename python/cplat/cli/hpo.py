@@ -307,7 +307,7 @@ def add_hpo_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "service; see docs/hpo.md.",
     )
     verbs = hpo.add_subparsers(dest="hpo_command", required=True, metavar="VERB")
-    common = argparse.ArgumentParser(add_help=False, parents=[connection_options()])
+    common = connection_options()
     common.add_argument("--project", help="project (default: the token's)")
     common.add_argument("--json", action="store_true", help="print JSON")
 

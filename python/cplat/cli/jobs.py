@@ -540,10 +540,11 @@ def _cmd_events(args: argparse.Namespace) -> int:
 
 # Parser ------------------------------------------------------------------------------------
 def connection_options() -> argparse.ArgumentParser:
-    """Return the parent parser of ``--server``, ``--token`` and ``--ca``.
+    """Return a new parent parser of ``--server``, ``--token`` and ``--ca``.
 
     Every verb that talks to a running service takes them (``job``, ``experiments``,
-    ``models``, ``hpo``, ``reservation``).
+    ``models``, ``hpo``, ``reservation``). Each call builds its own parser, so a caller may
+    add its verbs' shared options to it.
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

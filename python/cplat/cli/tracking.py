@@ -510,7 +510,7 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
 
 
 def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False, parents=[connection_options()])
+    common = connection_options()
     common.add_argument("--json", action="store_true", help="print JSON")
     return common
 
